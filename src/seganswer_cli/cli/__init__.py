@@ -1,0 +1,73 @@
+"""The ``seganswer`` executable: one typer app, one module per command group.
+
+Modules here are thin: parse, validate, print the resolved settings, call library code.
+Nothing on the import path of this package imports torch or transformers, so
+``seganswer --help`` stays instant; commands import them inside their bodies.
+"""
+
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from seganswer_cli import __version__
+from seganswer_cli.cli import data as data_cli
+from seganswer_cli.cli import model as model_cli
+from seganswer_cli.errors import SegAnswerError
+
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="seganswer",
+    help="Segmentation before Answering: segment the region of interest, look again, then answer.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(model_cli.app, name="model")
+app.add_typer(data_cli.app, name="data")
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"seganswer {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Segmentation before Answering: segment the region of interest, look again, then answer."""
+
+
+def main() -> None:
+    """Console entry point: known errors become one line on stderr and a non-zero exit."""
+    debug = os.environ.get("SEGANSWER_DEBUG", "") not in ("", "0")
+    try:
+        app(standalone_mode=False)
+    except SegAnswerError as e:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err_console.print("[bold red]aborted[/]")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        sys.exit(130)
+    except Exception as e:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        raise

@@ -1,0 +1,44 @@
+"""Known errors: each becomes one clear line on stderr and a non-zero exit in the CLI.
+
+Library code raises these (never ``SystemExit``); ``cli.main`` turns them into one line.
+Set ``SEGANSWER_DEBUG=1`` to see the full traceback instead.
+"""
+
+
+class SegAnswerError(Exception):
+    """Base class of every error the CLI reports as one line."""
+
+    exit_code = 1
+
+
+class UsageError(SegAnswerError):
+    """A flag, name or path given by the user is invalid (unknown preset, missing folder, ...)."""
+
+    exit_code = 2
+
+
+class ImageReadError(SegAnswerError):
+    """An image file is missing, unreadable, not an image, or absurdly large."""
+
+
+class MaskShapeError(SegAnswerError):
+    """A mask does not have the (H, W) shape of the image it belongs to."""
+
+
+class EmptyMaskError(SegAnswerError):
+    """A mask has no foreground pixel: there is nothing to segment out.
+
+    The reasoning loop catches this and falls back to the original image.
+    """
+
+
+class SegTokenError(SegAnswerError):
+    """A sequence that must contain ``<|seg|>`` does not, or a model lacks the token."""
+
+
+class ModelFolderError(SegAnswerError):
+    """A model folder is missing files, or was not written by seganswer."""
+
+
+class DataError(SegAnswerError):
+    """A dataset file or record is missing or malformed (the message names file and record)."""
