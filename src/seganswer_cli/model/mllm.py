@@ -1,0 +1,228 @@
+"""The multimodal LLM: Qwen2.5-VL and its processor, with ``<|seg|>`` added.
+
+Two ways in, one object out (``Qwen2_5_VLForConditionalGeneration`` + ``Qwen2_5_VLProcessor``):
+- ``load_mllm(path_or_hub_id)``: the real path (e.g. ``Qwen/Qwen2.5-VL-7B-Instruct`` or a local copy);
+- ``build_tiny_mllm(...)``: a random-init model of a few hundred thousand parameters with a
+  byte-level BPE tokenizer trained in code, for tests and the shapes-world demo (no download).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+
+from seganswer_cli.errors import ModelFolderError, SegTokenError
+from seganswer_cli.model import tokens
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    """Ids of the special tokens the model code needs, read from a tokenizer."""
+
+    seg: int
+    image_pad: int
+    video_pad: int
+    vision_start: int
+    vision_end: int
+    im_start: int
+    im_end: int
+    end_of_text: int
+    pad: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> TokenIds:
+        vocab = tokenizer.get_vocab()
+        if tokens.SEG_TOKEN not in vocab:
+            raise SegTokenError(f"the tokenizer has no {tokens.SEG_TOKEN} token (not a seganswer model)")
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else vocab[tokens.END_OF_TEXT]
+        return cls(
+            seg=vocab[tokens.SEG_TOKEN],
+            image_pad=vocab[tokens.IMAGE_PAD],
+            video_pad=vocab[tokens.VIDEO_PAD],
+            vision_start=vocab[tokens.VISION_START],
+            vision_end=vocab[tokens.VISION_END],
+            im_start=vocab[tokens.IM_START],
+            im_end=vocab[tokens.IM_END],
+            end_of_text=vocab[tokens.END_OF_TEXT],
+            pad=pad,
+        )
+
+
+def add_seg_token(mllm, processor) -> int:
+    """Add ``<|seg|>`` to the tokenizer (as a special token) and grow the embeddings; return its id.
+
+    The new input-embedding and LM-head rows are initialised to the mean of the existing rows
+    (the usual choice for a new token: it starts as an "average" token instead of noise).
+    Idempotent: a tokenizer that already has the token is left as it is.
+    """
+    tokenizer = processor.tokenizer
+    if tokens.SEG_TOKEN in tokenizer.get_vocab():
+        return tokenizer.convert_tokens_to_ids(tokens.SEG_TOKEN)
+    tokenizer.add_special_tokens({"additional_special_tokens": [tokens.SEG_TOKEN]}, replace_extra_special_tokens=False)
+    seg_id = tokenizer.convert_tokens_to_ids(tokens.SEG_TOKEN)
+    old_rows = mllm.get_input_embeddings().weight.shape[0]
+    if seg_id >= old_rows:
+        mllm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with torch.no_grad():
+            emb = mllm.get_input_embeddings().weight
+            emb[old_rows:] = emb[:old_rows].mean(0, keepdim=True)
+            head = mllm.get_output_embeddings()
+            if head is not None and head.weight.data_ptr() != emb.data_ptr():
+                head.weight[old_rows:] = head.weight[:old_rows].mean(0, keepdim=True)
+    return seg_id
+
+
+def load_mllm(path: str, *, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
+    """Load Qwen2.5-VL and its processor from a local folder or a hub id; add ``<|seg|>`` if missing."""
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        if attn_implementation:
+            kwargs["attn_implementation"] = attn_implementation
+        mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ModelFolderError(f"cannot load the MLLM from {path}: {e}") from None
+    add_seg_token(mllm, processor)
+    return mllm, processor
+
+
+# -- The tiny model, built in code --------------------------------------------------------------
+
+#: Text the tiny tokenizer's BPE merges are learned from: the prompt templates and the words the
+#: shapes world uses. Any other text still encodes (byte-level), only in more tokens.
+_TINY_CORPUS_WORDS = (
+    "red green blue yellow orange purple pink cyan brown black white gray grey magenta "
+    "circle square triangle star hexagon diamond rectangle ellipse cross heart pentagon shape shapes "
+    "small smallest large largest big biggest tiny medium left right above below top bottom side "
+    "of the a an is it in on to and or what which where colour color object objects image region "
+    "option options answer question segment yes no A B C D (A) (B) (C) (D) 0 1 2 3 4 5 6 7 8 9"
+)
+
+
+def _tiny_corpus() -> list[str]:
+    lines = [
+        tokens.REASONING_INSTRUCTION,
+        tokens.SEG_RESPONSE,
+        tokens.STAGE1_RESPONSE,
+        tokens.stage1_prompt("the red triangle"),
+        tokens.answer_response("blue"),
+        "What is the colour of the small star? Is the circle on the left or right side of the square?",
+        "Answer with the option's letter from the given choices directly.",
+        "system user assistant You are a helpful assistant.",
+        _TINY_CORPUS_WORDS,
+    ]
+    return lines * 8
+
+
+def build_tiny_tokenizer(vocab_size: int = 480):
+    """A byte-level BPE tokenizer with Qwen's special tokens, trained here in a few milliseconds."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2Tokenizer
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=[],
+        show_progress=False,
+    )
+    bpe.train_from_iterator(_tiny_corpus(), trainer=trainer)
+    # Qwen2Tokenizer takes the merges as (left, right) tuples, in rank order as serialised.
+    merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    vocab = bpe.get_vocab()
+    tokenizer = Qwen2Tokenizer(vocab=vocab, merges=merges)
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": list(tokens.QWEN_SPECIAL_TOKENS)}, replace_extra_special_tokens=False
+    )
+    tokenizer.eos_token = tokens.IM_END
+    tokenizer.pad_token = tokens.END_OF_TEXT
+    tokenizer.chat_template = tokens.CHAT_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_processor(*, min_pixels: int, max_pixels: int, vocab_size: int = 480):
+    """Qwen2.5-VL's stock processor around the tiny tokenizer, with the given pixel budget."""
+    from transformers import Qwen2_5_VLProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    return Qwen2_5_VLProcessor(
+        image_processor=image_processor,
+        tokenizer=build_tiny_tokenizer(vocab_size),
+        video_processor=video_processor,
+        chat_template=tokens.CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_mllm(
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    vision_depth: int = 2,
+    vision_hidden_size: int = 32,
+    min_pixels: int = 28 * 28 * 4,
+    max_pixels: int = 28 * 28 * 64,
+    vocab_size: int = 480,
+    seed: int = 0,
+):
+    """A random-init Qwen2.5-VL of the real architecture at toy width, with ``<|seg|>`` added."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    processor = build_tiny_processor(min_pixels=min_pixels, max_pixels=max_pixels, vocab_size=vocab_size)
+    tok = processor.tokenizer
+    head_dim = hidden_size // num_heads
+    # M-RoPE splits head_dim/2 rotary frequencies over (t, h, w); Qwen2.5-VL-7B uses [16, 24, 24] of 64.
+    half = head_dim // 2
+    section_t = max(1, half // 4)
+    section_h = (half - section_t) // 2
+    mrope_section = [section_t, section_h, half - section_t - section_h]
+    ids = {t: tok.convert_tokens_to_ids(t) for t in tokens.QWEN_SPECIAL_TOKENS}
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            num_key_value_heads=num_kv_heads,
+            max_position_embeddings=8192,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope_section},
+            tie_word_embeddings=False,
+            bos_token_id=ids[tokens.END_OF_TEXT],
+            eos_token_id=ids[tokens.IM_END],
+            pad_token_id=ids[tokens.END_OF_TEXT],
+        ),
+        vision_config=dict(
+            depth=vision_depth,
+            hidden_size=vision_hidden_size,
+            intermediate_size=vision_hidden_size * 2,
+            num_heads=2,
+            out_hidden_size=hidden_size,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[vision_depth - 1],
+        ),
+        image_token_id=ids[tokens.IMAGE_PAD],
+        video_token_id=ids[tokens.VIDEO_PAD],
+        vision_start_token_id=ids[tokens.VISION_START],
+        vision_end_token_id=ids[tokens.VISION_END],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    mllm = Qwen2_5_VLForConditionalGeneration(config)
+    mllm.eval()
+    add_seg_token(mllm, processor)
+    return mllm, processor

@@ -1,0 +1,85 @@
+"""Named model configurations: ``tiny`` (built in code) and ``qwen2.5-vl-7b`` (the paper's).
+
+A preset says where the MLLM and SAM 2.1 come from and how the segmented second look is built;
+``SegAnswerModel.from_preset(name)`` assembles it, ``save_pretrained`` writes it as one folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from seganswer_cli.errors import UsageError
+
+
+@dataclass
+class ViewConfig:
+    """How the segmented second look is built (see ``sparse_patches``)."""
+
+    zoom: bool = True
+    """Re-encode the mask's region from the native image at up to the pixel budget (the zoom-in)."""
+    min_overlap: float = 0.0
+    """Keep a cell when the mask covers more than this fraction of it (0: any pixel)."""
+    zoom_min_pixels: int | None = None
+    """Smallest encoded size of the crop in pixels (None: the processor's ``min_pixels``)."""
+    zoom_max_pixels: int | None = None
+    """Largest encoded size of the crop in pixels (None: the processor's ``max_pixels``)."""
+    background: tuple[int, int, int] = (0, 0, 0)
+    """RGB colour painted over pixels outside the mask before encoding."""
+
+    def __post_init__(self):
+        if not 0.0 <= self.min_overlap < 1.0:
+            raise ValueError(f"min_overlap must be in [0, 1), got {self.min_overlap}")
+        self.background = tuple(int(c) for c in self.background)
+        if len(self.background) != 3 or not all(0 <= c <= 255 for c in self.background):
+            raise ValueError(f"background must be an RGB triple in 0..255, got {self.background}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ViewConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class Preset:
+    """Where a model's parts come from."""
+
+    name: str
+    description: str
+    mllm: str | None
+    """Hub id or folder of Qwen2.5-VL; None: the tiny model built in code."""
+    sam: str | None
+    """Hub id or folder of SAM 2.1 (Hugging Face format); None: the tiny SAM built in code."""
+    tiny_mllm: dict = field(default_factory=dict)
+    """Arguments of ``build_tiny_mllm`` (tiny presets only)."""
+    tiny_sam: dict = field(default_factory=dict)
+    """Arguments of ``build_tiny_sam`` (tiny presets only)."""
+    view: ViewConfig = field(default_factory=ViewConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        description="Random-init Qwen2.5-VL and SAM 2.1 at toy width, built in code (tests, CPU).",
+        mllm=None,
+        sam=None,
+        tiny_mllm=dict(hidden_size=64, num_layers=2, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64),
+        tiny_sam=dict(image_size=128),
+        view=ViewConfig(zoom=True, zoom_max_pixels=28 * 28 * 64),
+    ),
+    "qwen2.5-vl-7b": Preset(
+        name="qwen2.5-vl-7b",
+        description="The paper's model: Qwen2.5-VL-7B-Instruct + SAM 2.1 Hiera-Large.",
+        mllm="Qwen/Qwen2.5-VL-7B-Instruct",
+        sam="facebook/sam2.1-hiera-large",
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise UsageError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None

@@ -1,0 +1,381 @@
+"""``SegAnswerModel``: Qwen2.5-VL + ``<|seg|>`` + projector + SAM 2.1, as one module.
+
+The ``<|seg|>`` path: the MLLM runs on the conversation; the last-layer hidden state *at* each
+``<|seg|>`` token (the state after reading it, i.e. the one that predicts the token after it) goes
+through the projector to a 256-d sparse prompt; SAM 2.1 decodes it on the frozen image
+embedding of the conversation's image. At inference the same state is the one the model computes
+when the generated ``<|seg|>`` is fed back in, so training and inference read the same position.
+
+A saved model is one folder:
+    mllm/                      the MLLM's own ``save_pretrained`` (safetensors, config) and its
+                               processor (tokenizer with ``<|seg|>``, image processor, chat template)
+    projector.safetensors
+    mask_decoder.safetensors   all of SAM 2.1 (the frozen image encoder included: the folder is self-contained)
+    mask_decoder_config.json   the ``Sam2Config``
+    seganswer.json             preset, versions, view settings, the settings of the run that made it
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from seganswer_cli import __version__
+from seganswer_cli.errors import ModelFolderError, SegTokenError, UsageError
+from seganswer_cli.model import tokens
+from seganswer_cli.model.losses import LossWeights, mask_losses, total_loss
+from seganswer_cli.model.mask_decoder import ImageEmbeddings, MaskPrediction, SamMaskDecoder, upsample_logits
+from seganswer_cli.model.mllm import TokenIds
+from seganswer_cli.model.presets import PRESETS, Preset, ViewConfig, get_preset
+from seganswer_cli.model.projector import SegProjector
+from seganswer_cli.model.sequence import IGNORE_INDEX, Batch, Sequence, SequenceBuilder, collate
+from seganswer_cli.model.sparse_patches import DenseImage, SegmentedView, build_segmented_view, global_view
+
+FORMAT_NAME = "seganswer"
+FORMAT_VERSION = 1
+MODEL_CARD = "seganswer.json"
+
+
+@dataclass
+class SegAnswerOutput:
+    """What one training forward returns."""
+
+    loss: torch.Tensor
+    """Weighted total (``LossWeights``)."""
+    lm_loss: torch.Tensor | None
+    """Mean next-token cross-entropy over target tokens (None when the batch has no target)."""
+    mask_loss_parts: dict[str, torch.Tensor]
+    """``focal``, ``dice``, ``iou``, ``object_score`` (unweighted; empty when no ground truth)."""
+    masks: list[MaskPrediction]
+    """Per sequence, the decoder's outputs for its ``<|seg|>`` tokens, in order."""
+    hidden_states: torch.Tensor = field(repr=False)
+    """``(B, S, D)`` last-layer hidden states."""
+
+
+class SegAnswerModel(nn.Module):
+    """The composition of the paper's model. Build with ``from_preset`` or ``from_pretrained``."""
+
+    def __init__(self, mllm, processor, projector: SegProjector, mask_decoder: SamMaskDecoder, info: dict | None = None):
+        super().__init__()
+        self.mllm = mllm
+        self.processor = processor
+        self.projector = projector
+        self.mask_decoder = mask_decoder
+        self.info = dict(info or {})
+        self.view_config = ViewConfig.from_dict(self.info.get("view", {}))
+        self.token_ids = TokenIds.from_tokenizer(processor.tokenizer)
+        if self.mllm.get_input_embeddings().weight.shape[0] <= self.token_ids.seg:
+            raise SegTokenError("the MLLM's embedding matrix has no row for <|seg|>")
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_preset(cls, name: str | Preset, *, mllm_path: str | None = None, sam_path: str | None = None,
+                    dtype: torch.dtype | None = None, seed: int = 0) -> SegAnswerModel:
+        """A fresh model from a preset (the projector is newly initialised).
+
+        ``mllm_path`` / ``sam_path`` replace the preset's hub ids by local copies.
+        """
+        from seganswer_cli.model.mask_decoder import build_tiny_sam, load_sam
+        from seganswer_cli.model.mllm import build_tiny_mllm, load_mllm
+
+        preset = get_preset(name) if isinstance(name, str) else name
+        mllm_src = mllm_path or preset.mllm
+        sam_src = sam_path or preset.sam
+        if mllm_src is None:
+            mllm, processor = build_tiny_mllm(seed=seed, **preset.tiny_mllm)
+        else:
+            mllm, processor = load_mllm(mllm_src, dtype=dtype)
+        sam = build_tiny_sam(seed=seed, **preset.tiny_sam) if sam_src is None else load_sam(sam_src, dtype=dtype)
+        torch.manual_seed(seed)
+        mask_decoder = SamMaskDecoder(sam)
+        projector = SegProjector(mllm.config.text_config.hidden_size, mask_decoder.prompt_dim)
+        if dtype is not None:
+            mllm.to(dtype)
+            projector.to(dtype)
+            sam.to(dtype)
+        info = {
+            "preset": preset.name,
+            "mllm_source": mllm_src or "built-in tiny",
+            "sam_source": sam_src or "built-in tiny",
+            "view": asdict(preset.view),
+        }
+        return cls(mllm, processor, projector, mask_decoder, info).eval()
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> SegAnswerModel:
+        """Load a folder written by ``save_pretrained`` (or a hub id of one, or a preset name)."""
+        from safetensors.torch import load_file
+        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, Sam2Config, Sam2Model
+
+        path_str = str(path)
+        folder = Path(path_str)
+        if not folder.exists():
+            if path_str in PRESETS:
+                return cls.from_preset(path_str, dtype=dtype)
+            if path_str.count("/") == 1 and not path_str.startswith((".", "/")):
+                folder = _download(path_str)
+            else:
+                raise ModelFolderError(
+                    f"model folder not found: {path_str} (and it is not a preset: {', '.join(PRESETS)})"
+                )
+        card_path = folder / MODEL_CARD
+        if not card_path.is_file():
+            raise ModelFolderError(f"{folder} is not a seganswer model folder (no {MODEL_CARD})")
+        try:
+            info = json.loads(card_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelFolderError(f"{card_path} is not valid JSON: {e}") from None
+        if info.get("format") != FORMAT_NAME:
+            raise ModelFolderError(f"{card_path} was not written by seganswer")
+        if int(info.get("format_version", 0)) > FORMAT_VERSION:
+            raise ModelFolderError(
+                f"{folder} uses model format {info['format_version']}; this seganswer reads up to {FORMAT_VERSION}"
+            )
+        for required in ("mllm", "projector.safetensors", "mask_decoder.safetensors", "mask_decoder_config.json"):
+            if not (folder / required).exists():
+                raise ModelFolderError(f"{folder} is missing {required}")
+        kwargs = {"dtype": dtype} if dtype is not None else {}
+        try:
+            processor = AutoProcessor.from_pretrained(folder / "mllm")
+            mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder / "mllm", **kwargs)
+            sam_config = Sam2Config.from_dict(json.loads((folder / "mask_decoder_config.json").read_text()))
+            sam = Sam2Model(sam_config)
+            sam.load_state_dict(load_file(folder / "mask_decoder.safetensors"))
+            projector_state = load_file(folder / "projector.safetensors")
+        except (OSError, ValueError, RuntimeError) as e:
+            raise ModelFolderError(f"cannot load the model in {folder}: {e}") from None
+        if tokens.SEG_TOKEN not in processor.tokenizer.get_vocab():
+            raise SegTokenError(f"the tokenizer in {folder / 'mllm'} has no {tokens.SEG_TOKEN} token")
+        hidden, prompt_dim = projector_state["fc1.weight"].shape[1], projector_state["fc2.weight"].shape[0]
+        projector = SegProjector(hidden, prompt_dim)
+        projector.load_state_dict(projector_state)
+        if dtype is not None:
+            projector.to(dtype)
+            sam.to(dtype)
+        return cls(mllm, processor, projector, SamMaskDecoder(sam), info).eval()
+
+    def save_pretrained(self, path: str | os.PathLike, *, extra_info: dict | None = None) -> Path:
+        """Write the model as one folder (see the module docstring). Returns the folder."""
+        import transformers
+        from safetensors.torch import save_file
+
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.mllm.save_pretrained(folder / "mllm")
+        self.processor.save_pretrained(folder / "mllm")
+        save_file(_contiguous(self.projector.state_dict()), folder / "projector.safetensors")
+        save_file(_contiguous(self.mask_decoder.sam.state_dict()), folder / "mask_decoder.safetensors")
+        (folder / "mask_decoder_config.json").write_text(self.mask_decoder.sam.config.to_json_string())
+        info = dict(self.info)
+        info.update(extra_info or {})
+        info.update(
+            format=FORMAT_NAME,
+            format_version=FORMAT_VERSION,
+            view=asdict(self.view_config),
+            versions={"seganswer": __version__, "transformers": transformers.__version__, "torch": torch.__version__},
+        )
+        (folder / MODEL_CARD).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        self.info = info
+        return folder
+
+    # -- properties -----------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    @property
+    def image_processor(self):
+        return self.processor.image_processor
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.mllm.parameters()).device
+
+    # -- inputs ---------------------------------------------------------------------------------
+
+    def global_view(self, image: Image.Image) -> DenseImage:
+        """The image as the MLLM sees it in turn 1."""
+        return global_view(image, self.image_processor)
+
+    def segmented_view(self, image: Image.Image, mask, *, mode: str = "mask", **overrides) -> SegmentedView | None:
+        """The second look at ``image`` under ``mask`` with this model's view settings (``overrides`` win)."""
+        cfg = asdict(self.view_config)
+        cfg.update(overrides)
+        return build_segmented_view(image, mask, self.image_processor, mode=mode, **cfg)
+
+    def builder(self) -> SequenceBuilder:
+        return SequenceBuilder(self.tokenizer, self.token_ids)
+
+    def stage1_sequence(self, image: DenseImage, expression: str, response: str = tokens.STAGE1_RESPONSE) -> Sequence:
+        """The paper's Stage 1 conversation: image + ``Segment the "..." in the image.`` -> ``It is <|seg|>.``"""
+        b = self.builder().system()
+        b.user(tokens.stage1_prompt(expression), image=image)
+        return b.assistant(response).build()
+
+    def collate(self, sequences: list[Sequence], *, padding_side: str = "right") -> Batch:
+        return collate(sequences, self.token_ids.pad, padding_side=padding_side)
+
+    # -- running the MLLM -----------------------------------------------------------------------
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """``(B, S, D)`` input embeddings with every visual slot filled by its (kept) features."""
+        device = self.device
+        input_ids = batch.input_ids.to(device)
+        embeds = self.mllm.get_input_embeddings()(input_ids)  # (B, S, D)
+        slots = [slot for row in batch.visuals for slot in row]  # row-major = order of pads in (B, S)
+        if not slots:
+            return embeds
+        pixel_values = torch.cat([s.image.pixel_values for s in slots]).to(device, self.mllm.model.visual.dtype)
+        grid_thw = torch.stack([s.image.grid_thw for s in slots]).to(device)  # (n_images, 3)
+        per_image = self.mllm.model.get_image_features(pixel_values, grid_thw, return_dict=True).pooler_output
+        feats = [f if s.keep is None else f[s.keep.to(device)] for f, s in zip(per_image, slots)]
+        feats = torch.cat(feats).to(embeds.dtype)  # (total kept tokens, D)
+        pad_mask = input_ids == self.token_ids.image_pad  # (B, S)
+        if int(pad_mask.sum()) != feats.shape[0]:
+            raise RuntimeError(f"{int(pad_mask.sum())} image pad tokens but {feats.shape[0]} visual features")
+        return embeds.masked_scatter(pad_mask[..., None].expand_as(embeds), feats)
+
+    def language_model(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
+                       attention_mask: torch.Tensor | None = None, cache=None, use_cache: bool = False):
+        """The decoder stack on prepared embeddings and 3-D positions; returns transformers' output
+        (``last_hidden_state``, and ``past_key_values`` when ``use_cache``)."""
+        device = inputs_embeds.device
+        return self.mllm.model.language_model(
+            inputs_embeds=inputs_embeds,
+            position_ids=position_ids.to(device),
+            attention_mask=None if attention_mask is None else attention_mask.to(device),
+            cache=cache,
+            use_cache=use_cache,
+        )
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.mllm.lm_head(hidden)
+
+    def lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor | None:
+        """Mean next-token CE over target tokens; logits only where a target exists (memory: the
+        full ``(B, S, vocab)`` tensor of a 152k vocabulary would dominate a 7B step)."""
+        targets = labels[:, 1:].to(hidden.device)  # (B, S-1)
+        where = targets != IGNORE_INDEX
+        if not where.any():
+            return None
+        logits = self.logits(hidden[:, :-1][where])  # (n_targets, V)
+        return nn.functional.cross_entropy(logits.float(), targets[where])
+
+    def seg_hidden(self, hidden: torch.Tensor, labels: torch.Tensor) -> list[torch.Tensor]:
+        """Per row, the hidden states at the ``<|seg|>`` tokens of the model's own turns: ``[(n_b, D)]``.
+
+        ``labels`` equal the input ids on target tokens, so ``labels == seg`` finds the produced
+        ``<|seg|>`` tokens and skips the prompt's mentions of the tag.
+        """
+        is_seg = labels.to(hidden.device) == self.token_ids.seg  # (B, S)
+        return [hidden[b][is_seg[b]] for b in range(hidden.shape[0])]
+
+    # -- masks ----------------------------------------------------------------------------------
+
+    def encode_for_masks(self, images: list[Image.Image]) -> ImageEmbeddings:
+        """SAM's frozen image embeddings of the conversations' images."""
+        return self.mask_decoder.encode(self.mask_decoder.preprocess(images))
+
+    def decode_masks(self, image_embeddings: ImageEmbeddings, seg_states: list[torch.Tensor]) -> list[MaskPrediction]:
+        """Per image, masks for its ``<|seg|>`` states: projector -> SAM mask decoder."""
+        out = []
+        for b, states in enumerate(seg_states):
+            prompts = self.projector(states.to(self.projector.fc1.weight.dtype))  # (n_b, 256)
+            out.append(self.mask_decoder.decode(image_embeddings.select(b), prompts))
+        return out
+
+    def forward(self, sequences: list[Sequence], images: list[Image.Image] | None = None,
+                gt_masks: list[list] | None = None, weights: LossWeights | None = None) -> SegAnswerOutput:
+        """Training forward: LM loss on target tokens, SAM 2 losses on the ``<|seg|>`` masks.
+
+        ``images[b]`` is the image the ``<|seg|>`` tokens of ``sequences[b]`` segment;
+        ``gt_masks[b]`` holds one bool ``(H, W)`` mask per ``<|seg|>`` token of that sequence.
+        """
+        weights = weights or LossWeights()
+        batch = self.collate(sequences)
+        embeds = self.embed(batch)
+        hidden = self.language_model(embeds, batch.position_ids, batch.attention_mask).last_hidden_state
+        lm = self.lm_loss(hidden, batch.labels)
+        masks: list[MaskPrediction] = []
+        parts: dict[str, torch.Tensor] = {}
+        if images is not None:
+            seg_states = self.seg_hidden(hidden, batch.labels)
+            masks = self.decode_masks(self.encode_for_masks(images), seg_states)
+            if gt_masks is not None:
+                parts = self._mask_losses(masks, gt_masks)
+        loss = total_loss(lm, parts, weights)
+        if not torch.is_tensor(loss):
+            raise ValueError("nothing to train on: no target tokens and no ground-truth masks in the batch")
+        return SegAnswerOutput(loss, lm, parts, masks, hidden)
+
+    def _mask_losses(self, masks: list[MaskPrediction], gt_masks: list[list]) -> dict[str, torch.Tensor]:
+        S = self.mask_decoder.image_size
+        logits, targets, ious, objs = [], [], [], []
+        for b, (pred, gts) in enumerate(zip(masks, gt_masks)):
+            if len(gts) != pred.low_res_logits.shape[0]:
+                raise SegTokenError(
+                    f"sequence {b} has {pred.low_res_logits.shape[0]} {tokens.SEG_TOKEN} token(s) "
+                    f"but {len(gts)} ground-truth mask(s)"
+                )
+            if not gts:
+                continue
+            logits.append(upsample_logits(pred.low_res_logits, (S, S)))  # (n, S, S)
+            targets.append(resize_masks(gts, S).to(logits[-1].device))  # (n, S, S)
+            ious.append(pred.iou)
+            objs.append(pred.object_logits)
+        if not logits:
+            return {}
+        return mask_losses(torch.cat(logits), torch.cat(targets), torch.cat(ious).float(), torch.cat(objs).float())
+
+    # -- inference ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def segment(self, image: Image.Image, expression: str) -> tuple[np.ndarray, float, float]:
+        """Stage 1 referring segmentation with the paper's Prompt 1 and Response 1 (teacher-forced).
+
+        Returns the bool ``(H, W)`` mask, the predicted IoU and the object score (probability).
+        """
+        seq = self.stage1_sequence(self.global_view(image), expression)
+        out = self.forward([seq], [image])
+        pred = out.masks[0]
+        logits = upsample_logits(pred.low_res_logits[:1], (image.height, image.width))[0]
+        return (
+            (logits > 0).cpu().numpy(),
+            float(pred.iou[0]),
+            float(torch.sigmoid(pred.object_logits[0])),
+        )
+
+
+def resize_masks(masks: list, size: int) -> torch.Tensor:
+    """Bool ``(H, W)`` masks (numpy or torch) -> float ``(n, size, size)`` by nearest neighbour,
+    the same square resize SAM's input gets."""
+    out = []
+    for m in masks:
+        t = torch.as_tensor(np.asarray(m.cpu() if torch.is_tensor(m) else m), dtype=torch.float32)
+        if t.ndim != 2:
+            raise ValueError(f"a ground-truth mask must be (H, W), got shape {tuple(t.shape)}")
+        out.append(nn.functional.interpolate(t[None, None], size=(size, size), mode="nearest")[0, 0])
+    return torch.stack(out)
+
+
+def _contiguous(state: dict) -> dict:
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def _download(repo_id: str) -> Path:
+    """A seganswer model folder published on the hub (needs network access)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id))
+    except Exception as e:  # network, auth, missing repo: one clear line
+        raise UsageError(f"cannot find model {repo_id!r} locally or download it: {e}") from None

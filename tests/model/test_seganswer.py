@@ -1,0 +1,103 @@
+"""SegAnswerModel: masks from <|seg|>, gradients, save/load, errors."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from seganswer_cli.errors import ModelFolderError, SegTokenError, UsageError
+from seganswer_cli.model import SegAnswerModel, tokens
+
+
+def test_seg_token_maps_to_masks_of_the_image_size(tiny_model, noise_image, blob_mask):
+    mask, iou, obj = tiny_model.segment(noise_image, "the disc")
+    assert mask.shape == (180, 240) and mask.dtype == bool
+    assert 0.0 <= obj <= 1.0 and np.isfinite(iou)
+
+
+def test_several_seg_tokens_give_several_masks(tiny_model, noise_image, blob_mask):
+    seq = tiny_model.stage1_sequence(tiny_model.global_view(noise_image), "the disc and the bar",
+                                     response=f"It is {tokens.SEG_TOKEN} and {tokens.SEG_TOKEN}.")
+    other = np.zeros_like(blob_mask)
+    other[10:20, 10:20] = True
+    out = tiny_model([seq], [noise_image], [[blob_mask, other]])
+    assert out.masks[0].low_res_logits.shape[0] == 2
+    assert set(out.mask_loss_parts) == {"focal", "dice", "iou", "object_score"}
+
+
+def test_gradients_reach_projector_and_decoder_not_the_frozen_encoder(noise_image, blob_mask):
+    model = SegAnswerModel.from_preset("tiny").train()
+    seq = model.stage1_sequence(model.global_view(noise_image), "the disc")
+    out = model([seq], [noise_image], [[blob_mask]])
+    out.loss.backward()
+    sam = model.mask_decoder.sam
+    assert model.projector.fc1.weight.grad.abs().sum() > 0
+    assert sam.mask_decoder.output_hypernetworks_mlps[0].layers[0].weight.grad.abs().sum() > 0
+    assert sam.mask_decoder.conv_s0.weight.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in sam.vision_encoder.parameters())
+    assert model.mllm.get_input_embeddings().weight.grad[model.token_ids.seg].abs().sum() > 0
+
+
+def test_mask_losses_fall_when_training_projector_and_decoder(noise_image, blob_mask):
+    model = SegAnswerModel.from_preset("tiny").train()
+    model.requires_grad_(False)
+    model.projector.requires_grad_(True)
+    model.mask_decoder.sam.mask_decoder.requires_grad_(True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    seq = model.stage1_sequence(model.global_view(noise_image), "the disc")
+    losses = []
+    for _ in range(15):
+        out = model([seq], [noise_image], [[blob_mask]])
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append((out.loss - out.lm_loss).item())  # the projector cannot move the LM term
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_save_then_load_gives_identical_outputs(tiny_model, noise_image, blob_mask, tmp_path):
+    folder = tiny_model.save_pretrained(tmp_path / "m", extra_info={"training": {"stage": "test"}})
+    card = json.loads((folder / "seganswer.json").read_text())
+    assert card["preset"] == "tiny" and card["format"] == "seganswer" and card["training"] == {"stage": "test"}
+    assert "transformers" in card["versions"]
+    loaded = SegAnswerModel.from_pretrained(folder)
+    seq = tiny_model.stage1_sequence(tiny_model.global_view(noise_image), "the disc")
+    with torch.no_grad():
+        a = tiny_model([seq], [noise_image], [[blob_mask]])
+        b = loaded([seq], [noise_image], [[blob_mask]])
+    assert torch.equal(a.hidden_states, b.hidden_states)
+    assert torch.equal(a.masks[0].low_res_logits, b.masks[0].low_res_logits)
+    assert a.loss.item() == b.loss.item()
+    assert loaded.token_ids == tiny_model.token_ids
+    assert loaded.view_config == tiny_model.view_config
+
+
+def test_bad_model_folders_and_presets(tmp_path, tiny_model):
+    with pytest.raises(UsageError, match="known presets"):
+        SegAnswerModel.from_preset("huge")
+    with pytest.raises(ModelFolderError, match="not found"):
+        SegAnswerModel.from_pretrained(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFolderError, match="seganswer.json"):
+        SegAnswerModel.from_pretrained(tmp_path / "empty")
+    folder = tiny_model.save_pretrained(tmp_path / "m")
+    (folder / "projector.safetensors").unlink()
+    with pytest.raises(ModelFolderError, match="projector.safetensors"):
+        SegAnswerModel.from_pretrained(folder)
+
+
+def test_mask_count_must_match_seg_tokens(tiny_model, noise_image, blob_mask):
+    seq = tiny_model.stage1_sequence(tiny_model.global_view(noise_image), "the disc", response="It is nothing.")
+    with pytest.raises(SegTokenError, match="0 <\\|seg\\|> token"):
+        tiny_model([seq], [noise_image], [[blob_mask]])
+
+
+def test_prompt_mentions_of_seg_are_not_segmentation_requests(tiny_model, noise_image):
+    b = tiny_model.builder().system()
+    b.user(tokens.reasoning_prompt("What is it?"), image=tiny_model.global_view(noise_image))
+    seq = b.assistant(tokens.answer_response("a disc")).build()
+    assert (seq.input_ids == tiny_model.token_ids.seg).sum() >= 2  # the instruction names the tag
+    out = tiny_model([seq], [noise_image])
+    assert out.masks[0].low_res_logits.shape[0] == 0

@@ -1,0 +1,153 @@
+"""The sparse-position patch encoder, anchored to transformers' own ``get_rope_index``."""
+
+import numpy as np
+import pytest
+import torch
+
+from seganswer_cli.errors import EmptyMaskError, MaskShapeError
+from seganswer_cli.model import tokens
+from seganswer_cli.model.sequence import VisualSlot
+from seganswer_cli.model.sparse_patches import build_segmented_view, cell_coverage, keep_cells
+
+
+def _prompt_text(expression="the red triangle"):
+    return (
+        tokens.system_turn() + tokens.user_turn_open() + tokens.image_placeholder()
+        + tokens.stage1_prompt(expression) + tokens.turn_close() + tokens.assistant_turn_open()
+        + tokens.STAGE1_RESPONSE + tokens.IM_END + "\n"
+    )
+
+
+def test_full_mask_without_zoom_equals_plain_image_and_get_rope_index(tiny_model, noise_image):
+    model = tiny_model
+    ref = model.processor(text=[_prompt_text()], images=[noise_image], return_tensors="pt")
+    ref_pos, _ = model.mllm.model.get_rope_index(
+        ref["input_ids"], ref["mm_token_type_ids"], image_grid_thw=ref["image_grid_thw"],
+        attention_mask=ref["attention_mask"],
+    )
+
+    dense = model.global_view(noise_image)
+    full = np.ones((noise_image.height, noise_image.width), bool)
+    view = model.segmented_view(noise_image, full, zoom=False)
+
+    # The view is the plain image: same pixels, all cells, positions = the dense grid.
+    assert view.num_tokens == dense.num_tokens
+    assert torch.equal(view.crop.pixel_values, dense.pixel_values)
+    assert torch.equal(view.crop.grid_thw, dense.grid_thw)
+    assert torch.equal(view.positions, dense.relative_positions())
+
+    seq = model.stage1_sequence(dense, "the red triangle")
+    assert torch.equal(seq.input_ids, ref["input_ids"][0])
+    assert torch.equal(seq.position_ids, ref_pos[:, 0].float())
+
+    # Fill the image slot with the view's features: the logits equal the plain forward's.
+    seq.visuals = [VisualSlot(start=seq.visuals[0].start, image=view.crop, keep=view.keep)]
+    with torch.no_grad():
+        plain = model.mllm(**ref).logits
+        batch = model.collate([seq])
+        hidden = model.language_model(model.embed(batch), batch.position_ids, batch.attention_mask).last_hidden_state
+        ours = model.logits(hidden)
+    torch.testing.assert_close(ours, plain, rtol=0, atol=1e-5)
+
+
+def test_forward_silently_differs_without_3d_positions(tiny_model, noise_image):
+    """Guard for the reference above: 1-D positions change the logits, so the check has teeth."""
+    model = tiny_model
+    ref = model.processor(text=[_prompt_text()], images=[noise_image], return_tensors="pt")
+    with torch.no_grad():
+        plain = model.mllm(**ref).logits
+        flat = model.mllm(**{k: v for k, v in ref.items() if k != "mm_token_type_ids"}).logits
+    assert not torch.allclose(plain, flat, atol=1e-5)
+
+
+def _expected_cells(mask, rows, cols):
+    """Cells whose native footprint [r*H/rows, (r+1)*H/rows) x ... holds any mask pixel, by brute force."""
+    H, W = mask.shape
+    out = np.zeros((rows, cols), bool)
+    for r in range(rows):
+        for c in range(cols):
+            y0, y1 = int(np.floor(r * H / rows)), int(np.ceil((r + 1) * H / rows))
+            x0, x1 = int(np.floor(c * W / cols)), int(np.ceil((c + 1) * W / cols))
+            out[r, c] = mask[y0:y1, x0:x1].any()
+    return out
+
+
+def test_partial_mask_keeps_exactly_the_overlapped_cells_at_original_positions(tiny_model, noise_image, blob_mask):
+    model = tiny_model
+    dense = model.global_view(noise_image)
+    rows, cols = dense.grid
+    view = model.segmented_view(noise_image, blob_mask, zoom=False)
+
+    expected = _expected_cells(blob_mask, rows, cols)
+    kept = set(zip(view.positions[1].long().tolist(), view.positions[2].long().tolist()))
+    assert kept == set(zip(*np.nonzero(expected)))
+    # Positions are the original grid coordinates, t at the image's base.
+    assert torch.equal(view.positions, view.positions.round())
+    assert (view.positions[0] == 0).all()
+    # Each kept token's features come from its own cell of the global view: same pixels.
+    patch_rows = dense.pixel_values.view(rows, cols, 4, -1)
+    r0, c0, r1, c1 = view.cell_box
+    crop_rows = view.crop.pixel_values.view(r1 - r0, c1 - c0, 4, -1)
+    inside = view.overlap == 1.0
+    assert inside.any()
+    for idx in torch.nonzero(inside.flatten()).flatten().tolist():
+        i, j = divmod(idx, c1 - c0)
+        assert torch.equal(crop_rows[i, j], patch_rows[r0 + i, c0 + j])
+
+    bbox = model.segmented_view(noise_image, blob_mask, mode="bbox", zoom=False)
+    assert bbox.num_tokens == (r1 - r0) * (c1 - c0)
+    assert view.num_tokens < bbox.num_tokens
+    assert bbox.positions is None
+
+
+def test_zoom_encodes_finer_and_keeps_real_valued_positions_inside_the_box(tiny_model, noise_image, blob_mask):
+    model = tiny_model
+    small = np.zeros_like(blob_mask)
+    small[60:90, 100:130] = True  # a 30x30 target: ~1 cell in the global view
+    no_zoom = model.segmented_view(noise_image, small, zoom=False)
+    zoom = model.segmented_view(noise_image, small, zoom=True, zoom_min_pixels=28 * 28 * 16)
+    assert zoom.crop.num_tokens > no_zoom.crop.num_tokens
+    r0, c0, r1, c1 = zoom.cell_box
+    h, w = zoom.positions[1], zoom.positions[2]
+    assert (h > r0 - 0.5).all() and (h < r1 - 0.5).all()
+    assert (w > c0 - 0.5).all() and (w < c1 - 0.5).all()
+    assert not torch.equal(h, h.round())  # real-valued
+    bbox = model.segmented_view(noise_image, small, mode="bbox", zoom=True, zoom_min_pixels=28 * 28 * 16)
+    assert zoom.num_tokens <= bbox.num_tokens
+
+
+def test_background_is_painted_out(tiny_model, noise_image, blob_mask):
+    view = tiny_model.segmented_view(noise_image, blob_mask, zoom=False, background=(0, 0, 0))
+    pixels = np.asarray(view.segmented_image)
+    assert (pixels == 0).all(axis=2).mean() > 0.3  # the disc's box corners and the bar's surroundings
+    bbox = tiny_model.segmented_view(noise_image, blob_mask, mode="bbox", zoom=False)
+    assert (np.asarray(bbox.segmented_image) == 0).all(axis=2).mean() < 0.01
+
+
+def test_min_overlap_drops_barely_touched_cells(tiny_model, noise_image, blob_mask):
+    loose = tiny_model.segmented_view(noise_image, blob_mask, zoom=False, min_overlap=0.0)
+    strict = tiny_model.segmented_view(noise_image, blob_mask, zoom=False, min_overlap=0.5)
+    assert strict.num_tokens < loose.num_tokens
+    assert (strict.overlap.flatten()[strict.keep] > 0.5).all()
+
+
+def test_cell_coverage_and_keep_cells_on_an_exact_grid():
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[0, 0] = True  # 1 of 4 pixels of cell (0, 0)
+    mask[2:4, 4:6] = True  # all of cell (1, 2)
+    cov = cell_coverage(mask, 2, 3)
+    assert cov.tolist() == [[0.25, 0.0, 0.0], [0.0, 0.0, 1.0]]
+    assert keep_cells(cov).tolist() == [[True, False, False], [False, False, True]]
+    assert keep_cells(cov, 0.5).tolist() == [[False, False, False], [False, False, True]]
+    with pytest.raises(ValueError):
+        keep_cells(cov, 1.0)
+
+
+def test_bad_masks_raise_clear_errors(tiny_model, noise_image):
+    with pytest.raises(EmptyMaskError, match="empty"):
+        tiny_model.segmented_view(noise_image, np.zeros((180, 240), bool))
+    with pytest.raises(MaskShapeError, match="180x240"):
+        tiny_model.segmented_view(noise_image, np.ones((100, 100), bool))
+    with pytest.raises(ValueError, match="roi mode"):
+        build_segmented_view(noise_image, np.ones((180, 240), bool), tiny_model.image_processor, mode="box")
+    assert tiny_model.segmented_view(noise_image, np.ones((180, 240), bool), mode="none") is None
