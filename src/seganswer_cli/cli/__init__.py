@@ -45,29 +45,19 @@ def _root(
 
 
 def main() -> None:
-    """Console entry point: known errors become one line on stderr and a non-zero exit."""
+    """Console entry point: known errors become one line on stderr and a non-zero exit.
+
+    typer/click handle usage errors themselves (exit 2 with the usage line); library errors
+    (``SegAnswerError``) come out of the app and are printed here as one line.
+    """
     debug = os.environ.get("SEGANSWER_DEBUG", "") not in ("", "0")
     try:
-        app(standalone_mode=False)
+        app()
     except SegAnswerError as e:
         if debug:
             raise
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        err_console.print("[bold red]aborted[/]")
-        sys.exit(130)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")
         sys.exit(130)
-    except Exception as e:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        raise

@@ -1,5 +1,104 @@
 """``seganswer model ...``: build model folders from presets and describe them."""
 
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from seganswer_cli.cli.options import JsonOpt
+from seganswer_cli.errors import UsageError
 
 app = typer.Typer(help="Model folders: create one from a preset, describe one.", no_args_is_help=True)
+console = Console()
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def resolve_dtype(name: str):
+    """``auto`` -> None (the checkpoint's own dtype); otherwise the torch dtype of that name."""
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
+    if name == "auto":
+        return None
+    import torch
+
+    return getattr(torch, name)
+
+
+def describe(model) -> dict:
+    """Facts about a loaded model, for ``model info`` and for run folders."""
+
+    def count(module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    sam = model.mask_decoder.sam
+    ip = model.image_processor
+    return {
+        "preset": model.info.get("preset"),
+        "mllm_source": model.info.get("mllm_source"),
+        "sam_source": model.info.get("sam_source"),
+        "parameters": {
+            "mllm_language": count(model.mllm.model.language_model) + count(model.mllm.lm_head),
+            "mllm_vision": count(model.mllm.model.visual),
+            "projector": count(model.projector),
+            "sam_image_encoder": count(sam.vision_encoder),
+            "sam_prompt_and_mask_decoder": count(sam) - count(sam.vision_encoder),
+        },
+        "hidden_size": model.mllm.config.text_config.hidden_size,
+        "vocab_size": len(model.tokenizer),
+        "seg_token_id": model.token_ids.seg,
+        "mllm_pixels": {"min": ip.size["shortest_edge"], "max": ip.size["longest_edge"]},
+        "sam_image_size": model.mask_decoder.image_size,
+        "view": model.info.get("view"),
+        "training": model.info.get("training"),
+    }
+
+
+@app.command("init")
+def init(
+    preset: Annotated[str, typer.Argument(help="Preset name: tiny, qwen2.5-vl-7b.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must not exist or be empty).")],
+    mllm: Annotated[str | None, typer.Option(help="Local folder (or hub id) of Qwen2.5-VL instead of the preset's.")] = None,
+    sam: Annotated[str | None, typer.Option(help="Local folder (or hub id) of SAM 2.1 (HF format) instead of the preset's.")] = None,
+    dtype: Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the new projector (and of tiny models).")] = 0,
+) -> None:
+    """Write a fresh model folder from a preset (new projector; MLLM and SAM 2.1 as published)."""
+    from seganswer_cli.model.presets import get_preset
+
+    get_preset(preset)  # unknown names fail before any heavy import
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not empty; choose a new folder")
+    torch_dtype = resolve_dtype(dtype)
+    from seganswer_cli.model import SegAnswerModel
+
+    console.print(f"building preset [bold]{preset}[/] -> {out}", highlight=False)
+    model = SegAnswerModel.from_preset(preset, mllm_path=mllm, sam_path=sam, dtype=torch_dtype, seed=seed)
+    model.save_pretrained(out, extra_info={"created_by": f"seganswer model init {preset}", "seed": seed})
+    console.print(f"[green]wrote[/] {out}", highlight=False)
+
+
+@app.command("info")
+def info(
+    model: Annotated[str, typer.Argument(help="A seganswer model folder or a preset name.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Describe a model: where its parts come from, parameter counts, pixel budgets, view settings."""
+    from seganswer_cli.model import SegAnswerModel
+
+    loaded = SegAnswerModel.from_pretrained(model)
+    facts = describe(loaded)
+    if as_json:
+        print(json.dumps(facts))
+        return
+    table = Table(title=f"seganswer model: {model}", show_header=False)
+    for key, value in facts.items():
+        if isinstance(value, dict):
+            value = ", ".join(f"{k}={v:,}" if type(v) is int else f"{k}={v}" for k, v in value.items())
+        table.add_row(key, str(value))
+    console.print(table)
