@@ -1,0 +1,712 @@
+"""The shapes world: seeded scenes of coloured shapes with exact ground truth, at any canvas size.
+
+Every test and the shipped demo model train on it, offline. A scene is a list of shapes (kind,
+colour, size, position) painted bottom to top over a grey background, optionally over grey
+clutter specks and background noise; later shapes occlude earlier ones, never by more than
+``max_occlusion`` of an object's area. The scene graph is kept with every sample
+(``extra["scene"]``), so the ground truth can be re-derived from it:
+
+* ``resolve(expression, scene)`` parses a referring expression of the shapes grammar and returns the
+  ids of the shapes it names (or raises ``ExpressionError`` when it names none or is ambiguous);
+* ``answer_question(question, scene)`` parses a generated question and computes its answer;
+* ``visible_mask(scene, ids)`` rasterizes the visible pixels of shapes from the graph alone.
+
+Three sample kinds come out of it:
+
+* ``refseg``: ``SegSample`` with expressions such as ``the red triangle``, ``the largest circle``,
+  ``the square left of the blue star``, ``the green shape``, ``all red shapes``, ``the red star and
+  the blue circle``, each naming exactly the object(s) whose visible pixels form the mask;
+* ``vqa``: ``VQASample`` in the V*/VisualCoT style about a small target drawn on top: its colour,
+  its shape, or its position relative to another object, as multiple choice (options + letter) or
+  free text, with the masks of the answering objects in ``region_masks``;
+* ``rl``: ``VQASample`` prompts with one exact verifiable answer (ViRL39K style): counts, colours,
+  shapes, positions.
+
+The same seed gives byte-identical output: each sample ``i`` draws from its own generator seeded
+by ``(seed, kind, i)``, so the first samples do not change when ``n`` grows.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from seganswer_cli.data.samples import OPTION_LETTERS, ImageRef, LazyMask, SegSample, VQASample
+from seganswer_cli.errors import UsageError
+
+#: Colour names and the exact RGB they are painted with (far apart, and far from the greys).
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 70),
+    "blue": (40, 90, 225),
+    "yellow": (240, 210, 40),
+    "purple": (150, 60, 190),
+    "orange": (245, 135, 30),
+    "cyan": (40, 200, 210),
+    "pink": (245, 130, 190),
+}
+#: Shape kinds, each a plural by adding "s".
+KINDS: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "hexagon")
+BACKGROUND = (128, 128, 128)
+CLUTTER_GREYS = ((80, 80, 80), (100, 100, 100), (160, 160, 160), (180, 180, 180))
+RELATIONS = ("left of", "right of", "above", "below")
+SAMPLE_KINDS = ("refseg", "vqa", "rl")
+_KIND_CODES = {"refseg": 1, "vqa": 2, "rl": 3}
+
+
+@dataclass
+class ShapesConfig:
+    """Parameters of the shapes world. Defaults give a 256 x 256 canvas with 3-7 shapes."""
+
+    width: int = 256
+    """Canvas width in pixels (any size: 64 for unit tests, 4096 for "high-resolution" scenes)."""
+    height: int = 256
+    """Canvas height in pixels."""
+    min_objects: int = 3
+    """Fewest shapes in a scene (the VQA/RL target included)."""
+    max_objects: int = 7
+    """Most shapes in a scene."""
+    min_size: int = 16
+    """Smallest shape, as the side of the square it is drawn in (pixels)."""
+    max_size: int = 64
+    """Largest shape side (pixels); must fit the canvas."""
+    target_min_size: int | None = None
+    """Smallest side of the VQA/RL target; None means ``min_size``. Set it to a few dozen pixels on a
+    large canvas to make targets hard to read at a low global pixel budget but easy once zoomed."""
+    target_max_size: int | None = None
+    """Largest side of the VQA/RL target; None means ``min_size + (max_size - min_size) // 4``."""
+    kinds: tuple[str, ...] = KINDS
+    """Shape kinds to draw from (subset of ``KINDS``)."""
+    colours: tuple[str, ...] = tuple(COLOURS)
+    """Colour names to draw from (subset of ``COLOURS``); at least 2."""
+    distractor_similarity: float = 0.5
+    """Probability that a distractor copies the kind or the colour of the target (0: independent
+    attributes; 1: every distractor shares one attribute with it)."""
+    max_occlusion: float = 0.35
+    """Largest fraction of a shape that shapes above it may hide (keeps every shape recognisable)."""
+    clutter: int = 0
+    """Grey specks (2-6 px) scattered under the shapes; never referred to or counted."""
+    background_noise: float = 0.0
+    """Standard deviation (0-255 scale) of Gaussian noise on the background; shapes stay exact colours."""
+    size_margin: float = 1.3
+    """"the largest/smallest X" is used only when the extreme is this many times the runner-up's side."""
+    multi_object: float = 0.2
+    """Fraction of referring expressions naming several objects (``all red shapes``, ``the A and the B``)."""
+    multiple_choice: float = 0.5
+    """Fraction of VQA questions posed as multiple choice (the rest are free text)."""
+
+    def __post_init__(self) -> None:
+        if self.width < 16 or self.height < 16:
+            raise UsageError(f"canvas must be at least 16x16, got {self.width}x{self.height}")
+        if not 1 <= self.min_objects <= self.max_objects:
+            raise UsageError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
+        if not 4 <= self.min_size <= self.max_size <= min(self.width, self.height):
+            raise UsageError(
+                f"need 4 <= min_size <= max_size <= canvas side, got {self.min_size}, {self.max_size} "
+                f"on {self.width}x{self.height}"
+            )
+        unknown = set(self.kinds) - set(KINDS) | set(self.colours) - set(COLOURS)
+        if unknown or not self.kinds or len(self.colours) < 2:
+            raise UsageError(f"kinds must come from {KINDS}, colours (>= 2) from {tuple(COLOURS)}; bad: {unknown}")
+        self.kinds, self.colours = tuple(self.kinds), tuple(self.colours)
+        lo, hi = self.target_size_range
+        if not 4 <= lo <= hi <= min(self.width, self.height):
+            raise UsageError(f"target size range {lo}..{hi} does not fit the canvas")
+        for name in ("distractor_similarity", "max_occlusion", "multi_object", "multiple_choice"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.size_margin < 1.0 or self.clutter < 0 or self.background_noise < 0:
+            raise UsageError("size_margin must be >= 1; clutter and background_noise >= 0")
+
+    @property
+    def target_size_range(self) -> tuple[int, int]:
+        """(min, max) side of the VQA/RL target."""
+        lo = self.target_min_size if self.target_min_size is not None else self.min_size
+        hi = self.target_max_size if self.target_max_size is not None else max(
+            lo, self.min_size + (self.max_size - self.min_size) // 4)
+        return lo, hi
+
+
+@dataclass
+class Shape:
+    """One shape of a scene, drawn in the square ``[x, x + size) x [y, y + size)``."""
+
+    id: int
+    """Index in the scene's paint order (0 is painted first, at the bottom)."""
+    kind: str
+    """One of ``KINDS``."""
+    colour: str
+    """One of ``COLOURS``."""
+    size: int
+    """Side of the square the shape is drawn in, in pixels (what "largest"/"smallest" compare)."""
+    x: int
+    """Left edge (pixels)."""
+    y: int
+    """Top edge (pixels)."""
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) with exclusive x1, y1."""
+        return (self.x, self.y, self.x + self.size, self.y + self.size)
+
+
+@dataclass
+class Scene:
+    """A scene graph: everything needed to re-render the image and re-derive any ground truth."""
+
+    width: int
+    """Canvas width."""
+    height: int
+    """Canvas height."""
+    shapes: list[Shape] = field(default_factory=list)
+    """Shapes in paint order (later ones occlude earlier ones)."""
+    size_margin: float = 1.3
+    """Margin used by "largest"/"smallest" (copied from the config, needed to re-resolve)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (stored in ``extra["scene"]``)."""
+        return {"width": self.width, "height": self.height, "size_margin": self.size_margin,
+                "shapes": [asdict(s) for s in self.shapes]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Scene:
+        """Inverse of ``to_dict``."""
+        return cls(width=int(data["width"]), height=int(data["height"]), size_margin=float(data["size_margin"]),
+                   shapes=[Shape(**s) for s in data["shapes"]])
+
+
+# ---------------------------------------------------------------------------------------------
+# rasterization
+
+
+@lru_cache(maxsize=4096)
+def shape_mask(kind: str, size: int) -> np.ndarray:
+    """(size, size) bool mask of a shape kind drawn in its square (read-only, cached)."""
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    s = size - 1  # last pixel index
+    c = s / 2.0
+    if kind == "circle":
+        draw.ellipse([0, 0, s, s], fill=1)
+    elif kind == "square":
+        draw.rectangle([0, 0, s, s], fill=1)
+    else:
+        if kind == "triangle":
+            points = [(c, 0), (s, s), (0, s)]
+        elif kind == "diamond":
+            points = [(c, 0), (s, c), (c, s), (0, c)]
+        elif kind == "hexagon":
+            angles = np.deg2rad(np.arange(6) * 60.0)
+            points = [(c + c * np.cos(a), c + c * np.sin(a)) for a in angles]
+        elif kind == "star":
+            angles = np.deg2rad(-90.0 + np.arange(10) * 36.0)
+            radii = np.where(np.arange(10) % 2 == 0, c, c * 0.45)
+            points = [(c + r * np.cos(a), c + r * np.sin(a)) for r, a in zip(radii, angles, strict=True)]
+        else:
+            raise ValueError(f"unknown shape kind {kind!r}")
+        draw.polygon([(float(px), float(py)) for px, py in points], fill=1)
+    mask = np.asarray(canvas, dtype=bool).copy()
+    mask.flags.writeable = False
+    return mask
+
+
+def _overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int] | None:
+    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
+    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
+    return (x0, y0, x1, y1) if x0 < x1 and y0 < y1 else None
+
+
+def local_visible_masks(shapes: list[Shape]) -> list[np.ndarray]:
+    """Per shape, its (size, size) mask minus what the shapes painted after it cover."""
+    visible = []
+    for i, shape in enumerate(shapes):
+        mask = shape_mask(shape.kind, shape.size).copy()
+        for above in shapes[i + 1:]:
+            region = _overlap(shape.box, above.box)
+            if region is None:
+                continue
+            x0, y0, x1, y1 = region
+            cover = shape_mask(above.kind, above.size)[y0 - above.y:y1 - above.y, x0 - above.x:x1 - above.x]
+            mask[y0 - shape.y:y1 - shape.y, x0 - shape.x:x1 - shape.x] &= ~cover
+        visible.append(mask)
+    return visible
+
+
+def visible_mask(scene: Scene, ids: list[int] | set[int]) -> np.ndarray:
+    """(H, W) bool mask of the visible pixels of the shapes ``ids``, from the scene graph alone."""
+    full = np.zeros((scene.height, scene.width), dtype=bool)
+    locals_ = local_visible_masks(scene.shapes)
+    for shape_id in ids:
+        shape = scene.shapes[shape_id]
+        full[shape.y:shape.y + shape.size, shape.x:shape.x + shape.size] |= locals_[shape_id]
+    return full
+
+
+def render(scene: Scene, config: ShapesConfig, rng: np.random.Generator) -> np.ndarray:
+    """(H, W, 3) uint8 image: background (+ clutter, + noise), then the shapes in paint order."""
+    image = np.empty((scene.height, scene.width, 3), dtype=np.uint8)
+    image[:] = BACKGROUND
+    for _ in range(config.clutter):
+        side = int(rng.integers(2, 7))
+        x, y = int(rng.integers(0, scene.width - side)), int(rng.integers(0, scene.height - side))
+        image[y:y + side, x:x + side] = CLUTTER_GREYS[int(rng.integers(len(CLUTTER_GREYS)))]
+    if config.background_noise > 0:
+        noise = rng.normal(0.0, config.background_noise, size=image.shape)
+        image = np.clip(image.astype(np.float64) + noise, 0, 255).round().astype(np.uint8)
+    for shape in scene.shapes:  # painted after the noise, so shape pixels are exact colours
+        window = image[shape.y:shape.y + shape.size, shape.x:shape.x + shape.size]
+        window[shape_mask(shape.kind, shape.size)] = COLOURS[shape.colour]
+    return image
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W, 3) uint8 array (deterministic: no metadata, fixed compression)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="RGB").save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# scenes
+
+
+def _place(shapes: list[Shape], kind: str, colour: str, size: int, config: ShapesConfig,
+           rng: np.random.Generator, attempts: int = 60) -> Shape | None:
+    """A new shape on top of ``shapes`` hiding at most ``max_occlusion`` of any of them, or None."""
+    for _ in range(attempts):
+        x = int(rng.integers(0, config.width - size + 1))
+        y = int(rng.integers(0, config.height - size + 1))
+        candidate = Shape(id=len(shapes), kind=kind, colour=colour, size=size, x=x, y=y)
+        trial = [*shapes, candidate]
+        if all(vis.sum() >= (1.0 - config.max_occlusion) * shape_mask(s.kind, s.size).sum()
+               for s, vis in zip(trial, local_visible_masks(trial), strict=True)):
+            return candidate
+    return None
+
+
+def _attributes(rng: np.random.Generator, config: ShapesConfig, like: tuple[str, str] | None) -> tuple[str, str]:
+    kind = config.kinds[int(rng.integers(len(config.kinds)))]
+    colour = config.colours[int(rng.integers(len(config.colours)))]
+    if like is not None and rng.random() < config.distractor_similarity:
+        if rng.random() < 0.5:
+            kind = like[0]
+        else:
+            colour = like[1]
+    return kind, colour
+
+
+def generate_scene(config: ShapesConfig, rng: np.random.Generator, *, small_target: bool = False) -> Scene:
+    """A random scene. With ``small_target`` the last (topmost, fully visible) shape is the target,
+    sized in ``config.target_size_range``, and distractors resemble it per ``distractor_similarity``."""
+    for _ in range(100):
+        count = int(rng.integers(config.min_objects, config.max_objects + 1))
+        target_attrs = _attributes(rng, config, None)
+        shapes: list[Shape] = []
+        n_distractors = count - 1 if small_target else count
+        for _ in range(n_distractors):
+            kind, colour = _attributes(rng, config, target_attrs if small_target else None)
+            size = int(rng.integers(config.min_size, config.max_size + 1))
+            placed = _place(shapes, kind, colour, size, config, rng)
+            if placed is not None:
+                shapes.append(placed)
+        if small_target:
+            lo, hi = config.target_size_range
+            placed = _place(shapes, *target_attrs, int(rng.integers(lo, hi + 1)), config, rng)
+            if placed is not None:
+                shapes.append(placed)
+            else:
+                continue
+        if len(shapes) >= config.min_objects:
+            return Scene(width=config.width, height=config.height, shapes=shapes, size_margin=config.size_margin)
+    raise UsageError(
+        f"could not place {config.min_objects}+ shapes of {config.min_size}-{config.max_size} px on a "
+        f"{config.width}x{config.height} canvas within max_occlusion={config.max_occlusion}; "
+        "use a bigger canvas, smaller shapes or fewer objects"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the referring-expression grammar: parse and resolve
+
+
+class ExpressionError(ValueError):
+    """An expression that does not parse, names nothing, or names more than it should."""
+
+
+@dataclass(frozen=True)
+class _NounPhrase:
+    colour: str | None
+    noun: str  # a kind or "shape"
+    superlative: str | None = None  # "largest" | "smallest"
+    relation: str | None = None
+    anchor: _NounPhrase | None = None
+
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def _parse_np(words: list[str], allow_relation: bool = True) -> _NounPhrase:
+    if not words or words[0] != "the":
+        raise ExpressionError(f"expected 'the ...', got {' '.join(words)!r}")
+    i = 1
+    superlative = colour = None
+    if i < len(words) and words[i] in ("largest", "smallest"):
+        superlative, i = words[i], i + 1
+    if i < len(words) and words[i] in COLOURS:
+        colour, i = words[i], i + 1
+    if i >= len(words) or (words[i] not in KINDS and words[i] != "shape"):
+        raise ExpressionError(f"expected a shape kind or 'shape' in {' '.join(words)!r}")
+    noun, i = words[i], i + 1
+    if i == len(words):
+        return _NounPhrase(colour, noun, superlative)
+    if not allow_relation:
+        raise ExpressionError(f"unexpected words after the anchor in {' '.join(words)!r}")
+    rest = " ".join(words[i:])
+    for relation in RELATIONS:
+        if rest.startswith(relation + " "):
+            anchor_words = words[i + len(relation.split()):]
+            return _NounPhrase(colour, noun, superlative, relation, _parse_np(anchor_words, allow_relation=False))
+    raise ExpressionError(f"expected one of {RELATIONS} in {' '.join(words)!r}")
+
+
+def _matches(scene: Scene, colour: str | None, noun: str) -> list[Shape]:
+    return [s for s in scene.shapes if (colour is None or s.colour == colour) and (noun == "shape" or s.kind == noun)]
+
+
+def holds(relation: str, a: Shape, b: Shape) -> bool:
+    """Whether ``a`` is ``relation`` ``b``: its box lies wholly on that side of ``b``'s box."""
+    ax0, ay0, ax1, ay1 = a.box
+    bx0, by0, bx1, by1 = b.box
+    return {"left of": ax1 <= bx0, "right of": ax0 >= bx1, "above": ay1 <= by0, "below": ay0 >= by1}[relation]
+
+
+def _resolve_np(phrase: _NounPhrase, scene: Scene) -> Shape:
+    candidates = _matches(scene, phrase.colour, phrase.noun)
+    if phrase.anchor is not None:
+        anchor = _resolve_np(phrase.anchor, scene)
+        candidates = [s for s in candidates if s.id != anchor.id and holds(phrase.relation, s, anchor)]
+    if phrase.superlative is not None and len(candidates) > 1:
+        ordered = sorted(candidates, key=lambda s: s.size, reverse=phrase.superlative == "largest")
+        first, second = ordered[0].size, ordered[1].size
+        ratio = first / second if phrase.superlative == "largest" else second / first
+        if ratio < scene.size_margin:
+            raise ExpressionError(f"no clearly {phrase.superlative} one ({first} vs {second} px)")
+        candidates = ordered[:1]
+    if len(candidates) != 1:
+        raise ExpressionError(f"names {len(candidates)} shapes, expected exactly one")
+    return candidates[0]
+
+
+def resolve(expression: str, scene: Scene) -> list[int]:
+    """Ids of the shapes a shapes-grammar expression names; ``ExpressionError`` if none or ambiguous.
+
+    Grammar: ``the [largest|smallest] [COLOUR] KIND|shape [(left of|right of|above|below) the
+    [COLOUR] KIND|shape]``, several such joined by `` and ``, or ``all [COLOUR] KINDs|shapes``.
+    """
+    words = _WORD.findall(expression.lower())
+    if words[:1] == ["all"]:
+        if len(words) not in (2, 3):
+            raise ExpressionError(f"expected 'all [COLOUR] KINDs|shapes', got {expression!r}")
+        colour = words[1] if len(words) == 3 else None
+        plural = words[-1]
+        noun = plural[:-1] if plural.endswith("s") else plural
+        if (colour is not None and colour not in COLOURS) or (noun not in KINDS and noun != "shape"):
+            raise ExpressionError(f"unknown colour or kind in {expression!r}")
+        found = [s.id for s in _matches(scene, colour, noun)]
+        if not found:
+            raise ExpressionError(f"{expression!r} names no shape")
+        return found
+    parts: list[list[str]] = [[]]
+    for word in words:
+        if word == "and":
+            parts.append([])
+        else:
+            parts[-1].append(word)
+    ids = [_resolve_np(_parse_np(part), scene).id for part in parts]
+    if len(set(ids)) != len(ids):
+        raise ExpressionError(f"{expression!r} names the same shape twice")
+    return sorted(ids)
+
+
+def _phrase(colour: str | None, noun: str, superlative: str | None = None) -> str:
+    return " ".join(w for w in ("the", superlative, colour, noun) if w)
+
+
+def _unique_descriptions(scene: Scene, target: Shape, *, use_colour: bool = True, use_kind: bool = True,
+                         use_relations: bool = True) -> dict[str, list[str]]:
+    """Expressions naming exactly ``target``, by family (simple, superlative, relation)."""
+
+    def ok(text: str) -> bool:
+        try:
+            return resolve(text, scene) == [target.id]
+        except ExpressionError:
+            return False
+
+    heads = []  # (colour, noun) pairs allowed for the target's own noun phrase
+    if use_colour and use_kind:
+        heads.append((target.colour, target.kind))
+    if use_kind:
+        heads.append((None, target.kind))
+    if use_colour:
+        heads.append((target.colour, "shape"))
+    heads.append((None, "shape"))
+    simple = [p for c, n in heads if (p := _phrase(c, n)) and ok(p)]
+    superlative = [p for c, n in heads for sup in ("largest", "smallest")
+                   if len(_matches(scene, c, n)) > 1 and (p := _phrase(c, n, sup)) and ok(p)]
+    relation = []
+    if use_relations:
+        for anchor in scene.shapes:
+            if anchor.id == target.id:
+                continue
+            anchor_texts = [p for c, n in ((anchor.colour, anchor.kind), (None, anchor.kind), (anchor.colour, "shape"))
+                            if (p := _phrase(c, n)) and _only(scene, p, anchor.id)]
+            for rel in RELATIONS:
+                if not anchor_texts or not holds(rel, target, anchor):
+                    continue
+                for c, n in heads:
+                    text = f"{_phrase(c, n)} {rel} {anchor_texts[0]}"
+                    if ok(text):
+                        relation.append(text)
+    return {"simple": simple, "superlative": superlative, "relation": relation}
+
+
+def _only(scene: Scene, text: str, shape_id: int) -> bool:
+    try:
+        return resolve(text, scene) == [shape_id]
+    except ExpressionError:
+        return False
+
+
+def _pick(rng: np.random.Generator, families: dict[str, list[str]]) -> str | None:
+    """A description: first a family at random (so relations are as common as simple ones), then one of it."""
+    available = [name for name in ("simple", "superlative", "relation") if families.get(name)]
+    if not available:
+        return None
+    family = families[available[int(rng.integers(len(available)))]]
+    return family[int(rng.integers(len(family)))]
+
+
+# ---------------------------------------------------------------------------------------------
+# samples
+
+
+def _sample_rng(seed: int, kind: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, _KIND_CODES[kind], index])
+
+
+def _mask_of(scene: Scene, ids: list[int]) -> LazyMask:
+    return LazyMask.from_array(visible_mask(scene, ids))
+
+
+def _refseg_sample(scene: Scene, rng: np.random.Generator, config: ShapesConfig) -> tuple[str, list[int]] | None:
+    if rng.random() < config.multi_object:
+        options = []
+        for colour in sorted({s.colour for s in scene.shapes}):
+            if len(_matches(scene, colour, "shape")) >= 2:
+                options.append(f"all {colour} shapes")
+        for kind in sorted({s.kind for s in scene.shapes}):
+            if len(_matches(scene, None, kind)) >= 2:
+                options.append(f"all {kind}s")
+        simple = {s.id: d["simple"] for s in scene.shapes if (d := _unique_descriptions(scene, s, use_relations=False))}
+        described = [i for i, texts in simple.items() if texts]
+        if len(described) >= 2:
+            a, b = rng.choice(described, size=2, replace=False)
+            options.append(f"{simple[int(a)][0]} and {simple[int(b)][0]}")
+        if options:
+            text = options[int(rng.integers(len(options)))]
+            return text, resolve(text, scene)
+    order = rng.permutation(len(scene.shapes))
+    for index in order:
+        target = scene.shapes[int(index)]
+        text = _pick(rng, _unique_descriptions(scene, target))
+        if text is not None:
+            return text, [target.id]
+    return None
+
+
+def _options(rng: np.random.Generator, answer: str, pool: tuple[str, ...], k: int = 4) -> tuple[list[str], str]:
+    others = [p for p in pool if p != answer]
+    chosen = [others[int(i)] for i in rng.permutation(len(others))[:k - 1]]
+    options = [answer, *chosen]
+    options = [options[int(i)] for i in rng.permutation(len(options))]
+    return options, OPTION_LETTERS[options.index(answer)]
+
+
+def _question(scene: Scene, rng: np.random.Generator, config: ShapesConfig, *, for_rl: bool) -> dict | None:
+    """A question about the scene's target (its last shape): type, text, answer, answering shape ids."""
+    target = scene.shapes[-1]
+    kinds = ["colour", "shape", "position"] + (["count"] if for_rl else [])
+    for qtype in [kinds[int(i)] for i in rng.permutation(len(kinds))]:
+        if qtype == "colour":
+            desc = _pick(rng, _unique_descriptions(scene, target, use_colour=False))
+            if desc:
+                return {"type": "colour", "question": f"What is the colour of {desc}?", "answer": target.colour,
+                        "ids": [target.id], "pool": config.colours}
+        elif qtype == "shape":
+            desc = _pick(rng, _unique_descriptions(scene, target, use_kind=False))
+            if desc:
+                return {"type": "shape", "question": f"What shape is {desc}?", "answer": target.kind,
+                        "ids": [target.id], "pool": config.kinds}
+        elif qtype == "position":
+            found = _position_question(scene, target, rng)
+            if found:
+                return found
+        elif qtype == "count":
+            colour = target.colour if rng.random() < 0.5 else None
+            kind = None if colour else target.kind
+            ids = [s.id for s in _matches(scene, colour, kind or "shape")]
+            what = f"{colour} shapes" if colour else f"{kind}s"
+            return {"type": "count", "question": f"How many {what} are there in the image?", "answer": str(len(ids)),
+                    "ids": ids, "pool": ()}
+    return None
+
+
+def _position_question(scene: Scene, target: Shape, rng: np.random.Generator) -> dict | None:
+    target_desc = _pick(rng, {"simple": _unique_descriptions(scene, target, use_relations=False)["simple"]})
+    if target_desc is None:
+        return None
+    for other_index in rng.permutation(len(scene.shapes)):
+        other = scene.shapes[int(other_index)]
+        if other.id == target.id:
+            continue
+        other_desc = _pick(rng, {"simple": _unique_descriptions(scene, other, use_relations=False)["simple"]})
+        if other_desc is None:
+            continue
+        if holds("left of", target, other) or holds("right of", target, other):
+            answer = "left" if holds("left of", target, other) else "right"
+            return {"type": "position", "question": f"Is {target_desc} to the left or to the right of {other_desc}?",
+                    "answer": answer, "ids": [target.id, other.id], "pool": ("left", "right")}
+        if holds("above", target, other) or holds("below", target, other):
+            answer = "above" if holds("above", target, other) else "below"
+            return {"type": "position", "question": f"Is {target_desc} above or below {other_desc}?",
+                    "answer": answer, "ids": [target.id, other.id], "pool": ("above", "below")}
+    return None
+
+
+_QUESTION_PATTERNS = (
+    ("colour", re.compile(r"^What is the colour of (?P<a>.+)\?$")),
+    ("shape", re.compile(r"^What shape is (?P<a>.+)\?$")),
+    ("horizontal", re.compile(r"^Is (?P<a>.+) to the left or to the right of (?P<b>.+)\?$")),
+    ("vertical", re.compile(r"^Is (?P<a>.+) above or below (?P<b>.+)\?$")),
+    ("count", re.compile(r"^How many (?P<what>.+) are there in the image\?$")),
+)
+
+
+def answer_question(question: str, scene: Scene) -> str:
+    """The answer to a generated question, computed from the scene graph by parsing the question."""
+    for qtype, pattern in _QUESTION_PATTERNS:
+        match = pattern.match(question)
+        if not match:
+            continue
+        if qtype == "count":
+            return str(len(resolve(f"all {match['what']}", scene))) if _matches_any(match["what"], scene) else "0"
+        (a,) = resolve(match["a"], scene)
+        shape_a = scene.shapes[a]
+        if qtype == "colour":
+            return shape_a.colour
+        if qtype == "shape":
+            return shape_a.kind
+        (b,) = resolve(match["b"], scene)
+        shape_b = scene.shapes[b]
+        if qtype == "horizontal":
+            for word, rel in (("left", "left of"), ("right", "right of")):
+                if holds(rel, shape_a, shape_b):
+                    return word
+        else:
+            for word in ("above", "below"):
+                if holds(word, shape_a, shape_b):
+                    return word
+        raise ExpressionError(f"the relation asked in {question!r} does not hold either way")
+    raise ExpressionError(f"not a shapes-world question: {question!r}")
+
+
+def _matches_any(what: str, scene: Scene) -> bool:
+    try:
+        resolve(f"all {what}", scene)
+    except ExpressionError:
+        return False
+    return True
+
+
+def generate_samples(kind: str, n: int, config: ShapesConfig | None = None, *, seed: int = 0,
+                     start: int = 0) -> Iterator[SegSample | VQASample]:
+    """Yield ``n`` samples of ``kind`` (``refseg``, ``vqa`` or ``rl``); images embedded as PNG bytes.
+
+    Sample ``i`` depends only on ``(seed, kind, i)``; ``start`` skips to sample ``start``.
+    """
+    if kind not in SAMPLE_KINDS:
+        raise UsageError(f"kind must be one of {', '.join(SAMPLE_KINDS)}, got {kind!r}")
+    if n < 0:
+        raise UsageError(f"n must be >= 0, got {n}")
+    config = config or ShapesConfig()
+    for index in range(start, start + n):
+        yield _one_sample(kind, index, config, seed)
+
+
+def _one_sample(kind: str, index: int, config: ShapesConfig, seed: int) -> SegSample | VQASample:
+    rng = _sample_rng(seed, kind, index)
+    for _ in range(100):
+        scene = generate_scene(config, rng, small_target=kind != "refseg")
+        if kind == "refseg":
+            found = _refseg_sample(scene, rng, config)
+            if found is None:
+                continue
+            text, ids = found
+            image = render(scene, config, rng)
+            return SegSample(
+                id=f"shapes:refseg:{seed}:{index}", image=_image_ref(image, index), expression=text,
+                mask=_mask_of(scene, ids), source="shapes",
+                extra={"scene": scene.to_dict(), "target_ids": ids},
+            )
+        question = _question(scene, rng, config, for_rl=kind == "rl")
+        if question is None:
+            continue
+        image = render(scene, config, rng)
+        masks = [_mask_of(scene, [i]) for i in question["ids"]]
+        extra = {"scene": scene.to_dict(), "target_ids": question["ids"], "question_type": question["type"]}
+        if kind == "rl":
+            return VQASample(
+                id=f"shapes:rl:{seed}:{index}", image=_image_ref(image, index), question=question["question"],
+                answer=question["answer"], source="shapes-rl",
+                answer_type="number" if question["type"] == "count" else "text", region_masks=masks, extra=extra)
+        if rng.random() < config.multiple_choice:
+            options, letter = _options(rng, question["answer"], tuple(question["pool"]))
+            return VQASample(
+                id=f"shapes:vqa:{seed}:{index}", image=_image_ref(image, index), question=question["question"],
+                answer=question["answer"], source="shapes-vqa", options=options, answer_letter=letter,
+                answer_type="choice", region_masks=masks, extra=extra)
+        return VQASample(
+            id=f"shapes:vqa:{seed}:{index}", image=_image_ref(image, index), question=question["question"],
+            answer=question["answer"], source="shapes-vqa", answer_type="text", region_masks=masks, extra=extra)
+    raise UsageError(f"could not make a {kind} sample from 100 scenes; loosen the shapes-world settings")
+
+
+def _image_ref(image: np.ndarray, index: int) -> ImageRef:
+    return ImageRef(data=encode_png(image), name=f"{index:06d}.png")
+
+
+def write_synthetic(out: Path, kind: str, n: int, config: ShapesConfig | None = None, *, seed: int = 0) -> Path:
+    """Generate ``n`` samples and write them as a seganswer dataset folder (see ``seganswer_format``)."""
+    from seganswer_cli.data.seganswer_format import sample_to_record, write_dataset
+
+    config = config or ShapesConfig()
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+
+    def records() -> Iterator[dict]:
+        for index, sample in enumerate(generate_samples(kind, n, config, seed=seed)):
+            relative = f"images/{index:06d}.png"
+            (out / relative).write_bytes(sample.image.data)
+            yield sample_to_record(sample, relative, config.width, config.height)
+
+    settings = {"generator": "shapes", "kind": kind, "n": n, "seed": seed, "config": asdict(config)}
+    write_dataset(out, kind, records(), settings)
+    return out

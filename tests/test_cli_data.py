@@ -1,0 +1,79 @@
+"""`seganswer data synth` then `seganswer data inspect`, through the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from seganswer_cli.cli import app
+
+runner = CliRunner()
+SEGANSWER = Path(sys.executable).parent / "seganswer"
+
+
+def test_synth_then_inspect(tmp_path):
+    out = tmp_path / "shapes"
+    result = runner.invoke(app, ["data", "synth", "--kind", "refseg", "--n", "6", "--size", "96x64", "--seed", "3",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "seganswer_data.json").is_file() and len(list((out / "images").glob("*.png"))) == 6
+    manifest = json.loads((out / "seganswer_data.json").read_text())
+    assert manifest["settings"]["seed"] == 3 and manifest["settings"]["config"]["width"] == 96
+
+    sheet = tmp_path / "sheet.png"
+    result = runner.invoke(app, ["data", "inspect", str(out), "--json", "--check", "--contact-sheet", str(sheet)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["format"] == "seganswer" and summary["count"] == 6 and summary["skipped"] == 0
+    assert summary["kinds"] == {"seg": 6} and summary["examples"][0]["expression"]
+    assert sheet.is_file() and sheet.stat().st_size > 0
+
+    result = runner.invoke(app, ["data", "inspect", str(out), "--limit", "2"])
+    assert result.exit_code == 0 and "seganswer" in result.stdout and "limit reached" in result.stdout
+
+
+def test_synth_vqa_json_and_refuses_non_empty_out(tmp_path):
+    out = tmp_path / "qa"
+    result = runner.invoke(app, ["data", "synth", "--kind", "vqa", "--n", "3", "--size", "80x80", "--out", str(out),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["count"] == 3
+    result = runner.invoke(app, ["data", "inspect", str(out), "--json"])
+    assert json.loads(result.stdout)["kinds"] == {"vqa": 3}
+    again = subprocess.run([str(SEGANSWER), "data", "synth", "--n", "1", "--out", str(out)],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_bad_record_stop_and_skip(tmp_path):
+    out = tmp_path / "shapes"
+    assert runner.invoke(app, ["data", "synth", "--n", "3", "--size", "64x64", "--out", str(out)]).exit_code == 0
+    (out / "images" / "000001.png").write_bytes(b"garbage")
+    stop = subprocess.run([str(SEGANSWER), "data", "inspect", str(out), "--check"], capture_output=True, text=True)
+    assert stop.returncode == 1
+    assert "000001.png" in stop.stderr and "record shapes:refseg:0:1" in stop.stderr
+    skip = subprocess.run([str(SEGANSWER), "data", "inspect", str(out), "--check", "--on-error", "skip", "--json"],
+                          capture_output=True, text=True)
+    assert skip.returncode == 0, skip.stderr
+    summary = json.loads(skip.stdout)
+    assert summary["count"] == 2 and summary["skipped"] == 1
+    assert "cannot read image" in summary["skipped_records"][0]["reason"]
+
+
+def test_inspect_unknown_format_and_bad_size(tmp_path):
+    result = subprocess.run([str(SEGANSWER), "data", "inspect", str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 2 and "--format" in result.stderr
+    result = subprocess.run([str(SEGANSWER), "data", "synth", "--size", "big", "--out", str(tmp_path / "x")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "WIDTHxHEIGHT" in result.stderr
+
+
+def test_data_cli_module_imports_no_heavy_library():
+    code = ("import sys, seganswer_cli.cli.data; "
+            "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'pycocotools', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
