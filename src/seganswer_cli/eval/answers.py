@@ -1,0 +1,294 @@
+"""Rule-based answer extraction and scoring; no model, no judge. Shared by evaluation and the RL reward.
+
+The model is asked to answer inside ``<answer>...</answer>``. Extraction looks at the text inside the
+*last* such pair (an unclosed last ``<answer>`` also counts, for outputs cut at the token limit); when
+there is no tag it falls back to the whole output. Each result records which rule fired, as
+``"<source>:<method>"`` with source ``tag`` or ``untagged``:
+
+Multiple choice (``extract_choice``), first match wins:
+  ``letter``        the text is just an option letter: ``B``, ``(B)``, ``B.``, ``B)``, ``[B]`` (any case:
+                    ``(b)``), or starts with an upper-case one: ``B. text``, ``(B) text``
+  ``answer_prefix`` a phrase names the letter: ``Answer: B``, ``the answer is (B)``, ``option B``,
+                    ``\\boxed{B}``; the last such phrase wins
+  ``option_text``   exactly one option's text appears in the output (whole words, case-insensitive);
+                    if several do, the one that equals the whole answer wins, else nothing is extracted
+Yes/no (``extract_yes_no``):
+  ``yes_no``        the answer starts with yes/no (``Yes, there is``, ``No.``)
+  ``negation``      (POPE's official rule) the first sentence has a negation word -> ``no``
+  ``contains_yes``  ``yes`` appears as a word and no ``no`` -> ``yes``
+Free text / numbers: ``exact`` after ``normalize_text``; ``number`` when both parse as equal numbers.
+
+When nothing matches the rule is ``none`` and the answer is wrong. All functions are pure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from dataclasses import dataclass
+
+from seganswer_cli.eval.items import EvalItem, SampleResult
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
+_OPEN_TAG = re.compile(r"<answer>", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Extraction:
+    """The extracted answer (``None`` when no rule fired) and the rule that produced it."""
+
+    value: str | None
+    rule: str
+
+
+def answer_span(text: str) -> tuple[str, str]:
+    """(text to extract from, source): the last ``<answer>`` content and ``"tag"``, or the whole
+    output and ``"untagged"``.
+
+    >>> answer_span("<think>A?</think><answer>B</answer>")
+    ('B', 'tag')
+    >>> answer_span("<answer>A</answer> wait <answer> C")
+    ('C', 'tag')
+    """
+    closed = list(_ANSWER_TAG.finditer(text))
+    opens = list(_OPEN_TAG.finditer(text))
+    if opens and (not closed or opens[-1].start() > closed[-1].start()):
+        # the last <answer> was never closed (generation stopped): take what follows it
+        return text[opens[-1].end() :].strip(), "tag"
+    if closed:
+        return closed[-1].group(1).strip(), "tag"
+    return text.strip(), "untagged"
+
+
+_LETTER_ALONE = r"[\(\[\{]?\s*([A-Z])\s*[\)\]\}]?"
+_BOXED = re.compile(r"\\boxed\{\s*(?:\\text\{)?\s*\(?([A-Za-z])\)?\s*\}?\s*\}")
+_PREFIX = re.compile(
+    r"(?:answer|option|choice)\s*(?:is|:|=|-)?\s*(?:option\s*)?[:\s]*" + _LETTER_ALONE + r"(?![A-Za-z])",
+    re.IGNORECASE,
+)
+
+
+def extract_choice(text: str, options: dict[str, str]) -> Extraction:
+    """The option letter chosen in ``text`` (a model output), given ``options`` (letter -> text).
+
+    >>> opts = {"A": "red", "B": "blue"}
+    >>> extract_choice("<answer>(B)</answer>", opts)
+    Extraction(value='B', rule='tag:letter')
+    >>> extract_choice("I think the answer is A.", opts)
+    Extraction(value='A', rule='untagged:answer_prefix')
+    >>> extract_choice("<answer>It is blue.</answer>", opts)
+    Extraction(value='B', rule='tag:option_text')
+    """
+    span, source = answer_span(text)
+    letters = set(options) or set(string.ascii_uppercase[:4])
+    for method, found in (
+        ("letter", _bare_letter(span, letters)),
+        ("answer_prefix", _prefixed_letter(span, letters)),
+        ("option_text", _option_by_text(span, options)),
+    ):
+        if found is not None:
+            return Extraction(found, f"{source}:{method}")
+    return Extraction(None, "none")
+
+
+def _bare_letter(span: str, letters: set[str]) -> str | None:
+    # "B", "(B)", "B.", "B)", "[B]" alone, or "B. blue" / "(B) blue" / "B: blue" leading an explanation
+    # a span that is nothing but a letter may be lower case ("(a)" is how MMVP writes options)
+    match = re.fullmatch(_LETTER_ALONE + r"\s*[\.:\)]?\s*", span.strip(), re.IGNORECASE)
+    if match is None:
+        match = re.match(r"\s*(?:\(([A-Z])\)|([A-Z])[\.\):])(?:\s|$)", span)
+        letter = None if match is None else (match.group(1) or match.group(2))
+    else:
+        letter = match.group(1).upper()
+    return letter if letter in letters else None
+
+
+def _prefixed_letter(span: str, letters: set[str]) -> str | None:
+    found = [m.group(1).upper() for m in _BOXED.finditer(span)]
+    found += [m.group(1) for m in _PREFIX.finditer(span) if m.group(1).isupper()]
+    found = [f for f in found if f in letters]
+    return found[-1] if found else None
+
+
+def _option_by_text(span: str, options: dict[str, str]) -> str | None:
+    normalized = normalize_text(span)
+    if not normalized:
+        return None
+    exact = [k for k, v in options.items() if normalize_text(v) and normalize_text(v) == normalized]
+    if len(exact) == 1:
+        return exact[0]
+    contained = [
+        k
+        for k, v in options.items()
+        if normalize_text(v) and re.search(rf"(?<!\w){re.escape(normalize_text(v))}(?!\w)", normalized)
+    ]
+    return contained[0] if len(contained) == 1 else None
+
+
+_NEGATIONS = {
+    "no",
+    "not",
+    "none",
+    "nothing",
+    "neither",
+    "nor",
+    "never",
+    "isn't",
+    "aren't",
+    "doesn't",
+    "don't",
+    "cannot",
+    "can't",
+    "wasn't",
+    "weren't",
+    "isnt",
+    "arent",
+    "doesnt",
+    "dont",
+    "cant",
+}
+
+
+def extract_yes_no(text: str) -> Extraction:
+    """``yes``/``no`` from a model output (rules in the module docstring).
+
+    >>> extract_yes_no("<answer>Yes, there is a dog.</answer>")
+    Extraction(value='yes', rule='tag:yes_no')
+    >>> extract_yes_no("There is not a dog in the image.")
+    Extraction(value='no', rule='untagged:negation')
+    """
+    span, source = answer_span(text)
+    words = re.findall(r"[a-z']+", span.lower())
+    if words and words[0] in ("yes", "no"):
+        return Extraction(words[0], f"{source}:yes_no")
+    first_sentence = re.findall(r"[a-z']+", re.split(r"[.!?\n]", span.lower(), maxsplit=1)[0])
+    if _NEGATIONS & set(first_sentence):
+        return Extraction("no", f"{source}:negation")
+    if "yes" in words and "no" not in words:
+        return Extraction("yes", f"{source}:contains_yes")
+    return Extraction(None, "none")
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, no punctuation, no articles, single spaces (SQuAD-style short-answer normalisation).
+
+    >>> normalize_text("  The Red-Car! ")
+    'red car'
+    """
+    text = text.lower()
+    text = "".join(" " if ch in string.punctuation else ch for ch in text)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+_NUMBER_WORDS = {
+    w: i
+    for i, w in enumerate(
+        [
+            "zero",
+            "one",
+            "two",
+            "three",
+            "four",
+            "five",
+            "six",
+            "seven",
+            "eight",
+            "nine",
+            "ten",
+            "eleven",
+            "twelve",
+            "thirteen",
+            "fourteen",
+            "fifteen",
+            "sixteen",
+            "seventeen",
+            "eighteen",
+            "nineteen",
+            "twenty",
+        ]
+    )
+}
+_NUMBER = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)?(?:\.\d+)?(?:\s*/\s*\d+)?\s*%?")
+
+
+def normalize_number(text: str) -> float | None:
+    """The single number a short answer states, or ``None``: ``1,234``, ``-3.5``, ``1/2``, ``50%`` (0.5),
+    ``three``.
+
+    >>> normalize_number("about 1,200 people"), normalize_number("50%"), normalize_number("three")
+    (1200.0, 0.5, 3.0)
+    """
+    stripped = text.strip().lower().rstrip(".")
+    if stripped in _NUMBER_WORDS:
+        return float(_NUMBER_WORDS[stripped])
+    found = [m.group(0).strip() for m in _NUMBER.finditer(text) if re.search(r"\d", m.group(0))]
+    if len(found) != 1:
+        words = [w for w in re.findall(r"[a-z]+", stripped) if w in _NUMBER_WORDS]
+        return float(_NUMBER_WORDS[words[0]]) if not found and len(words) == 1 else None
+    token = found[0].replace(",", "").replace(" ", "")
+    percent = token.endswith("%")
+    token = token.rstrip("%")
+    try:
+        if "/" in token:
+            numerator, denominator = token.split("/")
+            value = float(numerator) / float(denominator)
+        else:
+            value = float(token)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return value / 100 if percent else value
+
+
+def extract_for(text: str, item: EvalItem) -> Extraction:
+    """Extract the answer in the form ``item.answer_kind`` calls for."""
+    if item.answer_kind == "choice":
+        return extract_choice(text, item.options)
+    if item.answer_kind == "yesno":
+        return extract_yes_no(text)
+    span, source = answer_span(text)
+    return Extraction(span or None, f"{source}:{'number' if item.answer_kind == 'number' else 'exact'}")
+
+
+def is_correct(extracted: str | None, item: EvalItem) -> bool:
+    """Whether an extracted answer matches ``item.answer`` under the item's answer kind."""
+    if extracted is None:
+        return False
+    if item.answer_kind in ("choice", "yesno"):
+        return extracted.strip().lower() == item.answer.strip().lower()
+    if item.answer_kind == "number":
+        got, want = normalize_number(extracted), normalize_number(item.answer)
+        return got is not None and want is not None and math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
+    if normalize_text(extracted) == normalize_text(item.answer):
+        return True
+    got, want = normalize_number(extracted), normalize_number(item.answer)
+    return got is not None and want is not None and math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def score_answer(prediction_text: str, item: EvalItem) -> float:
+    """1.0 if the answer in ``prediction_text`` is right for ``item``, else 0.0 (the RL accuracy reward).
+
+    >>> item = EvalItem("q1", "vstar", None, "Color?", "", "B", options={"A": "red", "B": "blue"})
+    >>> score_answer("<answer>B</answer>", item), score_answer("<answer>red</answer>", item)
+    (1.0, 0.0)
+    """
+    if item.answer_kind == "mask":
+        raise ValueError(f"{item.benchmark} is scored by mask IoU, not by answer text")
+    return 1.0 if is_correct(extract_for(prediction_text, item).value, item) else 0.0
+
+
+def score_sample(prediction_text: str, item: EvalItem) -> SampleResult:
+    """The ``SampleResult`` for one model output: extracted answer, rule, correctness, group keys."""
+    extraction = extract_for(prediction_text, item)
+    return SampleResult(
+        id=item.id,
+        correct=is_correct(extraction.value, item),
+        extracted=extraction.value,
+        rule=extraction.rule,
+        answer=item.answer,
+        groups=dict(item.groups),
+    )

@@ -1,0 +1,97 @@
+"""HallusionBench (Guan et al., 2024): yes/no questions on original and edited figures.
+
+Data (``--data``): the folder as published (``tianyi-lab/HallusionBench``, images unzipped)::
+
+    HallusionBench/
+      HallusionBench.json   [{"category": "VD", "subcategory": "illusion", "visual_input": "1", "set_id": "0",
+                              "figure_id": "0", "question_id": "0", "question": "Is the right orange circle ...?",
+                              "gt_answer": "1", "gt_answer_details": "...",
+                              "filename": "./hallusion_bench/VD/illusion/0_0.png"}, ...]
+      hallusion_bench/VD/illusion/0_0.png ...
+
+``category`` is VD (visual dependent) or VS (visual supplement); ``visual_input`` 0 means the question
+is asked without a figure (``filename`` null). ``gt_answer`` "1" is yes, "0" is no. An image is found
+at ``filename``, or at ``<category>/<subcategory>/<set_id>_<figure_id>.png`` (the official layout).
+
+``--split image`` (default) keeps the questions with a figure, as VLMEvalKit and lmms-eval's ``image``
+split do; ``--split all`` adds the text-only ones (item.image is None), as the official evaluation does.
+
+Prompt: the question, then "Please answer yes or no." Score: rule-based yes/no extraction (the official
+harness asks GPT-4 to judge; see answers.py). Metrics: aAcc, qAcc, fAcc (definitions in metrics.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from seganswer_cli.errors import DataError, UsageError
+from seganswer_cli.eval.answers import score_sample
+from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
+from seganswer_cli.eval.metrics import HallusionRow, accuracy, hallusion_metrics
+from seganswer_cli.eval.reading import locate, read_json_records
+
+NAME = "hallusionbench"
+SPLITS = ("image", "all")
+DEFAULT_SPLIT = "image"
+INSTRUCTION = "Please answer yes or no."
+KEYS = ("category", "subcategory", "set_id", "figure_id", "question_id")
+
+score = score_sample
+
+
+def read(root: Path, split: str | None = None) -> BenchmarkData:
+    """Items from the folder holding ``HallusionBench.json`` and its image tree."""
+    split = split or DEFAULT_SPLIT
+    if split not in SPLITS:
+        raise UsageError(f"{NAME}: unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    path = locate(root, ["HallusionBench.json"], NAME)
+    folders = [path.parent, path.parent / "hallusion_bench", Path(root)]
+    items: list[EvalItem] = []
+    missing: list[MissingImage] = []
+    for number, record in enumerate(read_json_records(path), start=1):
+        if any(k not in record for k in (*KEYS, "question", "gt_answer")):
+            raise DataError(
+                f"{path}: record {number} lacks one of {', '.join((*KEYS, 'question', 'gt_answer'))}"
+            )
+        groups = {k: str(record[k]) for k in KEYS}
+        item_id = "_".join(groups[k] for k in KEYS)
+        answer = {"1": "yes", "0": "no"}.get(str(record["gt_answer"]).strip())
+        if answer is None:
+            raise DataError(
+                f"{path}: record {number} ({item_id}) has gt_answer {record['gt_answer']!r}, not 0/1"
+            )
+        image = None
+        if str(record.get("visual_input", "1")) != "0" and record.get("filename"):
+            official = (
+                f"{groups['category']}/{groups['subcategory']}/{groups['set_id']}_{groups['figure_id']}.png"
+            )
+            image = find_file(record["filename"], folders) or find_file(official, folders)
+            if image is None:
+                missing.append(MissingImage(item_id, str(record["filename"]), tuple(str(f) for f in folders)))
+                continue
+        elif split == "image":
+            continue
+        question = str(record["question"]).strip()
+        items.append(
+            EvalItem(
+                id=item_id,
+                benchmark=NAME,
+                image=image,
+                question=question,
+                prompt=f"{question}\n{INSTRUCTION}",
+                answer=answer,
+                answer_kind="yesno",
+                groups=groups,
+            )
+        )
+    return BenchmarkData(items, missing, source=str(path))
+
+
+def summarize(results: Sequence[SampleResult]) -> dict[str, float]:
+    """aAcc, qAcc, fAcc, and aAcc's 95% Wilson interval."""
+    rows = [HallusionRow(*(r.groups[k] for k in KEYS), correct=r.correct) for r in results]
+    summary = hallusion_metrics(rows)
+    overall = accuracy([r.correct for r in results])
+    summary.update(aAcc_ci_low=overall.low, aAcc_ci_high=overall.high, n=float(len(results)))
+    return summary

@@ -1,0 +1,92 @@
+"""HR-Bench 4K and 8K (Wang et al., 2025): multiple choice on 4K / 8K images, two tasks.
+
+Data (``--data``): the folder holding the published TSV (``DreamMr/HR-Bench``), or its parquet export::
+
+    HR-Bench/
+      hr_bench_4k.tsv    columns: index, question, answer, category, A, B, C, D, image (base64), cycle_category
+      hr_bench_8k.tsv
+
+``category`` is ``single`` (FSP, fine-grained single-instance perception) or ``cross`` (FCP,
+fine-grained cross-instance perception). Each question appears once per ``cycle_category``, with its
+options cyclically shifted. Images are decoded lazily, one row at a time (the 8K TSV is several GB).
+
+Prompt: VLMEvalKit's (``Question:``, ``Options:``, ``A. ...``, "Please select the correct answer from the
+options above."). Score: the extracted letter equals ``answer`` (the official harness asks an LLM judge
+whether the reply matches; we match rule-based, see answers.py). Metrics, as the benchmark's own
+``evaluate``: within each cycle, accuracy on FSP, FCP and all; then each averaged over the cycles.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from pathlib import Path
+
+from seganswer_cli.errors import DataError, UsageError
+from seganswer_cli.eval.answers import score_sample
+from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
+from seganswer_cli.eval.metrics import accuracy, hrbench_metrics
+from seganswer_cli.eval.multiple_choice import vlmevalkit_prompt
+from seganswer_cli.eval.reading import is_blank, locate, read_table, require_columns, resolve_image_references
+
+RESOLUTIONS = ("4k", "8k")
+SPLITS = ("test",)
+DEFAULT_SPLIT = "test"
+
+score = score_sample
+
+
+def read(root: Path, split: str | None = None, *, resolution: str = "4k") -> BenchmarkData:
+    """Items of HR-Bench ``resolution`` (``4k`` or ``8k``) from the folder holding its TSV/parquet."""
+    if resolution not in RESOLUTIONS:
+        raise UsageError(f"hrbench: resolution must be one of {', '.join(RESOLUTIONS)}, got {resolution!r}")
+    if (split or DEFAULT_SPLIT) not in SPLITS:
+        raise UsageError(f"hrbench-{resolution}: HR-Bench has one split, 'test'; got {split!r}")
+    name = f"hrbench-{resolution}"
+    path = locate(
+        root,
+        [f"hr_bench_{resolution}.tsv", f"hr_bench_{resolution}*.parquet", f"*{resolution}*.parquet"],
+        name,
+    )
+    header, rows = read_table(path, {"image"})
+    require_columns(path, header, ["index", "question", "answer", "category", "A", "B", "image"])
+    resolve_image_references(path, rows)
+    items: list[EvalItem] = []
+    for number, row in enumerate(rows, start=1):
+        options = {
+            k: str(row[k]).strip() for k in string.ascii_uppercase if k in row and not is_blank(row[k])
+        }
+        answer = str(row["answer"]).strip().upper()
+        if answer not in options:
+            raise DataError(
+                f"{path}: row {number} answer {answer!r} is not one of its options {sorted(options)}"
+            )
+        if is_blank(row["image"]) or isinstance(row["image"], str):
+            raise DataError(f"{path}: row {number} (index {row['index']}) has no base64 image")
+        items.append(
+            EvalItem(
+                id=str(row["index"]).strip(),
+                benchmark=name,
+                image=row["image"],
+                question=str(row["question"]).strip(),
+                prompt=vlmevalkit_prompt(str(row["question"]).strip(), options),
+                answer=answer,
+                options=options,
+                groups={
+                    "category": str(row["category"]).strip(),
+                    "cycle": str(row.get("cycle_category", "0")),
+                },
+            )
+        )
+    return BenchmarkData(items, [], source=str(path))
+
+
+def summarize(results: Sequence[SampleResult]) -> dict[str, float]:
+    """FSP, FCP and overall accuracy averaged over option cycles, plus the plain per-row accuracy."""
+    summary = hrbench_metrics(
+        (r.groups.get("category", ""), r.groups.get("cycle", "0"), r.correct) for r in results
+    )
+    plain = accuracy([r.correct for r in results])
+    summary.update(row_accuracy=plain.value, row_accuracy_ci_low=plain.low, row_accuracy_ci_high=plain.high)
+    summary["n"] = float(len(results))
+    return summary

@@ -1,0 +1,95 @@
+"""MMVP (Tong et al., 2024): 150 pairs of "CLIP-blind" images, one two-way question per image.
+
+Data (``--data``): the folder as published (``MMVP/MMVP``)::
+
+    MMVP/
+      Questions.csv     Index,Question,Options,Correct Answer
+                        1,Are the butterfly's wings closer to being open or closed?,(a) Open (b) Closed,(a)
+      MMVP Images/      1.jpg ... 300.jpg   (image ``Index``.jpg)
+
+Questions ``2k-1`` and ``2k`` (1-based ``Index``) ask the same thing about the two images of pair k.
+
+Prompt: the question, ``(A) Open`` / ``(B) Closed``, and the letter instruction (options re-lettered
+upper case so every benchmark shares one extraction rule). Score: the extracted letter equals the
+``Correct Answer`` letter. Metrics: per-question accuracy and pair accuracy (both questions of a pair
+right), as MMVP reports.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from seganswer_cli.errors import DataError, UsageError
+from seganswer_cli.eval.answers import score_sample
+from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
+from seganswer_cli.eval.metrics import accuracy, mmvp_metrics
+from seganswer_cli.eval.multiple_choice import llava_prompt
+from seganswer_cli.eval.reading import locate, read_csv_rows, require_columns
+
+NAME = "mmvp"
+SPLITS = ("test",)
+DEFAULT_SPLIT = "test"
+_OPTION = re.compile(r"\(([a-zA-Z])\)\s*([^()]*)")
+
+score = score_sample
+
+
+def parse_options(text: str) -> dict[str, str]:
+    """``"(a) Open (b) Closed"`` -> ``{"A": "Open", "B": "Closed"}``."""
+    return {letter.upper(): value.strip() for letter, value in _OPTION.findall(text) if value.strip()}
+
+
+def read(root: Path, split: str | None = None) -> BenchmarkData:
+    """Items from the folder holding ``Questions.csv`` and ``MMVP Images/``."""
+    if (split or DEFAULT_SPLIT) not in SPLITS:
+        raise UsageError(f"{NAME}: MMVP has one split, 'test'; got {split!r}")
+    path = locate(root, ["Questions.csv"], NAME)
+    rows = read_csv_rows(path)
+    require_columns(path, rows[0].keys() if rows else [], ["Index", "Question", "Options", "Correct Answer"])
+    folders = [path.parent / "MMVP Images", path.parent, Path(root) / "MMVP Images", Path(root)]
+    items: list[EvalItem] = []
+    missing: list[MissingImage] = []
+    for row in rows:
+        if not (row.get("Index") or "").strip():
+            continue
+        index = int(row["Index"])
+        options = parse_options(row["Options"])
+        answer = row["Correct Answer"].strip().strip("()").upper()
+        if len(options) < 2 or answer not in options:
+            raise DataError(
+                f"{path}: Index {index}: cannot read options {row['Options']!r} / answer {row['Correct Answer']!r}"
+            )
+        image = next(
+            (p for ext in (".jpg", ".png", ".jpeg") if (p := find_file(f"{index}{ext}", folders))), None
+        )
+        if image is None:
+            missing.append(
+                MissingImage(str(index), f"MMVP Images/{index}.jpg", tuple(str(f) for f in folders))
+            )
+            continue
+        question = row["Question"].strip()
+        items.append(
+            EvalItem(
+                id=str(index),
+                benchmark=NAME,
+                image=image,
+                question=question,
+                prompt=llava_prompt(question, options),
+                answer=answer,
+                options=options,
+                groups={"index": str(index), "pair": str((index - 1) // 2)},
+            )
+        )
+    return BenchmarkData(items, missing, source=str(path))
+
+
+def summarize(results: Sequence[SampleResult]) -> dict[str, float]:
+    """Question accuracy (95% Wilson interval) and pair accuracy."""
+    summary = mmvp_metrics((int(r.groups["index"]), r.correct) for r in results)
+    question = accuracy([r.correct for r in results])
+    summary.update(
+        question_accuracy_ci_low=question.low, question_accuracy_ci_high=question.high, n=float(len(results))
+    )
+    return summary

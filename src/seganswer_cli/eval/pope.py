@@ -1,0 +1,107 @@
+"""POPE (Li et al., 2023): "Is there a <object> in the image?" on COCO val2014, three sampling settings.
+
+Data (``--data``): the folder holding the three question files and the images they name::
+
+    pope/
+      coco_pope_random.json        JSON lines: {"question_id": 1, "image": "COCO_val2014_000000310196.jpg",
+      coco_pope_popular.json                    "text": "Is there a snowboard in the image?", "label": "yes"}
+      coco_pope_adversarial.json
+      val2014/                     (or the images next to the files, or ``images/``, or ``coco/val2014/``)
+
+``--split`` is ``random``, ``popular``, ``adversarial`` or ``all`` (default: the three together; ids are
+prefixed with the setting since each file numbers its questions from 1).
+
+Prompt: the question, then "Please answer yes or no."  Extraction follows POPE's official rule: an
+answer that does not start with yes/no is ``no`` if its first sentence has a negation word, otherwise
+``yes`` (rule ``pope_default_yes``). Metrics per setting (accuracy, precision, recall, F1, yes-ratio,
+``yes`` positive) and their mean over the settings evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from seganswer_cli.errors import DataError, UsageError
+from seganswer_cli.eval.answers import answer_span, extract_yes_no
+from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
+from seganswer_cli.eval.metrics import pope_metrics
+from seganswer_cli.eval.reading import candidate_folders, locate, read_json_records
+
+NAME = "pope"
+SETTINGS = ("random", "popular", "adversarial")
+SPLITS = ("all", *SETTINGS)
+DEFAULT_SPLIT = "all"
+INSTRUCTION = "Please answer yes or no."
+
+
+def read(root: Path, split: str | None = None) -> BenchmarkData:
+    """Items of one setting or all three from the folder holding ``coco_pope_<setting>.json``."""
+    split = split or DEFAULT_SPLIT
+    if split not in SPLITS:
+        raise UsageError(f"{NAME}: unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    settings = SETTINGS if split == "all" else (split,)
+    items: list[EvalItem] = []
+    missing: list[MissingImage] = []
+    sources = []
+    for setting in settings:
+        path = locate(root, [f"coco_pope_{setting}.json", f"coco_pope_{setting}.jsonl"], NAME)
+        sources.append(str(path))
+        folders = []
+        for base in dict.fromkeys([path.parent, *candidate_folders(Path(root))]):
+            folders += [base, base / "val2014", base / "images", base / "coco" / "val2014"]
+        for number, record in enumerate(read_json_records(path), start=1):
+            label = str(record.get("label", "")).strip().lower()
+            if label not in ("yes", "no") or "image" not in record or "text" not in record:
+                raise DataError(f"{path}: record {number} needs 'image', 'text' and a yes/no 'label'")
+            item_id = f"{setting}-{record.get('question_id', number)}"
+            image = find_file(record["image"], folders)
+            if image is None:
+                missing.append(MissingImage(item_id, record["image"], tuple(str(f) for f in folders)))
+                continue
+            question = str(record["text"]).strip()
+            items.append(
+                EvalItem(
+                    id=item_id,
+                    benchmark=NAME,
+                    image=image,
+                    question=question,
+                    prompt=f"{question}\n{INSTRUCTION}",
+                    answer=label,
+                    answer_kind="yesno",
+                    groups={"setting": setting},
+                )
+            )
+    return BenchmarkData(items, missing, source=", ".join(sources))
+
+
+def score(prediction_text: str, item: EvalItem) -> SampleResult:
+    """Yes/no extraction with POPE's default-to-yes rule; correct when it equals the label."""
+    extraction = extract_yes_no(prediction_text)
+    value, rule = extraction.value, extraction.rule
+    if value is None and answer_span(prediction_text)[0]:
+        # POPE's official evaluation counts any answer without a negation as "yes"
+        value, rule = "yes", "pope_default_yes"
+    return SampleResult(
+        id=item.id,
+        correct=value == item.answer,
+        extracted=value,
+        rule=rule,
+        answer=item.answer,
+        groups=dict(item.groups),
+    )
+
+
+def summarize(results: Sequence[SampleResult]) -> dict[str, float]:
+    """``<setting>/<metric>`` for each setting present, and ``<metric>`` averaged over them."""
+    summary: dict[str, float] = {}
+    present = [s for s in SETTINGS if any(r.groups.get("setting") == s for r in results)]
+    for setting in present:
+        subset = [r for r in results if r.groups.get("setting") == setting]
+        for metric, value in pope_metrics([r.extracted for r in subset], [r.answer for r in subset]).items():
+            summary[f"{setting}/{metric}"] = value
+    for metric in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
+        values = [summary[f"{s}/{metric}"] for s in present]
+        summary[metric] = sum(values) / len(values) if values else float("nan")
+    summary["n"] = float(len(results))
+    return summary
