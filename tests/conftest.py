@@ -27,3 +27,46 @@ def blob_mask():
     mask = (yy - 70) ** 2 + (xx - 90) ** 2 < 35**2
     mask[130:136, 100:200] = True
     return mask
+
+
+def _noise(seed, h=180, w=240):
+    rng = np.random.RandomState(seed)
+    return Image.fromarray((rng.rand(h, w, 3) * 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="session")
+def patterned_model():
+    """A tiny model taught (by overfitting two conversations, ~2 s) the paper's Stage 2 pattern:
+    ``... observe <|seg|>.`` -> segmented region -> ``<answer> ... </answer>.``
+
+    Returns ``(model, cases)``, each case ``(image, question, mask, answer)``. Random weights never
+    emit ``<|seg|>``; this model does, so the reasoning loop's seg path runs for real.
+    """
+    import torch
+
+    from seganswer_cli.model import SegAnswerModel, tokens
+
+    torch.manual_seed(0)
+    model = SegAnswerModel.from_preset("tiny").train()
+    cases = []
+    for seed, question, box, answer in [(0, "What colour is the disc?", (40, 100, 60, 150), "red"),
+                                         (1, "Which shape is on the left?", (90, 160, 20, 80), "square")]:
+        mask = np.zeros((180, 240), bool)
+        mask[box[0] : box[1], box[2] : box[3]] = True
+        cases.append((_noise(seed), question, mask, answer))
+    sequences = []
+    for image, question, mask, answer in cases:
+        b = model.builder().system()
+        b.user(tokens.reasoning_prompt(question), image=model.global_view(image))
+        b.assistant(tokens.SEG_RESPONSE)
+        b.user("", view=model.segmented_view(image, mask))
+        b.assistant(tokens.answer_response(answer))
+        sequences.append(b.build())
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    for _ in range(120):
+        loss = model(sequences).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), cases

@@ -49,7 +49,7 @@ def test_bbox_view_gets_fresh_positions(tiny_model, noise_image, blob_mask):
     dense = model.global_view(noise_image)
     view = model.segmented_view(noise_image, blob_mask, mode="bbox")
     b = model.builder().user("q", image=dense)
-    before = b._next
+    before = b.next_position
     seq = b.user("", view=view).build()
     pads = torch.nonzero(seq.input_ids == model.token_ids.image_pad).flatten()[dense.num_tokens :]
     assert float(seq.position_ids[0, pads].min()) > before  # after everything so far

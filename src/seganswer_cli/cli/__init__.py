@@ -13,6 +13,7 @@ from rich.console import Console
 
 from seganswer_cli import __version__
 from seganswer_cli.cli import data as data_cli
+from seganswer_cli.cli import infer as infer_cli
 from seganswer_cli.cli import model as model_cli
 from seganswer_cli.errors import SegAnswerError
 
@@ -25,6 +26,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+app.command("infer")(infer_cli.infer)
+app.command("segment")(infer_cli.segment)
 app.add_typer(model_cli.app, name="model")
 app.add_typer(data_cli.app, name="data")
 

@@ -20,3 +20,44 @@ DeviceOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout and nothing else.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (for batch jobs).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+
+DEFAULT_MODEL = "tiny"
+"""Default of ``--model`` until the shipped shapes-world model exists (then: ``shapes``)."""
+
+ModelDefaultOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A seganswer model folder or a preset name. Default: the built-in 'tiny' preset (random "
+        "weights: it runs the whole pipeline but its answers mean nothing) until a trained demo model ships.",
+    ),
+]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Weights dtype: auto, float32, bfloat16, float16.")]
+
+
+def resolve_device(name: str):
+    """``auto`` -> cuda when present, else cpu; anything else as torch understands it."""
+    import torch
+
+    from seganswer_cli.errors import UsageError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UsageError(f"unknown --device {name!r}: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name} asked for CUDA but torch sees no GPU")
+    return device
+
+
+def load_model(spec: str, device: str = "auto", dtype: str = "auto"):
+    """A ``SegAnswerModel`` from a folder or preset name, on ``device``, in eval mode."""
+    from seganswer_cli.cli.model import resolve_dtype
+    from seganswer_cli.model import SegAnswerModel
+
+    torch_dtype = resolve_dtype(dtype)
+    model = SegAnswerModel.from_pretrained(spec, dtype=torch_dtype)
+    return model.to(resolve_device(device)).eval()

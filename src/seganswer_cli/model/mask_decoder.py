@@ -130,7 +130,14 @@ def upsample_logits(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
 
 def build_tiny_sam(image_size: int = 128, seed: int = 0):
     """A random-init SAM 2.1 of the real architecture at toy width (~2.7 M parameters)."""
-    from transformers import Sam2Config, Sam2HieraDetConfig, Sam2MaskDecoderConfig, Sam2Model, Sam2PromptEncoderConfig, Sam2VisionConfig
+    from transformers import (
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2Model,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
 
     S = image_size
     if S % 32:

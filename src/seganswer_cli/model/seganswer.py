@@ -247,7 +247,7 @@ class SegAnswerModel(nn.Module):
     def language_model(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
                        attention_mask: torch.Tensor | None = None, cache=None, use_cache: bool = False):
         """The decoder stack on prepared embeddings and 3-D positions; returns transformers' output
-        (``last_hidden_state``, and ``past_key_values`` when ``use_cache``)."""
+        (``last_hidden_state``, and ``cache`` when ``use_cache``)."""
         device = inputs_embeds.device
         return self.mllm.model.language_model(
             inputs_embeds=inputs_embeds,
@@ -278,6 +278,19 @@ class SegAnswerModel(nn.Module):
         """
         is_seg = labels.to(hidden.device) == self.token_ids.seg  # (B, S)
         return [hidden[b][is_seg[b]] for b in range(hidden.shape[0])]
+
+    def token_logprobs(self, sequences: list[Sequence], *, temperature: float = 1.0) -> list[torch.Tensor]:
+        """Per sequence, the log-probability of each target token under the model, ``[(n_b,)]``,
+        from one forward over the whole sequence (Stage 3 recomputes rollout log-probs with it)."""
+        batch = self.collate(sequences)
+        hidden = self.language_model(self.embed(batch), batch.position_ids, batch.attention_mask).last_hidden_state
+        targets = batch.labels[:, 1:].to(hidden.device)  # (B, S-1): token t+1 is predicted at t
+        out = []
+        for b in range(hidden.shape[0]):
+            where = targets[b] != IGNORE_INDEX
+            logits = self.logits(hidden[b, :-1][where]).float() / temperature  # (n_b, V)
+            out.append(torch.log_softmax(logits, -1).gather(1, targets[b][where][:, None])[:, 0])
+        return out
 
     # -- masks ----------------------------------------------------------------------------------
 

@@ -62,6 +62,21 @@ class Sequence:
     def __len__(self) -> int:
         return int(self.input_ids.numel())
 
+    def tail(self, start: int) -> Sequence:
+        """The tokens from ``start`` on, with the visual slots that lie there (for feeding a new
+        chunk of a conversation into a model that has cached everything before ``start``)."""
+        visuals = [VisualSlot(v.start - start, v.image, v.keep) for v in self.visuals if v.start >= start]
+        if any(v.start < start < v.start + v.length for v in self.visuals):
+            raise ValueError(f"position {start} cuts an image's tokens in two")
+        return Sequence(
+            input_ids=self.input_ids[start:],
+            position_ids=self.position_ids[:, start:],
+            target_mask=self.target_mask[start:],
+            visuals=visuals,
+            image_bases=self.image_bases,
+            next_position=self.next_position,
+        )
+
     def labels(self) -> torch.Tensor:
         """``(S,)`` next-token targets aligned with ``input_ids`` (``IGNORE_INDEX`` off the target mask)."""
         return torch.where(self.target_mask, self.input_ids, torch.full_like(self.input_ids, IGNORE_INDEX))
@@ -87,6 +102,13 @@ class SequenceBuilder:
     _image_bases: list[float] = field(default_factory=list)
     _next: float = 0.0
     _max: float = -1.0
+
+    def __len__(self) -> int:
+        return len(self._input_ids)
+
+    @property
+    def next_position(self) -> float:
+        return self._next
 
     def _append(self, ids: list[int], positions: torch.Tensor, target: bool) -> None:
         # positions: (3, len(ids))
@@ -146,15 +168,15 @@ class SequenceBuilder:
     def system(self, system: str = tokens.DEFAULT_SYSTEM) -> SequenceBuilder:
         return self.text(tokens.system_turn(system))
 
-    def user(self, text: str = "", *, image: DenseImage | None = None, view: SegmentedView | None = None,
-             of_image: int = 0) -> SequenceBuilder:
-        """A user turn: optional image (or segmented view) first, then text, then the turn close and
-        the assistant turn's opening (the model's reply follows)."""
+    def user(self, text: str = "", *, image: DenseImage | None = None,
+             view: SegmentedView | list[SegmentedView] | None = None, of_image: int = 0) -> SequenceBuilder:
+        """A user turn: optional image and/or segmented view(s) first, then text, then the turn close
+        and the assistant turn's opening (the model's reply follows)."""
         self.text(tokens.user_turn_open())
         if image is not None:
             self.image(image)
-        if view is not None:
-            self.segmented(view, of_image=of_image)
+        for v in [view] if isinstance(view, SegmentedView) else view or []:
+            self.segmented(v, of_image=of_image)
         return self.text(text + tokens.turn_close() + tokens.assistant_turn_open())
 
     def assistant(self, text: str) -> SequenceBuilder:

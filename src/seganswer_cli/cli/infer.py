@@ -1,0 +1,234 @@
+"""``seganswer infer`` (segment, look again, answer) and ``seganswer segment`` (Stage 1 masks)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from seganswer_cli.cli.options import (
+    DEFAULT_MODEL,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    ModelDefaultOpt,
+    QuietOpt,
+    load_model,
+)
+from seganswer_cli.errors import DataError, SegAnswerError, UsageError
+
+console = Console()
+err_console = Console(stderr=True)
+
+RoiOpt = Annotated[str, typer.Option("--roi", help="Second look: mask (sparse segmented patches), bbox (box crop), none.")]
+
+
+def infer(
+    image: Annotated[Path | None, typer.Argument(help="Image file (omit with --batch).", show_default=False)] = None,
+    question: Annotated[str | None, typer.Argument(help="The question (omit with --batch).", show_default=False)] = None,
+    model: ModelDefaultOpt = DEFAULT_MODEL,
+    roi: RoiOpt = "mask",
+    max_seg_steps: Annotated[int, typer.Option(help="Most <|seg|> rounds per question.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(help="Most generated tokens per question.")] = 256,
+    sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature (with --sample).")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --sample).")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    save_vis: Annotated[Path | None, typer.Option(help="Write a PNG: mask on the image beside the segmented view.")] = None,
+    as_json: JsonOpt = False,
+    batch: Annotated[Path | None, typer.Option(help="JSONL of questions: {\"id\", \"image\", \"question\"} per line.")] = None,
+    out: Annotated[Path | None, typer.Option(help="With --batch: JSONL answers, appended as they come; rerun resumes.")] = None,
+    batch_size: Annotated[int, typer.Option(help="With --batch: questions answered together.")] = 4,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    quiet: QuietOpt = False,
+) -> None:
+    """Answer a question about an image: segment the region of interest, look again, answer."""
+    from seganswer_cli.reasoning import ReasoningSettings
+
+    settings = ReasoningSettings(roi=roi, max_seg_steps=max_seg_steps, max_new_tokens=max_new_tokens,
+                                 sample=sample, temperature=temperature, top_p=top_p, seed=seed)
+    if batch is not None:
+        if image is not None or question is not None:
+            raise UsageError("give either IMAGE QUESTION or --batch FILE, not both")
+        if out is None:
+            raise UsageError("--batch needs --out ANSWERS.jsonl")
+        return _infer_batch(batch, out, model, settings, batch_size, device, dtype, quiet)
+    if image is None or question is None:
+        raise UsageError("give an IMAGE and a QUESTION (or --batch FILE --out FILE)")
+    if not question.strip():
+        raise UsageError("the question is empty")
+    from seganswer_cli.images import load_image
+    from seganswer_cli.reasoning import run, trajectory_record
+
+    pil = load_image(image)  # bad images fail before the model loads
+    if not as_json and not quiet:
+        err_console.print(f"model [bold]{model}[/] · roi {roi} · {'sampled' if sample else 'greedy'}", highlight=False)
+    loaded = load_model(model, device, dtype)
+    traj = run(loaded, pil, question, settings)
+    if save_vis is not None:
+        from seganswer_cli.viz import trajectory_figure
+
+        save_vis.parent.mkdir(parents=True, exist_ok=True)
+        trajectory_figure(pil, traj).save(save_vis)
+    if as_json:
+        print(json.dumps(trajectory_record(traj, image=str(image), model=model, roi=roi)))
+    else:
+        _print_trajectory(traj, save_vis)
+    if traj.answer is None:
+        raise SegAnswerError(f"no answer: the model stopped ({traj.stop_reason}) without one")
+
+
+def _print_trajectory(traj, save_vis: Path | None) -> None:
+    for i, turn in enumerate(traj.turns):
+        console.print(Panel(turn.strip() or "(empty)", title=f"model turn {i + 1}", title_align="left"), highlight=False)
+        if i < len(traj.steps):
+            step = traj.steps[i]
+            area = int(step.mask.sum()) if step.mask is not None else 0
+            note = f" · fallback: {step.fallback}" if step.fallback else ""
+            console.print(f"  [cyan]<|seg|>[/] mask {area} px · box {step.box} · second look "
+                          f"{step.kept_tokens} visual tokens{note}", highlight=False)
+    table = Table(show_header=False, box=None)
+    table.add_row("answer", f"[bold]{traj.answer}[/]" if traj.answer is not None else "[red](none)[/]")
+    table.add_row("stopped", f"{traj.stop_reason} · {traj.generated_tokens} tokens generated")
+    table.add_row("seconds", " · ".join(f"{k} {v:.3f}" for k, v in traj.timings.items()))
+    if save_vis is not None:
+        table.add_row("figure", str(save_vis))
+    console.print(table)
+
+
+def _read_batch(path: Path) -> tuple[list[dict], list[str]]:
+    """Valid questions and error lines (with line numbers) from a batch JSONL file."""
+    if not path.is_file():
+        raise UsageError(f"batch file not found: {path}")
+    good, errors, seen = [], [], set()
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError("not a JSON object")
+            for key in ("image", "question"):
+                if not isinstance(rec.get(key), str) or not rec[key].strip():
+                    raise ValueError(f"missing or empty {key!r}")
+        except ValueError as e:
+            errors.append(f"{path}:{n}: {e}")
+            continue
+        rec_id = str(rec.get("id", n))
+        if rec_id in seen:
+            errors.append(f"{path}:{n}: duplicate id {rec_id!r}")
+            continue
+        seen.add(rec_id)
+        image = Path(rec["image"])
+        good.append({"id": rec_id, "question": rec["question"], "image": image if image.is_absolute() else path.parent / image, "line": n})
+    return good, errors
+
+
+def _done_ids(out: Path) -> set[str]:
+    if not out.exists():
+        return set()
+    done = set()
+    for line in out.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill: that question is answered again
+        if "answer" in rec and "error" not in rec:
+            done.add(str(rec["id"]))
+    return done
+
+
+def _infer_batch(batch: Path, out: Path, model: str, settings, batch_size: int, device: str, dtype: str, quiet: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from seganswer_cli.images import load_image
+    from seganswer_cli.reasoning import ReasoningLoop, trajectory_record
+
+    if batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    questions, errors = _read_batch(batch)
+    done = _done_ids(out)
+    todo = [q for q in questions if q["id"] not in done]
+    for e in errors:
+        err_console.print(f"[yellow]skipped[/] {e}", highlight=False)
+    if not quiet:
+        err_console.print(f"{len(questions)} questions · {len(done)} already answered in {out} · {len(todo)} to do", highlight=False)
+    loop = ReasoningLoop(load_model(model, device, dtype), settings) if todo else None
+    failures = len(errors)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a", encoding="utf-8") as sink, Progress(
+        TextColumn("answering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=err_console, disable=quiet,
+    ) as progress:
+        task = progress.add_task("answering", total=len(todo))
+        for start in range(0, len(todo), batch_size):
+            chunk, images = [], []
+            for q in todo[start : start + batch_size]:
+                try:
+                    images.append(load_image(q["image"]))
+                    chunk.append(q)
+                except SegAnswerError as e:
+                    failures += 1
+                    err_console.print(f"[red]failed[/] {batch}:{q['line']} (id {q['id']}): {e}", highlight=False)
+                    sink.write(json.dumps({"id": q["id"], "error": str(e)}) + "\n")
+                    progress.advance(task)
+            if chunk:
+                trajs = loop.run(images, [q["question"] for q in chunk])
+                for q, traj in zip(chunk, trajs):
+                    sink.write(json.dumps(trajectory_record(traj, id=q["id"], image=str(q["image"]))) + "\n")
+                    progress.advance(task)
+            sink.flush()
+    answered = len(_done_ids(out))
+    err_console.print(f"{answered} answered · {failures} failed · answers in {out}", highlight=False)
+    if failures:
+        raise DataError(f"{failures} question(s) of {batch} could not be answered (see the lines above)")
+
+
+def segment(
+    image: Annotated[Path, typer.Argument(help="Image file.")],
+    expression: Annotated[str, typer.Argument(help="What to segment, e.g. \"the red triangle\".")],
+    model: ModelDefaultOpt = DEFAULT_MODEL,
+    save_vis: Annotated[Path | None, typer.Option(help="Write a PNG of the mask over the image.")] = None,
+    save_mask: Annotated[Path | None, typer.Option(help="Write the mask as a black/white PNG.")] = None,
+    as_json: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Referring segmentation (Stage 1): the paper's Prompt 1 -> ``It is <|seg|>.`` -> the mask."""
+    from PIL import Image
+
+    from seganswer_cli.images import load_image
+    from seganswer_cli.masks import encode_rle, mask_bbox
+
+    if not expression.strip():
+        raise UsageError("the expression is empty")
+    pil = load_image(image)
+    loaded = load_model(model, device, dtype)
+    mask, iou, score = loaded.segment(pil, expression)
+    if save_mask is not None:
+        save_mask.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.astype("uint8") * 255).save(save_mask)
+    if save_vis is not None:
+        from seganswer_cli.viz import segmentation_figure
+
+        save_vis.parent.mkdir(parents=True, exist_ok=True)
+        segmentation_figure(pil, mask, expression).save(save_vis)
+    area = int(mask.sum())
+    box = list(mask_bbox(mask)) if area else None
+    if as_json:
+        print(json.dumps({"image": str(image), "expression": expression, "mask": encode_rle(mask), "area": area,
+                          "box": box, "iou": round(iou, 4), "object_score": round(score, 4)}))
+    else:
+        console.print(f"mask: {area} px ({area / mask.size:.1%} of the image) · box {box} · "
+                      f"predicted IoU {iou:.3f} · object score {score:.3f}", highlight=False)
+        for path in (save_mask, save_vis):
+            if path is not None:
+                console.print(f"wrote {path}", highlight=False)
+    sys.stdout.flush()

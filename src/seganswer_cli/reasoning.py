@@ -1,0 +1,367 @@
+"""The one multi-turn reasoning loop: ``infer``, ``eval`` and Stage 3's rollouts all call ``run``.
+
+For each (image, question):
+1. Turn 1: the paper's reasoning prompt with the image; the model generates (greedy or sampled).
+2. When a turn of the model contains ``<|seg|>``: the hidden state computed when ``<|seg|>`` is fed
+   back in (the same position training reads, see ``model.seganswer``) goes through the projector
+   and SAM 2.1; the mask becomes the sparse-position segmented view (``--roi mask``; ``bbox`` and
+   ``none`` for comparison), which is appended as the next user turn. The KV cache is continued:
+   the original image is never prefilled twice. At most ``max_seg_steps`` such rounds.
+3. Stop at ``</answer>``, ``<|im_end|>`` of a turn without ``<|seg|>``, EOS, or the token limit.
+
+An empty mask falls back to the original image (a full-mask view at the original positions) and
+is recorded on the step. Several questions run as one batch: every step feeds each active row a
+chunk (one token while decoding; a whole segmented turn when one is due), left-padded to one
+length; finished rows feed padding. Positions are explicit, so padding never shifts them.
+
+``Trajectory.sequence`` is the whole conversation exactly as the model saw it (ids, 3-D positions,
+visual slots), with ``target_mask`` marking the tokens the model generated: Stage 3 recomputes
+log-probabilities on it and masks its loss with it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from seganswer_cli.errors import EmptyMaskError, UsageError
+from seganswer_cli.model import tokens
+from seganswer_cli.model.mask_decoder import upsample_logits
+from seganswer_cli.model.sequence import Sequence, SequenceBuilder
+from seganswer_cli.model.sparse_patches import ROI_MODES, SegmentedView
+
+
+@dataclass
+class ReasoningSettings:
+    """How the loop generates and looks again."""
+
+    roi: str = "mask"
+    """Second look: ``mask`` (sparse segmented patches at original positions), ``bbox`` (box crop,
+    fresh positions), ``none`` (no second look: an empty user turn)."""
+    max_seg_steps: int = 1
+    """Most ``<|seg|>`` rounds per question; a turn that asks for more ends the trajectory."""
+    max_new_tokens: int = 256
+    """Most tokens the model may generate per question, all turns together."""
+    sample: bool = False
+    """Sample (temperature, top-p) instead of greedy decoding."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    """Seed of the sampling generator (None: torch's global RNG)."""
+    system: str = tokens.DEFAULT_SYSTEM
+
+    def __post_init__(self):
+        if self.roi not in ROI_MODES:
+            raise UsageError(f"unknown --roi {self.roi!r}; expected one of {', '.join(ROI_MODES)}")
+        if self.max_seg_steps < 0 or self.max_new_tokens < 1:
+            raise UsageError("max_seg_steps must be >= 0 and max_new_tokens >= 1")
+        if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
+            raise UsageError("sampling needs temperature > 0 and 0 < top_p <= 1")
+
+
+@dataclass
+class SegStep:
+    """One ``<|seg|>`` round."""
+
+    mask: np.ndarray | None
+    """Bool ``(H, W)`` mask decoded from the ``<|seg|>`` state (None with ``--roi none``)."""
+    iou: float
+    object_score: float
+    kept_tokens: int
+    """Visual tokens of the second look (0 with ``--roi none``)."""
+    box: tuple[int, int, int, int] | None
+    """``(x0, y0, x1, y1)`` crop box in the original image's pixels."""
+    fallback: str | None = None
+    """``empty_mask`` when the mask was empty and the original image was shown again."""
+    view: SegmentedView | None = field(default=None, repr=False)
+
+
+@dataclass
+class Trajectory:
+    """Everything one question produced."""
+
+    question: str
+    sequence: Sequence = field(repr=False)
+    """The whole conversation as the model saw it; ``target_mask`` = generated tokens."""
+    logprobs: torch.Tensor = field(repr=False)
+    """``(n_generated,)`` log-probability of each generated token (temperature-scaled logits)."""
+    steps: list[SegStep]
+    turns: list[str]
+    """The model's turns, decoded (special tokens kept, so ``<|seg|>`` shows)."""
+    answer: str | None
+    answer_source: str
+    """``tag`` (inside ``<answer>...</answer>``), ``untagged`` (the last turn's text, tags missing) or ``missing``."""
+    stop_reason: str
+    """``answer``, ``end_of_turn``, ``eos``, ``length`` or ``max_seg_steps``."""
+    timings: dict[str, float]
+    """Seconds per phase: ``prefill``, ``decode``, ``mask``, ``segmented_turn``, ``total``
+    (shared phases of a batch are split evenly over its rows)."""
+
+    @property
+    def generated_tokens(self) -> int:
+        return int(self.sequence.target_mask.sum())
+
+    @property
+    def text(self) -> str:
+        return "".join(self.turns)
+
+
+@dataclass
+class _Row:
+    """Per-question state while the batch runs."""
+
+    image: Image.Image
+    question: str
+    builder: SequenceBuilder
+    fed: int = 0
+    """Tokens of ``builder`` already in the KV cache."""
+    turn_start: int = 0
+    """Index in ``builder`` where the current model turn began."""
+    generated: int = 0
+    logprobs: list[float] = field(default_factory=list)
+    steps: list[SegStep] = field(default_factory=list)
+    turns: list[str] = field(default_factory=list)
+    pending_seg: list[torch.Tensor] = field(default_factory=list)
+    """``<|seg|>`` states of the current turn, decoded when the turn closes."""
+    done: bool = False
+    stop_reason: str = ""
+
+
+class ReasoningLoop:
+    """Runs ``SegAnswerModel`` through the multi-turn conversation; see the module docstring."""
+
+    def __init__(self, model, settings: ReasoningSettings | None = None):
+        self.model = model
+        self.settings = settings or ReasoningSettings()
+        ids = model.token_ids
+        self.stop_ids = {ids.end_of_text}
+        self.tokenizer = model.tokenizer
+
+    @torch.no_grad()
+    def run(self, images: list[Image.Image], questions: list[str]) -> list[Trajectory]:
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        for q in questions:
+            if not q or not q.strip():
+                raise UsageError("the question is empty")
+        model, s = self.model, self.settings
+        generator = None
+        if s.sample and s.seed is not None:
+            generator = torch.Generator(device=model.device).manual_seed(s.seed)
+        t_start = time.perf_counter()
+        timings = {"prefill": 0.0, "decode": 0.0, "mask": 0.0, "segmented_turn": 0.0}
+
+        rows = []
+        for image, question in zip(images, questions):
+            b = model.builder().system(s.system)
+            b.user(tokens.reasoning_prompt(question), image=model.global_view(image))
+            rows.append(_Row(image=image, question=question, builder=b, turn_start=len(b)))
+
+        cache = None
+        attention = torch.zeros(len(rows), 0, dtype=torch.long)
+        sam_cache: dict[int, object] = {}
+        phase = "prefill"
+        while True:
+            # Every active row feeds what it has not fed yet; finished rows feed one pad.
+            chunks = []
+            for row in rows:
+                if row.done:
+                    chunks.append(None)
+                else:
+                    chunks.append(row.builder.build().tail(row.fed))
+            if all(c is None for c in chunks):
+                break
+            t0 = time.perf_counter()
+            hidden, cache, attention = self._feed(chunks, cache, attention)
+            last = hidden[:, -1]  # (B, D): state of each row's last fed token
+            logits = model.logits(last).float()  # (B, V)
+            timings[phase] += time.perf_counter() - t0
+            phase = "decode"
+
+            for b, (row, chunk) in enumerate(zip(rows, chunks)):
+                if chunk is None:
+                    continue
+                row.fed += len(chunk)
+                # The <|seg|> the model generated last step has just been fed: its state is `last`.
+                if chunk.target_mask[-1] and int(chunk.input_ids[-1]) == model.token_ids.seg:
+                    row.pending_seg.append(last[b])
+                token, logprob = self._choose(logits[b], generator)
+                row.builder.token_ids([token], target=True)
+                row.logprobs.append(logprob)
+                row.generated += 1
+                t_turn = time.perf_counter()
+                self._after_token(row, token, sam_cache, timings, b)
+                timings["segmented_turn"] += time.perf_counter() - t_turn
+
+        total = time.perf_counter() - t_start
+        timings["segmented_turn"] -= timings["mask"]  # mask decoding is counted on its own
+        timings["total"] = total
+        share = {k: v / len(rows) for k, v in timings.items()}
+        return [self._trajectory(row, share) for row in rows]
+
+    # -- one step's pieces ---------------------------------------------------------------------
+
+    def _feed(self, chunks: list[Sequence | None], cache, attention: torch.Tensor):
+        """Embed the rows' chunks, left-padded to one length, and run them through the decoder with
+        the cache. Returns last-layer states ``(B, L, D)``, the cache and the running attention mask."""
+        model = self.model
+        pad = model.builder().token_ids([model.token_ids.pad]).build()
+        padded = [c if c is not None else pad for c in chunks]
+        batch = model.collate(padded, padding_side="left")
+        mask = batch.attention_mask.clone()
+        for b, c in enumerate(chunks):
+            if c is None:
+                mask[b] = 0
+        embeds = model.embed(batch)
+        attention = torch.cat([attention, mask], dim=1)
+        out = model.language_model(embeds, batch.position_ids, attention, cache=cache, use_cache=True)
+        return out.last_hidden_state, out.cache, attention
+
+    def _choose(self, logits: torch.Tensor, generator) -> tuple[int, float]:
+        s = self.settings
+        scaled = logits / (s.temperature if s.sample else 1.0)
+        logp = torch.log_softmax(scaled, dim=-1)
+        if not s.sample:
+            token = int(torch.argmax(logits))
+        else:
+            probs = logp.exp()
+            if s.top_p < 1.0:
+                sorted_p, order = torch.sort(probs, descending=True)
+                keep = torch.cumsum(sorted_p, 0) - sorted_p < s.top_p  # always keeps the top token
+                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
+            token = int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+        return token, float(logp[token])
+
+    def _after_token(self, row: _Row, token: int, sam_cache: dict, timings: dict, index: int) -> None:
+        """Update a row after it generated ``token``: stop, or open the segmented turn."""
+        s, ids = self.settings, self.model.token_ids
+        turn_ids = row.builder.build().input_ids[row.turn_start :]
+        turn_text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
+        if token in self.stop_ids:
+            return self._finish(row, turn_text, "eos")
+        if tokens.ANSWER_CLOSE in turn_text:
+            return self._finish(row, turn_text, "answer")
+        if row.generated >= s.max_new_tokens:
+            return self._finish(row, turn_text, "length")
+        if token != ids.im_end:
+            return
+        if not row.pending_seg:
+            return self._finish(row, turn_text, "end_of_turn")
+        if len(row.steps) >= s.max_seg_steps:
+            return self._finish(row, turn_text, "max_seg_steps")
+        # The model asked to segment and closed its turn: append the segmented turn.
+        row.turns.append(turn_text)
+        t0 = time.perf_counter()
+        views = [self._look(row, state, sam_cache, index) for state in row.pending_seg]
+        timings["mask"] += time.perf_counter() - t0
+        row.pending_seg.clear()
+        # The newline that closes the model's turn, then Prompt 2: the segmented region(s).
+        b = row.builder.text("\n").user("", view=[v for v in views if v is not None])
+        row.turn_start = len(b)
+
+    def _look(self, row: _Row, state: torch.Tensor, sam_cache: dict, index: int) -> SegmentedView | None:
+        """Mask from one ``<|seg|>`` state, then the second look (recorded as a ``SegStep``)."""
+        model, s = self.model, self.settings
+        if index not in sam_cache:
+            sam_cache[index] = model.encode_for_masks([row.image])
+        pred = model.decode_masks(sam_cache[index], [state[None]])[0]
+        logits = upsample_logits(pred.low_res_logits[:1], (row.image.height, row.image.width))[0]
+        mask = (logits > 0).cpu().numpy()
+        iou, obj = float(pred.iou[0]), float(torch.sigmoid(pred.object_logits[0]))
+        if s.roi == "none":
+            row.steps.append(SegStep(mask, iou, obj, kept_tokens=0, box=None))
+            return None
+        fallback = None
+        try:
+            view = model.segmented_view(row.image, mask, mode=s.roi)
+        except EmptyMaskError:
+            fallback = "empty_mask"
+            full = np.ones((row.image.height, row.image.width), dtype=bool)
+            view = model.segmented_view(row.image, full, mode="mask", zoom=False)
+        row.steps.append(SegStep(mask, iou, obj, kept_tokens=view.num_tokens, box=view.crop_box,
+                                 fallback=fallback, view=view))
+        return view
+
+    def _finish(self, row: _Row, turn_text: str, reason: str) -> None:
+        row.turns.append(turn_text)
+        row.done = True
+        row.stop_reason = reason
+
+    def _trajectory(self, row: _Row, timings: dict) -> Trajectory:
+        answer, source = extract_answer(row.turns[-1] if row.turns else "")
+        return Trajectory(
+            question=row.question,
+            sequence=row.builder.build(),
+            logprobs=torch.tensor(row.logprobs),
+            steps=row.steps,
+            turns=row.turns,
+            answer=answer,
+            answer_source=source,
+            stop_reason=row.stop_reason,
+            timings=dict(timings),
+        )
+
+
+def extract_answer(last_turn: str) -> tuple[str | None, str]:
+    """The answer of a final model turn and where it came from.
+
+    ``tag``: the text inside the last ``<answer>...</answer>``. ``untagged``: no closed tags; the
+    turn's text with special tokens, a dangling ``<answer>`` and a trailing period removed (the
+    benchmark scorers then apply their own rules: option letters, yes/no, ...). ``missing``:
+    nothing left.
+
+    >>> extract_answer("<answer> red </answer>.<|im_end|>")
+    ('red', 'tag')
+    >>> extract_answer("<answer> blue<|im_end|>")
+    ('blue', 'untagged')
+    >>> extract_answer("<|im_end|>")
+    (None, 'missing')
+    """
+    tagged = tokens.extract_tagged_answer(last_turn)
+    if tagged is not None:
+        return tagged, "tag"
+    text = last_turn
+    for special in (*tokens.QWEN_SPECIAL_TOKENS, tokens.SEG_TOKEN, tokens.ANSWER_OPEN, tokens.ANSWER_CLOSE):
+        text = text.replace(special, " ")
+    text = " ".join(text.split()).strip().rstrip(".").strip()
+    return (text, "untagged") if text else (None, "missing")
+
+
+def run(model, image: Image.Image, question: str, settings: ReasoningSettings | None = None) -> Trajectory:
+    """One question (see ``ReasoningLoop`` for batches)."""
+    return ReasoningLoop(model, settings).run([image], [question])[0]
+
+
+def trajectory_record(traj: Trajectory, **extra) -> dict:
+    """A JSON-able summary of a trajectory (``infer --json``, batch output, eval predictions):
+    answer, turns, each step's mask as COCO RLE with its box and kept tokens, token counts, timings."""
+    from seganswer_cli.masks import encode_rle
+
+    record = dict(extra)
+    record.update(
+        question=traj.question,
+        answer=traj.answer,
+        answer_source=traj.answer_source,
+        stop_reason=traj.stop_reason,
+        turns=traj.turns,
+        steps=[
+            {
+                "mask": encode_rle(step.mask) if step.mask is not None else None,
+                "mask_area": int(step.mask.sum()) if step.mask is not None else 0,
+                "box": list(step.box) if step.box else None,
+                "kept_tokens": step.kept_tokens,
+                "iou": round(step.iou, 4),
+                "object_score": round(step.object_score, 4),
+                "fallback": step.fallback,
+            }
+            for step in traj.steps
+        ],
+        generated_tokens=traj.generated_tokens,
+        sequence_tokens=len(traj.sequence),
+        timings={k: round(v, 4) for k, v in traj.timings.items()},
+    )
+    return record

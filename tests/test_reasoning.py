@@ -1,0 +1,114 @@
+"""The reasoning loop: seg path, KV-cache continuation, batching, stopping, bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from seganswer_cli.errors import UsageError
+from seganswer_cli.model import tokens
+from seganswer_cli.reasoning import ReasoningLoop, ReasoningSettings, extract_answer, run
+
+
+def test_the_patterned_model_segments_then_answers(patterned_model):
+    model, cases = patterned_model
+    for image, question, _, answer in cases:
+        traj = run(model, image, question, ReasoningSettings(max_new_tokens=80))
+        assert traj.stop_reason == "answer"
+        assert traj.answer == answer and traj.answer_source == "tag"
+        assert tokens.SEG_TOKEN in traj.turns[0]
+        (step,) = traj.steps
+        assert step.mask.shape == (180, 240) and step.kept_tokens > 0
+        pads = int((traj.sequence.input_ids == model.token_ids.image_pad).sum())
+        assert pads == model.global_view(image).num_tokens + step.kept_tokens  # original image fed once
+
+
+def test_cached_multi_turn_equals_rerunning_the_whole_conversation(patterned_model):
+    """Greedy tokens and their log-probs from the cached loop equal one uncached forward over the
+    final conversation (same ids, same 3-D positions, same segmented turn)."""
+    model, cases = patterned_model
+    image, question, _, _ = cases[0]
+    traj = run(model, image, question, ReasoningSettings(max_new_tokens=80))
+    seq = traj.sequence
+    with torch.no_grad():
+        (recomputed,) = model.token_logprobs([seq])
+        batch = model.collate([seq])
+        hidden = model.language_model(model.embed(batch), batch.position_ids).last_hidden_state
+        logits = model.logits(hidden[0, :-1])
+    torch.testing.assert_close(recomputed, traj.logprobs, atol=1e-4, rtol=1e-4)
+    generated = torch.nonzero(seq.target_mask).flatten()
+    assert torch.equal(logits[generated - 1].argmax(-1), seq.input_ids[generated])
+
+
+def test_sampled_logprobs_are_recomputed_exactly(patterned_model):
+    model, cases = patterned_model
+    image, question, _, _ = cases[1]
+    settings = ReasoningSettings(sample=True, temperature=1.3, top_p=0.95, seed=3, max_new_tokens=40)
+    traj = run(model, image, question, settings)
+    (recomputed,) = model.token_logprobs([traj.sequence], temperature=1.3)
+    torch.testing.assert_close(recomputed, traj.logprobs, atol=1e-4, rtol=1e-4)
+    again = run(model, image, question, settings)
+    assert torch.equal(again.sequence.input_ids, traj.sequence.input_ids)  # seeded
+
+
+def test_inference_reads_the_seg_state_training_reads(patterned_model):
+    model, cases = patterned_model
+    image, question, _, _ = cases[0]
+    traj = run(model, image, question, ReasoningSettings(max_new_tokens=80))
+    with torch.no_grad():
+        out = model([traj.sequence], [image])  # training forward: <|seg|> states of target tokens
+    pred = out.masks[0]
+    assert pred.low_res_logits.shape[0] == 1
+    from seganswer_cli.model.mask_decoder import upsample_logits
+
+    mask = (upsample_logits(pred.low_res_logits, (180, 240))[0] > 0).numpy()
+    assert np.array_equal(mask, traj.steps[0].mask)
+
+
+def test_batched_greedy_equals_one_by_one(patterned_model):
+    model, cases = patterned_model
+    settings = ReasoningSettings(max_new_tokens=80)
+    images = [c[0] for c in cases] + [cases[0][0]]
+    questions = [c[1] for c in cases] + ["Is there anything?"]
+    batched = ReasoningLoop(model, settings).run(images, questions)
+    for image, question, traj in zip(images, questions, batched):
+        alone = run(model, image, question, settings)
+        assert torch.equal(alone.sequence.input_ids, traj.sequence.input_ids)
+        assert alone.answer == traj.answer and alone.stop_reason == traj.stop_reason
+        torch.testing.assert_close(alone.logprobs, traj.logprobs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("roi", ["bbox", "none"])
+def test_other_roi_modes(patterned_model, roi):
+    model, cases = patterned_model
+    image, question, _, _ = cases[0]
+    traj = run(model, image, question, ReasoningSettings(roi=roi, max_new_tokens=80))
+    (step,) = traj.steps
+    pads = int((traj.sequence.input_ids == model.token_ids.image_pad).sum())
+    dense = model.global_view(image).num_tokens
+    if roi == "none":
+        assert step.kept_tokens == 0 and pads == dense
+    else:
+        assert step.kept_tokens > 0 and pads == dense + step.kept_tokens
+    (recomputed,) = model.token_logprobs([traj.sequence])
+    torch.testing.assert_close(recomputed, traj.logprobs, atol=1e-4, rtol=1e-4)
+
+
+def test_token_limit_and_missing_answer(tiny_model, noise_image):
+    traj = run(tiny_model, noise_image, "What is it?", ReasoningSettings(max_new_tokens=5))
+    assert traj.stop_reason in ("length", "eos", "end_of_turn") and traj.generated_tokens <= 5
+    assert traj.answer_source in ("untagged", "missing")
+
+
+def test_bad_settings_and_questions(tiny_model, noise_image):
+    with pytest.raises(UsageError, match="roi"):
+        ReasoningSettings(roi="box")
+    with pytest.raises(UsageError, match="empty"):
+        run(tiny_model, noise_image, "  ")
+    with pytest.raises(UsageError):
+        ReasoningSettings(sample=True, temperature=0)
+
+
+def test_extract_answer_fallbacks():
+    assert extract_answer("<answer> B </answer>.") == ("B", "tag")
+    assert extract_answer("It is <|seg|>. (B)<|im_end|>") == ("It is . (B)", "untagged")
+    assert extract_answer("") == (None, "missing")
