@@ -101,3 +101,13 @@ def test_prompt_mentions_of_seg_are_not_segmentation_requests(tiny_model, noise_
     assert (seq.input_ids == tiny_model.token_ids.seg).sum() >= 2  # the instruction names the tag
     out = tiny_model([seq], [noise_image])
     assert out.masks[0].low_res_logits.shape[0] == 0
+
+
+def test_segment_batch_equals_one_by_one(tiny_model, noise_image):
+    small = noise_image.resize((120, 200))
+    batched = tiny_model.segment_batch([noise_image, small], ["the disc", "the largest red square"])
+    for (mask, iou, obj), image, expr in zip(batched, [noise_image, small], ["the disc", "the largest red square"]):
+        alone, iou1, obj1 = tiny_model.segment(image, expr)
+        assert mask.shape == (image.height, image.width)
+        assert np.array_equal(mask, alone)
+        assert abs(iou - iou1) < 1e-4 and abs(obj - obj1) < 1e-4

@@ -352,20 +352,23 @@ class SegAnswerModel(nn.Module):
     # -- inference ------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def segment(self, image: Image.Image, expression: str) -> tuple[np.ndarray, float, float]:
-        """Stage 1 referring segmentation with the paper's Prompt 1 and Response 1 (teacher-forced).
+    def segment_batch(self, images: list[Image.Image], expressions: list[str]) -> list[tuple[np.ndarray, float, float]]:
+        """Stage 1 referring segmentation of several (image, expression) pairs in one forward:
+        the paper's Prompt 1 and Response 1, teacher-forced, the mask read at ``<|seg|>``.
 
-        Returns the bool ``(H, W)`` mask, the predicted IoU and the object score (probability).
+        Returns per pair the bool ``(H, W)`` mask, the predicted IoU and the object score (probability).
         """
-        seq = self.stage1_sequence(self.global_view(image), expression)
-        out = self.forward([seq], [image])
-        pred = out.masks[0]
-        logits = upsample_logits(pred.low_res_logits[:1], (image.height, image.width))[0]
-        return (
-            (logits > 0).cpu().numpy(),
-            float(pred.iou[0]),
-            float(torch.sigmoid(pred.object_logits[0])),
-        )
+        sequences = [self.stage1_sequence(self.global_view(img), expr) for img, expr in zip(images, expressions)]
+        out = self.forward(sequences, images)
+        results = []
+        for img, pred in zip(images, out.masks):
+            logits = upsample_logits(pred.low_res_logits[:1], (img.height, img.width))[0]
+            results.append(((logits > 0).cpu().numpy(), float(pred.iou[0]), float(torch.sigmoid(pred.object_logits[0]))))
+        return results
+
+    def segment(self, image: Image.Image, expression: str) -> tuple[np.ndarray, float, float]:
+        """One pair of ``segment_batch``."""
+        return self.segment_batch([image], [expression])[0]
 
 
 def resize_masks(masks: list, size: int) -> torch.Tensor:
