@@ -44,7 +44,7 @@ def patterned_model():
     """
     import torch
 
-    from seganswer_cli.model import SegAnswerModel, tokens
+    from seganswer_cli.model import SegAnswerModel
 
     torch.manual_seed(0)
     model = SegAnswerModel.from_preset("tiny").train()
@@ -54,14 +54,10 @@ def patterned_model():
         mask = np.zeros((180, 240), bool)
         mask[box[0] : box[1], box[2] : box[3]] = True
         cases.append((_noise(seed), question, mask, answer))
-    sequences = []
-    for image, question, mask, answer in cases:
-        b = model.builder().system()
-        b.user(tokens.reasoning_prompt(question), image=model.global_view(image))
-        b.assistant(tokens.SEG_RESPONSE)
-        b.user("", view=model.segmented_view(image, mask))
-        b.assistant(tokens.answer_response(answer))
-        sequences.append(b.build())
+    sequences = [
+        model.stage2_sequence(model.global_view(image), question, answer, view=model.segmented_view(image, mask))
+        for image, question, mask, answer in cases
+    ]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-3)
     for _ in range(120):

@@ -112,3 +112,40 @@ def test_extract_answer_fallbacks():
     assert extract_answer("<answer> B </answer>.") == ("B", "tag")
     assert extract_answer("It is <|seg|>. (B)<|im_end|>") == ("It is . (B)", "untagged")
     assert extract_answer("") == (None, "missing")
+
+
+def test_training_conversation_equals_what_the_loop_builds(patterned_model):
+    """Stage 2 trains on ``stage2_sequence``; inference builds the same tokens and 3-D positions."""
+    model, cases = patterned_model
+    image, question, _, answer = cases[0]
+    traj = run(model, image, question, ReasoningSettings(max_new_tokens=80))
+    built = model.stage2_sequence(model.global_view(image), question, answer, view=traj.steps[0].view)
+    n = len(traj.sequence)  # the loop stops at </answer>; training goes on to ".<|im_end|>\n"
+    assert torch.equal(built.input_ids[:n], traj.sequence.input_ids)
+    assert torch.equal(built.position_ids[:, :n], traj.sequence.position_ids)
+    assert torch.equal(built.target_mask[:n], traj.sequence.target_mask)
+    (dense_a, sparse_a), (dense_b, sparse_b) = built.visuals, traj.sequence.visuals
+    assert dense_a.keep is None and dense_b.keep is None and dense_a.start == dense_b.start
+    assert sparse_a.start == sparse_b.start and torch.equal(sparse_a.keep, sparse_b.keep)
+
+
+def test_empty_mask_falls_back_to_the_original_image(patterned_model, monkeypatch):
+    model, cases = patterned_model
+    image, question, _, _ = cases[0]
+    real_decode = model.decode_masks
+
+    def empty_masks(embeddings, states):
+        preds = real_decode(embeddings, states)
+        for p in preds:
+            p.low_res_logits.fill_(-10.0)
+        return preds
+
+    monkeypatch.setattr(model, "decode_masks", empty_masks)
+    traj = run(model, image, question, ReasoningSettings(max_new_tokens=80))
+    (step,) = traj.steps
+    assert step.fallback == "empty_mask" and not step.mask.any()
+    dense = model.global_view(image)
+    assert step.kept_tokens == dense.num_tokens
+    pads = torch.nonzero(traj.sequence.input_ids == model.token_ids.image_pad).flatten()
+    first, second = pads[: dense.num_tokens], pads[dense.num_tokens :]
+    assert torch.equal(traj.sequence.position_ids[:, first], traj.sequence.position_ids[:, second])

@@ -98,8 +98,9 @@ class Trajectory:
     stop_reason: str
     """``answer``, ``end_of_turn``, ``eos``, ``length`` or ``max_seg_steps``."""
     timings: dict[str, float]
-    """Seconds per phase: ``prefill``, ``decode``, ``mask``, ``segmented_turn``, ``total``
-    (shared phases of a batch are split evenly over its rows)."""
+    """Seconds per phase: ``prefill`` (turn 1), ``decode`` (one token per step), ``mask`` (SAM 2.1),
+    ``segmented_turn`` (building the view and feeding the new turn), ``total``. A batch shares
+    its steps, so each row gets the batch's times divided by the number of rows."""
 
     @property
     def generated_tokens(self) -> int:
@@ -164,23 +165,20 @@ class ReasoningLoop:
         cache = None
         attention = torch.zeros(len(rows), 0, dtype=torch.long)
         sam_cache: dict[int, object] = {}
-        phase = "prefill"
+        first = True
         while True:
             # Every active row feeds what it has not fed yet; finished rows feed one pad.
-            chunks = []
-            for row in rows:
-                if row.done:
-                    chunks.append(None)
-                else:
-                    chunks.append(row.builder.build().tail(row.fed))
+            chunks = [None if row.done else row.builder.build().tail(row.fed) for row in rows]
             if all(c is None for c in chunks):
                 break
+            # A step is "prefill" (turn 1), "segmented_turn" when some row feeds a new turn, else "decode".
+            phase = "prefill" if first else "segmented_turn" if any(c is not None and len(c) > 1 for c in chunks) else "decode"
+            first = False
             t0 = time.perf_counter()
             hidden, cache, attention = self._feed(chunks, cache, attention)
             last = hidden[:, -1]  # (B, D): state of each row's last fed token
             logits = model.logits(last).float()  # (B, V)
             timings[phase] += time.perf_counter() - t0
-            phase = "decode"
 
             for b, (row, chunk) in enumerate(zip(rows, chunks)):
                 if chunk is None:
@@ -193,13 +191,9 @@ class ReasoningLoop:
                 row.builder.token_ids([token], target=True)
                 row.logprobs.append(logprob)
                 row.generated += 1
-                t_turn = time.perf_counter()
                 self._after_token(row, token, sam_cache, timings, b)
-                timings["segmented_turn"] += time.perf_counter() - t_turn
 
-        total = time.perf_counter() - t_start
-        timings["segmented_turn"] -= timings["mask"]  # mask decoding is counted on its own
-        timings["total"] = total
+        timings["total"] = time.perf_counter() - t_start
         share = {k: v / len(rows) for k, v in timings.items()}
         return [self._trajectory(row, share) for row in rows]
 
@@ -255,23 +249,31 @@ class ReasoningLoop:
             return self._finish(row, turn_text, "max_seg_steps")
         # The model asked to segment and closed its turn: append the segmented turn.
         row.turns.append(turn_text)
-        t0 = time.perf_counter()
-        views = [self._look(row, state, sam_cache, index) for state in row.pending_seg]
-        timings["mask"] += time.perf_counter() - t0
+        t0, mask_seconds, views = time.perf_counter(), 0.0, []
+        for state in row.pending_seg:
+            t_mask = time.perf_counter()
+            mask, iou, obj = self._decode_mask(row, state, sam_cache, index)
+            mask_seconds += time.perf_counter() - t_mask
+            views.append(self._second_look(row, mask, iou, obj))
+        timings["mask"] += mask_seconds
+        timings["segmented_turn"] += time.perf_counter() - t0 - mask_seconds
         row.pending_seg.clear()
         # The newline that closes the model's turn, then Prompt 2: the segmented region(s).
         b = row.builder.text("\n").user("", view=[v for v in views if v is not None])
         row.turn_start = len(b)
 
-    def _look(self, row: _Row, state: torch.Tensor, sam_cache: dict, index: int) -> SegmentedView | None:
-        """Mask from one ``<|seg|>`` state, then the second look (recorded as a ``SegStep``)."""
-        model, s = self.model, self.settings
-        if index not in sam_cache:
+    def _decode_mask(self, row: _Row, state: torch.Tensor, sam_cache: dict, index: int) -> tuple[np.ndarray, float, float]:
+        """Bool ``(H, W)`` mask, predicted IoU and object score from one ``<|seg|>`` state."""
+        model = self.model
+        if index not in sam_cache:  # SAM's image encoder runs once per image, only when needed
             sam_cache[index] = model.encode_for_masks([row.image])
         pred = model.decode_masks(sam_cache[index], [state[None]])[0]
         logits = upsample_logits(pred.low_res_logits[:1], (row.image.height, row.image.width))[0]
-        mask = (logits > 0).cpu().numpy()
-        iou, obj = float(pred.iou[0]), float(torch.sigmoid(pred.object_logits[0]))
+        return (logits > 0).cpu().numpy(), float(pred.iou[0]), float(torch.sigmoid(pred.object_logits[0]))
+
+    def _second_look(self, row: _Row, mask: np.ndarray, iou: float, obj: float) -> SegmentedView | None:
+        """The segmented view of ``mask`` (recorded as a ``SegStep``); the original image when it is empty."""
+        model, s = self.model, self.settings
         if s.roi == "none":
             row.steps.append(SegStep(mask, iou, obj, kept_tokens=0, box=None))
             return None

@@ -221,6 +221,21 @@ class SegAnswerModel(nn.Module):
         b.user(tokens.stage1_prompt(expression), image=image)
         return b.assistant(response).build()
 
+    def stage2_sequence(self, image: DenseImage, question: str, answer: str,
+                        view: SegmentedView | list[SegmentedView] | None = None) -> Sequence:
+        """The paper's Stage 2 conversation: Prompt 1 (image + question + instruction) -> Response 1
+        (``... observe <|seg|>.``) -> Prompt 2 (the segmented view) -> Response 2 (``<answer> ... </answer>.``).
+
+        With ``view=None`` the model answers directly (Response 1 is the answer): segmenting is a choice.
+        The turns are laid out exactly as the reasoning loop lays them out at inference.
+        """
+        b = self.builder().system()
+        b.user(tokens.reasoning_prompt(question), image=image)
+        if view is not None:
+            b.assistant(tokens.SEG_RESPONSE)
+            b.user("", view=view)
+        return b.assistant(tokens.answer_response(answer)).build()
+
     def collate(self, sequences: list[Sequence], *, padding_side: str = "right") -> Batch:
         return collate(sequences, self.token_ids.pad, padding_side=padding_side)
 
