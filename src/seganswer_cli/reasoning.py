@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seganswer_cli.errors import EmptyMaskError, UsageError
+from seganswer_cli.errors import UsageError
 from seganswer_cli.model import tokens
 from seganswer_cli.model.mask_decoder import upsample_logits
 from seganswer_cli.model.sequence import Sequence, SequenceBuilder
@@ -277,13 +277,7 @@ class ReasoningLoop:
         if s.roi == "none":
             row.steps.append(SegStep(mask, iou, obj, kept_tokens=0, box=None))
             return None
-        fallback = None
-        try:
-            view = model.segmented_view(row.image, mask, mode=s.roi)
-        except EmptyMaskError:
-            fallback = "empty_mask"
-            full = np.ones((row.image.height, row.image.width), dtype=bool)
-            view = model.segmented_view(row.image, full, mode="mask", zoom=False)
+        view, fallback = model.second_look(row.image, mask, mode=s.roi)
         row.steps.append(SegStep(mask, iou, obj, kept_tokens=view.num_tokens, box=view.crop_box,
                                  fallback=fallback, view=view))
         return view
