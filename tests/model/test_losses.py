@@ -79,3 +79,29 @@ def test_total_uses_sam21_weights_by_default():
     assert total_loss(torch.tensor(0.5), parts, w).item() == pytest.approx(1.0)
     with pytest.raises(ValueError):
         LossWeights(dice=-1)
+
+
+def test_matches_meta_sam2_training_losses():
+    """Against SAM 2's own ``MultiStepMultiMasksAndIous`` (SAM 2.1's loss settings), where it is
+    importable: ``pip install --no-deps --no-build-isolation sam2==1.1.0`` and its training deps
+    (hydra-core, iopath, tensordict, ...). Skipped otherwise (it is not a project dependency)."""
+    loss_fns = pytest.importorskip("training.loss_fns", reason="Meta's SAM 2 training code is not installed")
+    torch.manual_seed(1)
+    n, h, w = 3, 16, 16
+    logits = torch.randn(n, h, w) * 3
+    targets = (torch.rand(n, h, w) > 0.6).float()
+    targets[2] = 0  # an object absent from its frame
+    pred_iou = torch.rand(n)
+    obj = torch.randn(n)
+    meta = loss_fns.MultiStepMultiMasksAndIous(
+        weight_dict={"loss_mask": 20, "loss_dice": 1, "loss_iou": 1, "loss_class": 1},
+        focal_alpha=0.25, focal_gamma=2, supervise_all_iou=True, iou_use_l1_loss=True, pred_obj_scores=True,
+        focal_gamma_obj_score=0.0, focal_alpha_obj_score=-1.0,
+    )
+    outs = [{"multistep_pred_multimasks_high_res": [logits[:, None]], "multistep_pred_ious": [pred_iou[:, None]],
+             "multistep_object_score_logits": [obj[:, None]]}]
+    ref = meta(outs, targets[None])
+    ours = mask_losses(logits, targets, pred_iou, obj)
+    for our_name, meta_name in [("focal", "loss_mask"), ("dice", "loss_dice"), ("iou", "loss_iou"), ("object_score", "loss_class")]:
+        assert ours[our_name].item() == pytest.approx(float(ref[meta_name]), rel=1e-5), our_name
+    assert total_loss(None, ours, LossWeights()).item() == pytest.approx(float(ref["core_loss"]), rel=1e-5)
