@@ -29,6 +29,8 @@ CLI_NAMES = [
     "refcoco+",
     "refcocog",
     "reasonseg",
+    "shapes-vqa",
+    "shapes-refseg",
 ]
 
 
@@ -42,14 +44,14 @@ def test_unknown_benchmark_lists_the_known_ones():
 
 
 def test_register_adds_a_name_once():
-    spec = BenchmarkSpec("shapes-vqa", "seganswer_cli.eval.vstar", "qa", "test hook", "accuracy")
+    spec = BenchmarkSpec("my-vstar", "seganswer_cli.eval.vstar", "qa", "test hook", "accuracy")
     try:
         register(spec)
-        assert get_benchmark("shapes-vqa") is spec
+        assert get_benchmark("my-vstar") is spec
         with pytest.raises(ValueError, match="already"):
             register(spec)
     finally:
-        BENCHMARKS.pop("shapes-vqa", None)
+        BENCHMARKS.pop("my-vstar", None)
 
 
 def test_eval_package_does_not_import_torch():

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from seganswer_cli import __version__
 from seganswer_cli.cli import data as data_cli
+from seganswer_cli.cli import eval as eval_cli
 from seganswer_cli.cli import infer as infer_cli
 from seganswer_cli.cli import model as model_cli
 from seganswer_cli.errors import SegAnswerError
@@ -30,6 +31,7 @@ app.command("infer")(infer_cli.infer)
 app.command("segment")(infer_cli.segment)
 app.add_typer(model_cli.app, name="model")
 app.add_typer(data_cli.app, name="data")
+app.add_typer(eval_cli.app, name="eval")
 
 
 def _version(value: bool) -> None:

@@ -4,8 +4,9 @@
 one small module (``vstar.py``, ``pope.py``...) exposing ``read(root, split)``, ``score(output, item)``
 and ``summarize(results)``. Modules are imported on first use, so listing names stays cheap.
 
-Adding a benchmark (the shapes world will add ``shapes-vqa`` and ``shapes-refseg`` on top of the data
-package): write a module with those three functions and call ``register(BenchmarkSpec(...))``.
+Adding a benchmark: write a module with those three functions (plus ``SPLITS``, ``DEFAULT_SPLIT``) and
+call ``register(BenchmarkSpec(...))``. ``shapes-vqa`` and ``shapes-refseg`` (the shapes world, on top of
+the data package) generate their items when no folder is given, so the harness runs offline.
 
 Typical use (what the eval command does)::
 
@@ -43,6 +44,8 @@ class BenchmarkSpec:
     """The summary key to show first (the number the paper reports)."""
     read_kwargs: dict[str, Any] = field(default_factory=dict)
     """Fixed keyword arguments for ``read`` (e.g. ``resolution="8k"`` or ``dataset="refcoco+"``)."""
+    generates: bool = False
+    """``read`` makes the data itself when no folder is given (the shapes world, from a held-out seed)."""
 
     def load(self) -> ModuleType:
         return importlib.import_module(self.module)
@@ -59,9 +62,13 @@ class BenchmarkSpec:
     def default_split(self) -> str:
         return self.load().DEFAULT_SPLIT
 
-    def read(self, root: Path, split: str | None = None, **kwargs: Any) -> BenchmarkData:
-        """The items of ``split`` (the default split when ``None``) from the folder ``root``."""
-        return self.load().read(Path(root), split, **{**self.read_kwargs, **kwargs})
+    def read(self, root: Path | None, split: str | None = None, **kwargs: Any) -> BenchmarkData:
+        """The items of ``split`` (the default split when ``None``) from the folder ``root``.
+
+        ``root`` may be ``None`` only for benchmarks that generate their data (``generates``)."""
+        if root is None and not self.generates:
+            raise UsageError(f"{self.name} needs --data: the benchmark folder as distributed (see docs/evaluation.md)")
+        return self.load().read(None if root is None else Path(root), split, **{**self.read_kwargs, **kwargs})
 
     @property
     def score(self) -> Callable[..., SampleResult]:
@@ -109,6 +116,11 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             dataset="refcocog",
         ),
         _spec("reasonseg", "reasonseg", "segmentation", "ReasonSeg reasoning segmentation", "giou"),
+        # The shapes world: generated offline from a held-out seed, or read from a `data synth` folder.
+        BenchmarkSpec("shapes-vqa", "seganswer_cli.eval.shapes_vqa", "qa",
+                      "Shapes world: V*-like questions about small targets (offline)", "accuracy", generates=True),
+        BenchmarkSpec("shapes-refseg", "seganswer_cli.eval.shapes_refseg", "segmentation",
+                      "Shapes world: referring segmentation (offline)", "ciou", generates=True),
     )
 }
 

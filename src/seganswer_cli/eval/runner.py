@@ -1,0 +1,433 @@
+"""Running a benchmark: items in batches through the model, one prediction line each, resumable.
+
+Question-answering benchmarks go through the reasoning loop (``reasoning.ReasoningLoop``, greedy, the
+item's ``prompt`` as the question); referring segmentation through ``SegAnswerModel.segment_batch``
+(the paper's Stage 1 prompt with the item's expression). Every scored sample is appended to
+``predictions.jsonl`` when its batch finishes, so a killed run loses at most one batch: the rerun
+skips the ids already there (a last line cut by the kill is dropped and redone) and the summary is
+rebuilt from the file, equal to that of an uninterrupted run.
+
+A run folder (``--out RUN_DIR``)::
+
+    run.json           the settings that define the run (benchmark, split, data, model, roi, token
+                       limits, dtype), the model's card and package versions; a rerun into the same
+                       folder with other settings is refused
+    predictions.jsonl  one JSON object per sample (see ``qa_record`` / ``mask_record``)
+    summary.json       metrics, cost (visual tokens of the second look, generated tokens), seconds per
+                       sample, counts (items, evaluated, missing images), settings, model, versions
+    vis/               overlays of ``--save-vis N`` samples, named ``<index>_<ok|wrong>_<id>.png``
+
+``--limit`` and ``--batch-size`` are not settings of the run: ``--limit 20`` then no limit resumes
+into the same folder. Typical use (what ``seganswer eval`` does)::
+
+    spec = get_benchmark("shapes-vqa")
+    data = spec.read(None)
+    run = EvalRun.open(spec, data, RunSettings.create(spec, ...), Path("runs/shapes"), limit=20)
+    summary = run.execute(lambda: SegAnswerModel.from_pretrained("tiny"), batch_size=8)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import platform
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from seganswer_cli.errors import DataError, UsageError
+from seganswer_cli.eval import BenchmarkSpec
+from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
+
+RUN_FILE = "run.json"
+PREDICTIONS = "predictions.jsonl"
+SUMMARY = "summary.json"
+VIS_DIR = "vis"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What decides the predictions of a run; two invocations may share a run folder only if these match."""
+
+    benchmark: str
+    """Registry name (``vstar``, ``shapes-vqa``...)."""
+    split: str
+    """The split evaluated (the benchmark's default when ``--split`` is not given)."""
+    data: str
+    """The ``--data`` folder as an absolute path, or the description of generated data."""
+    model: str
+    """The model folder as an absolute path, or a preset name."""
+    roi: str | None = "mask"
+    """Second look of the reasoning loop: ``mask``, ``bbox`` or ``none`` (None for segmentation)."""
+    max_seg_steps: int | None = 1
+    """Most ``<|seg|>`` rounds per question (None for segmentation)."""
+    max_new_tokens: int | None = 256
+    """Most generated tokens per question (None for segmentation)."""
+    dtype: str = "auto"
+    """Weights dtype the model was loaded in."""
+
+    @classmethod
+    def create(cls, spec: BenchmarkSpec, data: BenchmarkData, *, data_path: Path | None, split: str | None,
+               model: str, **loop: Any) -> RunSettings:
+        """Settings with paths made absolute (so a rerun from another folder matches) and the split resolved;
+        ``loop`` (roi, max_seg_steps, max_new_tokens) is dropped for segmentation, which does not use it."""
+        model_path = Path(model)
+        if spec.task == "segmentation":
+            loop = {**loop, "roi": None, "max_seg_steps": None, "max_new_tokens": None}
+        return cls(
+            benchmark=spec.name,
+            split=split or spec.default_split,
+            data=str(data_path.resolve()) if data_path is not None else data.source,
+            model=str(model_path.resolve()) if model_path.exists() else model,
+            **loop,
+        )
+
+    def differences(self, recorded: dict[str, Any]) -> list[str]:
+        """``name: <recorded> there, <self> now`` for every setting that differs from ``recorded``."""
+        return [
+            f"{f.name}: {recorded.get(f.name)!r} there, {getattr(self, f.name)!r} now"
+            for f in fields(self)
+            if recorded.get(f.name) != getattr(self, f.name)
+        ]
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that decide the numbers."""
+    found = {"python": platform.python_version()}
+    for package in ("seganswer-cli", "torch", "transformers", "numpy", "pycocotools"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+class EvalRun:
+    """One run folder: the items to evaluate, those already done, and how to do the rest."""
+
+    def __init__(self, spec: BenchmarkSpec, data: BenchmarkData, settings: RunSettings, folder: Path,
+                 items: list[EvalItem], done: dict[str, dict], run_info: dict[str, Any], limit: int | None = None):
+        self.spec = spec
+        self.data = data
+        self.settings = settings
+        self.folder = folder
+        self.items = items
+        """The items of this invocation (the split, cut to ``--limit``), in benchmark order."""
+        self.done = done
+        """id -> prediction record already in ``predictions.jsonl``."""
+        self.run_info = run_info
+        self.limit = limit
+        """``--limit`` of this invocation (recorded in the summary's counts; not a setting of the run)."""
+
+    @property
+    def todo(self) -> list[EvalItem]:
+        return [item for item in self.items if item.id not in self.done]
+
+    @classmethod
+    def open(cls, spec: BenchmarkSpec, data: BenchmarkData, settings: RunSettings, folder: Path, *,
+             limit: int | None = None, skip_missing: bool = False) -> EvalRun:
+        """Check the data and the folder (nothing is loaded or written on bad input), then read what is done.
+
+        Raises ``DataError`` naming the first missing image unless ``skip_missing``; ``UsageError`` when
+        ``folder`` holds a run with other settings.
+        """
+        if data.missing and not skip_missing:
+            raise DataError(
+                f"{spec.name}: {len(data.missing)} record(s) have no image; first: {data.missing[0]} "
+                "(--skip-missing evaluates without them, leaving them out of the denominator)"
+            )
+        if limit is not None and limit < 1:
+            raise UsageError("--limit must be >= 1")
+        items = data.items[:limit] if limit is not None else list(data.items)
+        ids = [item.id for item in items]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i in ids if ids.count(i) > 1)
+            raise DataError(f"{data.source}: item id {duplicate!r} appears twice; predictions are keyed by id")
+        if any(item.image is None for item in items):
+            raise UsageError(f"{spec.name} split {settings.split!r} has text-only questions, which the "
+                             "reasoning loop does not take; choose a split with images")
+        if spec.task == "qa":
+            from seganswer_cli.reasoning import ReasoningSettings
+
+            ReasoningSettings(roi=settings.roi, max_seg_steps=settings.max_seg_steps,
+                              max_new_tokens=settings.max_new_tokens)  # validates them
+        folder = Path(folder)
+        run_info = _check_run_file(folder, settings)
+        done = read_predictions(folder / PREDICTIONS)
+        return cls(spec, data, settings, folder, items, done, run_info, limit)
+
+    def execute(self, load_model: Callable[[], Any], *, batch_size: int = 8, save_vis: int = 0,
+                on_batch: Callable[[int, str], None] | None = None) -> dict[str, Any]:
+        """Evaluate the items not done yet, appending predictions; write and return ``summary.json``.
+
+        ``load_model()`` is called only when there is something to evaluate. ``on_batch(n, note)`` is
+        called after each batch with the number of samples it added and the running metric.
+        """
+        if batch_size < 1:
+            raise UsageError("--batch-size must be >= 1")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        todo = self.todo
+        if todo:
+            model = load_model()
+            self.run_info["model_info"] = _jsonable(getattr(model, "info", {}))
+            self.run_info["versions"] = versions()
+            _write_json(self.folder / RUN_FILE, self.run_info)
+            predict = self._qa_batches if self.spec.task == "qa" else self._mask_batches
+            order = {item.id: index for index, item in enumerate(self.items)}
+            vis_left = save_vis
+            with (self.folder / PREDICTIONS).open("a", encoding="utf-8") as sink:
+                for start in range(0, len(todo), batch_size):
+                    batch = todo[start : start + batch_size]
+                    for item, record, figure in predict(model, batch, want_vis=vis_left > 0):
+                        sink.write(json.dumps(_jsonable(record), ensure_ascii=False) + "\n")
+                        self.done[item.id] = record
+                        if figure is not None and vis_left > 0:
+                            vis_left -= 1
+                            self._save_figure(figure(), order[item.id], item.id, record["correct"])
+                    sink.flush()
+                    if on_batch is not None:
+                        on_batch(len(batch), running_note(self.spec, self.results()))
+        summary = self.summary()
+        _write_json(self.folder / SUMMARY, summary)
+        return summary
+
+    # -- predicting ------------------------------------------------------------------------------
+
+    def _qa_batches(self, model, batch: list[EvalItem], want_vis: bool):
+        from seganswer_cli.reasoning import ReasoningLoop, ReasoningSettings
+
+        s = self.settings
+        loop = ReasoningLoop(model, ReasoningSettings(roi=s.roi, max_seg_steps=s.max_seg_steps,
+                                                      max_new_tokens=s.max_new_tokens))  # cheap: no state
+        images = [item.load_image() for item in batch]
+        trajectories = loop.run(images, [item.prompt for item in batch])
+        for item, image, traj in zip(batch, images, trajectories, strict=True):
+            result = self.spec.score(traj.text, item)
+            figure = functools.partial(_trajectory_figure, image, traj) if want_vis else None
+            yield item, qa_record(item, result, traj), figure
+
+    def _mask_batches(self, model, batch: list[EvalItem], want_vis: bool):
+        images = [item.load_image() for item in batch]
+        start = time.perf_counter()
+        predictions = model.segment_batch(images, [item.question for item in batch])
+        seconds = (time.perf_counter() - start) / len(batch)
+        for item, image, (mask, iou, score) in zip(batch, images, predictions, strict=True):
+            result = self.spec.score(mask, item)
+            figure = functools.partial(mask_figure, image, mask, item, result) if want_vis else None
+            yield item, mask_record(item, result, mask, iou, score, seconds), figure
+
+    def _save_figure(self, figure, index: int, item_id: str, correct: bool) -> None:
+        folder = self.folder / VIS_DIR
+        folder.mkdir(exist_ok=True)
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", item_id).strip("-")[:80]
+        figure.save(folder / f"{index:04d}_{'ok' if correct else 'wrong'}_{safe}.png")
+
+    # -- summarizing -----------------------------------------------------------------------------
+
+    def results(self) -> list[SampleResult]:
+        """The scored samples done so far, in benchmark order."""
+        return [SampleResult.from_json(self.done[item.id]) for item in self.items if item.id in self.done]
+
+    def summary(self) -> dict[str, Any]:
+        """Everything ``summary.json`` holds, rebuilt from the prediction records of ``items``."""
+        records = [self.done[item.id] for item in self.items if item.id in self.done]
+        results = [SampleResult.from_json(r) for r in records]
+        metrics = self.spec.summarize(results)
+        skipped = len(self.data.missing)
+        return _jsonable({
+            "benchmark": self.spec.name,
+            "split": self.settings.split,
+            "task": self.spec.task,
+            "headline": {"metric": self.spec.headline, "value": metrics.get(self.spec.headline)},
+            "metrics": metrics,
+            "cost": cost_summary(records) if self.spec.task == "qa" else {},
+            "timing": {"seconds_per_sample": _mean([r.get("timings", {}).get("total") for r in records])},
+            "counts": {
+                "items": len(self.data.items) + skipped,
+                "evaluated": len(results),
+                "missing_images": skipped,
+                "limit": self.limit,
+            },
+            "missing": [str(m) for m in self.data.missing[:20]],
+            "source": self.data.source,
+            "settings": asdict(self.settings),
+            "model_info": self.run_info.get("model_info", {}),
+            "versions": self.run_info.get("versions", versions()),
+        })
+
+
+# -- prediction records ----------------------------------------------------------------------------
+
+
+def qa_record(item: EvalItem, result: SampleResult, traj) -> dict[str, Any]:
+    """One ``predictions.jsonl`` line of a question: the score (id, correct, extracted answer, the rule
+    that extracted it, ground truth, groups), the question, the raw output (every model turn), each
+    ``<|seg|>`` step (mask as COCO RLE, box, kept visual tokens), token counts and seconds per phase."""
+    from seganswer_cli.reasoning import trajectory_record
+
+    trace = trajectory_record(traj)
+    return {
+        **result.to_json(),
+        "question": item.question,
+        "output": traj.text,
+        "answer_source": traj.answer_source,
+        "stop_reason": traj.stop_reason,
+        "kept_tokens": sum(step.kept_tokens for step in traj.steps),
+        "steps": trace["steps"],
+        "generated_tokens": trace["generated_tokens"],
+        "sequence_tokens": trace["sequence_tokens"],
+        "timings": trace["timings"],
+    }
+
+
+def mask_record(item: EvalItem, result: SampleResult, mask, iou: float, score: float, seconds: float) -> dict:
+    """One ``predictions.jsonl`` line of a referring expression: the score (pixel counts, IoU >= 0.5),
+    the expression, the predicted mask as COCO RLE, the model's IoU estimate and object score."""
+    from seganswer_cli.masks import encode_rle
+
+    union = result.union or 0
+    return {
+        **result.to_json(),
+        "question": item.question,
+        "iou": 1.0 if union == 0 else (result.intersection or 0) / union,
+        "mask": encode_rle(mask),
+        "mask_area": int(mask.sum()),
+        "predicted_iou": round(float(iou), 4),
+        "object_score": round(float(score), 4),
+        "timings": {"total": round(seconds, 4)},
+    }
+
+
+def cost_summary(records: Sequence[dict]) -> dict[str, float | None]:
+    """What the answers cost: how often the model looked again, the visual tokens of that second look
+    (mean over the samples that had one), and generated tokens per sample."""
+    looked = [r for r in records if r.get("steps")]
+    return {
+        "second_look_rate": len(looked) / len(records) if records else None,
+        "mean_visual_tokens": _mean([r.get("kept_tokens") for r in looked]),
+        "mean_generated_tokens": _mean([r.get("generated_tokens") for r in records]),
+    }
+
+
+def running_note(spec: BenchmarkSpec, results: Sequence[SampleResult]) -> str:
+    """The running metric shown next to the progress bar: accuracy, or cIoU for segmentation."""
+    if not results:
+        return ""
+    if spec.task == "segmentation":
+        union = sum(r.union or 0 for r in results)
+        return f"cIoU {sum(r.intersection or 0 for r in results) / union:.3f}" if union else "cIoU -"
+    return f"acc {sum(r.correct for r in results) / len(results):.3f}"
+
+
+def _trajectory_figure(image, traj):
+    from seganswer_cli.viz import trajectory_figure
+
+    return trajectory_figure(image, traj)
+
+
+def mask_figure(image, mask, item: EvalItem, result: SampleResult):
+    """The predicted mask (red) beside the target (green), with the IoU and the expression."""
+    from seganswer_cli.viz import overlay_mask, side_by_side
+
+    union = result.union or 0
+    iou = 1.0 if union == 0 else (result.intersection or 0) / union
+    return side_by_side(
+        [overlay_mask(image, mask), overlay_mask(image, item.load_gt_mask(), colour=(64, 220, 96))],
+        [f"prediction: IoU {iou:.2f}", f"target: {item.question}"[:80]],
+    )
+
+
+# -- files -----------------------------------------------------------------------------------------
+
+
+def read_predictions(path: Path) -> dict[str, dict]:
+    """id -> record of every complete line of ``predictions.jsonl`` (empty when there is none).
+
+    A last line without its newline was cut by a kill: it is removed from the file (so the next append
+    starts on a fresh line) and that sample is evaluated again. A broken line elsewhere is an error.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
+    if len(complete) != len(raw):
+        with path.open("r+b") as handle:
+            handle.truncate(len(complete))
+    done: dict[str, dict] = {}
+    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {number} is not JSON ({e}); fix or remove it to resume") from None
+        if not isinstance(record, dict) or "id" not in record or "correct" not in record:
+            raise DataError(f"{path}: line {number} is not a prediction record (no 'id' or 'correct')")
+        done[str(record["id"])] = record
+    return done
+
+
+def _check_run_file(folder: Path, settings: RunSettings) -> dict[str, Any]:
+    """The run file's content; written now for a new run, compared with ``settings`` for an old one."""
+    run_file = folder / RUN_FILE
+    if not run_file.is_file():
+        if (folder / PREDICTIONS).exists():
+            raise UsageError(f"{folder} has {PREDICTIONS} but no {RUN_FILE}: not a seganswer eval run folder")
+        info = {"settings": asdict(settings)}
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_json(run_file, info)
+        return info
+    try:
+        info = json.loads(run_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{run_file}: not valid JSON: {e}") from None
+    differences = settings.differences(info.get("settings", {}))
+    if differences:
+        raise UsageError(f"{folder} holds a run with other settings ({'; '.join(differences)}); "
+                         "give another --out, or delete the folder to start over")
+    return info
+
+
+def load_summary(folder: Path) -> dict[str, Any]:
+    """``summary.json`` of a run folder, with ``run`` set to the folder."""
+    path = Path(folder) / SUMMARY
+    if not path.is_file():
+        hint = " (the run has not finished: rerun the same command to complete it)" if (
+            Path(folder) / RUN_FILE).is_file() else " (not a seganswer eval run folder)"
+        raise DataError(f"{path} not found{hint}")
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON: {e}") from None
+    return {"run": str(folder), **summary}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write through a temporary file and a rename, so a kill never leaves half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def _jsonable(value: Any) -> Any:
+    """NaN and infinities become ``None`` (strict JSON); tuples become lists; numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [float(v) for v in values if v is not None]
+    return sum(present) / len(present) if present else None

@@ -1,0 +1,55 @@
+"""shapes-vqa: V*-like questions about a small target in the shapes world, offline (see ``shapes.py``).
+
+Data: generated from a held-out seed when ``--data`` is not given, else a folder written by
+``seganswer data synth --kind vqa``. Questions ask a small target's colour, its shape, or its
+position relative to another shape; half are multiple choice.
+
+Prompt: multiple choice in V*'s style (question, ``(A) ...`` lines, "Answer with the option's letter
+from the given choices directly."), scored by the extracted letter; free text is the question alone,
+scored by the normalised word (``answers.py``). Metrics: accuracy (95% Wilson interval) overall and
+per question type (``accuracy/colour``, ``accuracy/shape``, ``accuracy/position``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from seganswer_cli.data.samples import VQASample
+from seganswer_cli.errors import DataError
+from seganswer_cli.eval.answers import score_sample
+from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
+from seganswer_cli.eval.metrics import accuracy_summary
+from seganswer_cli.eval.multiple_choice import lettered, llava_prompt
+from seganswer_cli.eval.shapes import DEFAULT_SPLIT, SPLITS, image_of, read_samples
+
+NAME = "shapes-vqa"
+__all__ = ["DEFAULT_SPLIT", "SPLITS", "read", "score", "summarize"]
+
+score = score_sample
+
+
+def read(root: Path | None, split: str | None = None, *, limit: int | None = None) -> BenchmarkData:
+    """The questions: generated (``root`` None; only the first ``limit``) or from a ``data synth --kind vqa`` folder."""
+    samples, missing, source = read_samples(root, split, name=NAME, kind="vqa", limit=limit)
+    return BenchmarkData([_item(s, source) for s in samples], missing, source=source)
+
+
+def _item(sample: VQASample, source: str) -> EvalItem:
+    groups = {"question_type": str(sample.extra.get("question_type", "other"))}
+    if sample.options:
+        options = lettered(sample.options)
+        if sample.answer_letter not in options:
+            raise DataError(f"{source}: sample {sample.id} has answer letter {sample.answer_letter!r}, "
+                            f"not one of its options {', '.join(options)}")
+        return EvalItem(id=sample.id, benchmark=NAME, image=image_of(sample), question=sample.question,
+                        prompt=llava_prompt(sample.question, options), answer=sample.answer_letter,
+                        answer_kind="choice", options=options, groups=groups)
+    kind = "number" if sample.answer_type == "number" else "text"
+    return EvalItem(id=sample.id, benchmark=NAME, image=image_of(sample), question=sample.question,
+                    prompt=sample.question, answer=sample.answer, answer_kind=kind, groups=groups)
+
+
+def summarize(results: Sequence[SampleResult]) -> dict[str, float]:
+    """Overall accuracy (with a 95% Wilson interval) and ``accuracy/<question type>``."""
+    return accuracy_summary([r.correct for r in results], [r.groups.get("question_type", "") for r in results])
