@@ -67,8 +67,16 @@ def scene(width=1024, height=768, seed=0):
 
 def paper_sized(small: bool, device, dtype):
     """Qwen2.5-VL-7B and SAM 2.1 Hiera-Large configs (published sizes), random weights."""
-    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Sam2Config, Sam2HieraDetConfig,
-                              Sam2MaskDecoderConfig, Sam2Model, Sam2PromptEncoderConfig, Sam2VisionConfig)
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Sam2Config,
+        Sam2HieraDetConfig,
+        Sam2MaskDecoderConfig,
+        Sam2Model,
+        Sam2PromptEncoderConfig,
+        Sam2VisionConfig,
+    )
 
     from seganswer_cli.model import tokens
 

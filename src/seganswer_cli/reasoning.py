@@ -168,7 +168,7 @@ class ReasoningLoop:
         first = True
         while True:
             # Every active row feeds what it has not fed yet; finished rows feed one pad.
-            chunks = [None if row.done else row.builder.build().tail(row.fed) for row in rows]
+            chunks = [None if row.done else row.builder.tail(row.fed) for row in rows]
             if all(c is None for c in chunks):
                 break
             # A step is "prefill" (turn 1), "segmented_turn" when some row feeds a new turn, else "decode".
@@ -233,7 +233,7 @@ class ReasoningLoop:
     def _after_token(self, row: _Row, token: int, sam_cache: dict, timings: dict, index: int) -> None:
         """Update a row after it generated ``token``: stop, or open the segmented turn."""
         s, ids = self.settings, self.model.token_ids
-        turn_ids = row.builder.build().input_ids[row.turn_start :]
+        turn_ids = row.builder.ids_from(row.turn_start)
         turn_text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
         if token in self.stop_ids:
             return self._finish(row, turn_text, "eos")

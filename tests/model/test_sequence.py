@@ -78,3 +78,19 @@ def test_left_and_right_padding(tiny_model, noise_image):
         h2 = model.language_model(model.embed(both), both.position_ids, both.attention_mask).last_hidden_state
     torch.testing.assert_close(h2[1, -len(short) :], h1[0], atol=1e-5, rtol=1e-4)
     assert np.isfinite(h2.numpy()).all()
+
+
+def test_builder_tail_equals_the_built_sequence_tail(tiny_model, noise_image, blob_mask):
+    model = tiny_model
+    b = model.builder().system()
+    b.user(tokens.reasoning_prompt("q"), image=model.global_view(noise_image))
+    b.token_ids([5, 6, 7], target=True)
+    b.text("\n").user("", view=model.segmented_view(noise_image, blob_mask))
+    b.token_ids([8], target=True)
+    whole = b.build()
+    for start in (0, 1, len(whole) - 30, len(whole) - 1, whole.visuals[1].start - 3):
+        a, c = b.tail(start), whole.tail(start)
+        assert torch.equal(a.input_ids, c.input_ids) and torch.equal(a.position_ids, c.position_ids)
+        assert torch.equal(a.target_mask, c.target_mask)
+        assert [(v.start, v.length) for v in a.visuals] == [(v.start, v.length) for v in c.visuals]
+    assert b.ids_from(len(whole) - 1) == [8]

@@ -184,6 +184,30 @@ class SequenceBuilder:
         self.text(text + tokens.IM_END, target=True)
         return self.text("\n")
 
+    def ids_from(self, start: int) -> list[int]:
+        """Token ids appended from index ``start`` on."""
+        return self._input_ids[start:]
+
+    def tail(self, start: int) -> Sequence:
+        """``build().tail(start)`` without assembling the whole sequence: the reasoning loop asks
+        for the few tokens it has not fed yet at every step."""
+        pieces, have = [], 0
+        for chunk in reversed(self._positions):  # each append is one chunk of positions
+            if have >= len(self._input_ids) - start:
+                break
+            pieces.append(chunk)
+            have += chunk.shape[1]
+        positions = torch.cat(pieces[::-1], dim=1)[:, have - (len(self._input_ids) - start) :]  # (3, S - start)
+        visuals = [VisualSlot(v.start - start, v.image, v.keep) for v in self._visuals if v.start >= start]
+        return Sequence(
+            input_ids=torch.tensor(self._input_ids[start:], dtype=torch.long),
+            position_ids=positions,
+            target_mask=torch.tensor(self._targets[start:], dtype=torch.bool),
+            visuals=visuals,
+            image_bases=list(self._image_bases),
+            next_position=self._next,
+        )
+
     def build(self) -> Sequence:
         positions = torch.cat(self._positions, dim=1) if self._positions else torch.zeros(3, 0)
         return Sequence(
