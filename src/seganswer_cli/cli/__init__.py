@@ -16,6 +16,7 @@ from seganswer_cli.cli import data as data_cli
 from seganswer_cli.cli import eval as eval_cli
 from seganswer_cli.cli import infer as infer_cli
 from seganswer_cli.cli import model as model_cli
+from seganswer_cli.cli import train as train_cli
 from seganswer_cli.errors import SegAnswerError
 
 err_console = Console(stderr=True)
@@ -32,6 +33,8 @@ app.command("segment")(infer_cli.segment)
 app.add_typer(model_cli.app, name="model")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(eval_cli.app, name="eval")
+app.command("train-stage1")(train_cli.train_stage1)
+app.command("merge-lora")(train_cli.merge_lora)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,93 @@
+"""``seganswer train-stage1`` (pixel grounding, one phase per run) and ``seganswer merge-lora``.
+
+Thin: flags become config overrides (flags > ``--config`` YAML > defaults), the run folder policy is
+checked before anything heavy loads, then ``seganswer_cli.train`` does the work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from seganswer_cli.cli.options import QuietOpt
+
+Opt = typer.Option
+
+
+def train_stage1(
+    out: Annotated[Path, Opt("--out", "-o", help="Run folder (settings, metrics.jsonl, checkpoints/, model/).")],
+    model: Annotated[str | None, Opt("--model", "-m", help="Starting model folder or preset (default: tiny). "
+                                     "Phase lora: the model/ of the projector run.")] = None,
+    data: Annotated[list[str] | None, Opt("--data", help="Training set NAME=PATH[:weight]; repeat to mix.")] = None,
+    val_data: Annotated[str | None, Opt("--val-data", help="Held-out set (PATH or NAME=PATH) for gIoU/cIoU.")] = None,
+    phase: Annotated[str | None, Opt("--phase", help="projector (only the projector trains) or lora.")] = None,
+    config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: stage1-tiny, stage1-7b.")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")] = False,
+    max_steps: Annotated[int | None, Opt("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
+    epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture (default: paper's 5 / 3).")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (default: paper's 1e-3 / 2e-5).")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", help="Samples per process per micro-step.")] = None,
+    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-steps per optimizer step.")] = None,
+    save_every: Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps (0: at the end).")] = None,
+    eval_every: Annotated[int | None, Opt("--eval-every", help="Validate every N steps (0: start and end).")] = None,
+    seed: Annotated[int | None, Opt("--seed", help="Seed of data order, LoRA init and dropout.")] = None,
+    mixed_precision: Annotated[str | None, Opt("--mixed-precision", help="no, bf16 or fp16 (autocast).")] = None,
+    gradient_checkpointing: Annotated[bool | None, Opt("--gradient-checkpointing/--no-gradient-checkpointing",
+                                                       help="Recompute activations in backward.")] = None,
+    mllm_path: Annotated[str | None, Opt("--mllm-path", help="Local Qwen2.5-VL folder for a preset.")] = None,
+    sam_path: Annotated[str | None, Opt("--sam-path", help="Local SAM 2.1 folder (HF format) for a preset.")] = None,
+    quiet: QuietOpt = False,
+    stop_after_step: Annotated[int | None, Opt("--stop-after-step", hidden=True,
+                                               help="Testing: end as if killed after this step.")] = None,
+) -> None:
+    """Stage 1 pixel grounding: train the projector (phase projector), then LoRA + projector + SAM decoder (phase lora)."""
+    from seganswer_cli.config import Stage1Config, load_config
+    from seganswer_cli.train.runs import check_run_folder
+
+    overrides = {
+        "model": model, "data": data or None, "val_data": val_data, "phase": phase, "max_steps": max_steps,
+        "epochs": epochs, "optim.lr": lr, "batch_size": batch_size, "grad_accum": grad_accum,
+        "save_every": save_every, "eval_every": eval_every, "seed": seed, "mixed_precision": mixed_precision,
+        "gradient_checkpointing": gradient_checkpointing, "mllm_path": mllm_path, "sam_path": sam_path,
+    }
+    cfg = load_config(Stage1Config, config, overrides)
+    check_run_folder(out, resume=resume, overwrite=overwrite)  # before any heavy import
+    if not resume and not cfg.data:
+        from seganswer_cli.errors import UsageError
+
+        raise UsageError("no training data: give --data NAME=PATH[:weight] (or `data:` in --config)")
+    if not resume:
+        from seganswer_cli.model.presets import PRESETS
+
+        if cfg.model not in PRESETS and not Path(cfg.model).exists():
+            from seganswer_cli.errors import ModelFolderError
+
+            raise ModelFolderError(f"model folder not found: {cfg.model} (and it is not a preset: {', '.join(PRESETS)})")
+    from seganswer_cli.train.stage1 import train_stage1 as run_stage1
+
+    run_stage1(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)
+
+
+def merge_lora(
+    run_dir: Annotated[Path, typer.Argument(help="A finished or checkpointed train-stage1 --phase lora run folder.")],
+    out_dir: Annotated[Path, typer.Argument(help="Model folder to write (new or empty).")],
+    checkpoint: Annotated[str | None, Opt("--checkpoint", help="Checkpoint name or step (default: the latest).")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a model already in OUT_DIR.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Merge a Stage 1 LoRA run into one model folder (LoRA folded into the MLLM; projector and SAM copied)."""
+    from seganswer_cli.train.merge import check_output_folder
+    from seganswer_cli.train.runs import RunFolder
+
+    run = RunFolder(run_dir)
+    run.read_settings()  # not a run folder: one line, before any heavy import
+    run.checkpoint(checkpoint)
+    check_output_folder(out_dir, overwrite=overwrite)
+    from seganswer_cli.train.merge import merge_lora_run
+
+    folder = merge_lora_run(run_dir, out_dir, checkpoint=checkpoint, overwrite=overwrite)
+    if not quiet:
+        typer.echo(f"wrote {folder}")

@@ -1,0 +1,292 @@
+"""Training configuration: dataclasses with a docstring per field; YAML files and flags override them.
+
+Precedence, lowest first: the dataclass defaults, a YAML file (``--config``: a path or the name of
+a shipped file in ``seganswer_cli/configs/``), then command-line flags. The resolved result (phase
+defaults filled in) is what a run folder's ``settings.json`` holds and what ``--resume`` reads back.
+
+    cfg = load_config(Stage1Config, "stage1-tiny", overrides={"optim.lr": 3e-3, "max_steps": 20})
+    cfg.to_dict()                                     # JSON-able, nested like the YAML
+
+No torch here: the CLI reads configs before any heavy import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from seganswer_cli.errors import UsageError
+
+STAGE1_PHASES = ("projector", "lora")
+SCHEDULES = ("cosine", "linear", "constant")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+DTYPES = ("float32", "bfloat16", "float16")
+LOSS_TERMS = ("lm", "focal", "dice", "iou", "object_score")
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW and its learning-rate schedule (linear warmup, then cosine, linear or constant)."""
+
+    lr: float | None = None
+    """Peak learning rate; None: the phase's own (``Stage1Config.projector_lr`` / ``lora_lr``)."""
+    weight_decay: float = 0.0
+    """AdamW's decoupled weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's (beta1, beta2)."""
+    eps: float = 1e-8
+    """AdamW's epsilon."""
+    schedule: str = "cosine"
+    """After warmup: ``cosine`` or ``linear`` decay to ``min_lr_ratio * lr``, or ``constant``."""
+    warmup_ratio: float = 0.03
+    """Warmup length as a fraction of the total optimizer steps (used when ``warmup_steps`` is None)."""
+    warmup_steps: int | None = None
+    """Warmup length in optimizer steps; overrides ``warmup_ratio``."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate as a fraction of the peak."""
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm to this; None: no clipping (the norm is still logged)."""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(float(b) for b in self.betas)
+        if self.lr is not None and not self.lr > 0:
+            raise UsageError(f"learning rate must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise UsageError(f"unknown schedule {self.schedule!r}; expected one of {', '.join(SCHEDULES)}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise UsageError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise UsageError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise UsageError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise UsageError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise UsageError(f"max_grad_norm must be > 0 or null, got {self.max_grad_norm}")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA on the MLLM's language model (phase ``lora``); the vision tower is never adapted."""
+
+    rank: int = 8
+    """Rank r of each LoRA update."""
+    alpha: float = 16.0
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    dropout: float = 0.05
+    """Dropout on the LoRA branch's input."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Linear layers of each language-model decoder layer that get a LoRA update."""
+    train_seg_rows: bool = True
+    """Train the ``<|seg|>`` row of the input embedding and of the LM head (peft trainable tokens;
+    every other row stays frozen)."""
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(str(m) for m in self.target_modules)
+        if self.rank < 1:
+            raise UsageError(f"LoRA rank must be >= 1, got {self.rank}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules:
+            raise UsageError("LoRA needs at least one target module")
+
+
+@dataclass
+class Stage1Config:
+    """Stage 1 pixel grounding (paper §3.1, §4.2): one phase, ``projector`` or ``lora``, per run."""
+
+    model: str = "tiny"
+    """Starting model: a seganswer model folder or a preset name (``tiny``, ``qwen2.5-vl-7b``).
+    Phase ``lora`` usually starts from the ``model/`` folder of a finished ``projector`` run."""
+    mllm_path: str | None = None
+    """Local folder of Qwen2.5-VL replacing the preset's hub id (presets only)."""
+    sam_path: str | None = None
+    """Local folder of SAM 2.1 (Hugging Face format) replacing the preset's hub id (presets only)."""
+    dtype: str = "float32"
+    """Dtype the weights are loaded in; trainable parameters are always kept in float32."""
+    phase: str = "projector"
+    """``projector``: only the projector trains. ``lora``: LoRA on the language model + projector +
+    SAM prompt encoder and mask decoder (+ the ``<|seg|>`` embedding rows)."""
+    data: list[str] = field(default_factory=list)
+    """Training sets as ``NAME=PATH[:weight]`` (see docs/data.md); sampled at the weights' rates."""
+    val_data: str | None = None
+    """Held-out referring-segmentation set (a path, or ``NAME=PATH``) for gIoU/cIoU; None: no validation."""
+    val_limit: int = 64
+    """Most held-out samples scored per validation."""
+    val_batch_size: int = 8
+    """Held-out samples per forward during validation."""
+    on_error: str = "stop"
+    """Bad records while reading the data: ``stop`` at the first, or ``skip`` and report them."""
+    epochs: float | None = None
+    """Passes over the mixture (its total sample count); None: the phase's own (``projector_epochs`` /
+    ``lora_epochs``)."""
+    projector_lr: float = 1e-3
+    """Peak learning rate of phase ``projector`` when ``optim.lr`` is not set (paper: 1e-3)."""
+    projector_epochs: float = 5
+    """Epochs of phase ``projector`` when ``epochs`` is not set (paper: 5)."""
+    lora_lr: float = 2e-5
+    """Peak learning rate of phase ``lora`` when ``optim.lr`` is not set (paper: 2e-5)."""
+    lora_epochs: float = 3
+    """Epochs of phase ``lora`` when ``epochs`` is not set (paper: 3)."""
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides ``epochs``."""
+    batch_size: int = 1
+    """Samples per process per micro-step."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step (global batch = batch_size * grad_accum * processes)."""
+    seed: int = 0
+    """Seeds the data order, LoRA initialisation and dropout."""
+    mixed_precision: str = "no"
+    """accelerate's autocast: ``no``, ``bf16`` or ``fp16``."""
+    gradient_checkpointing: bool = False
+    """Recompute the language model's activations in the backward pass (memory for time; 7B)."""
+    save_every: int = 0
+    """Write a checkpoint every this many optimizer steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in the run folder (oldest removed after a newer one is complete)."""
+    eval_every: int = 0
+    """Validate every this many optimizer steps (0: only before training and at the end)."""
+    log_every: int = 1
+    """Write a metrics line every this many optimizer steps."""
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    """Overrides of the loss weights (``lm``, ``focal``, ``dice``, ``iou``, ``object_score``);
+    unset terms keep 1 / 20 / 1 / 1 / 1 (next-token CE, then SAM 2.1's)."""
+    optim: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer and schedule."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """LoRA settings (phase ``lora`` only)."""
+
+    def __post_init__(self) -> None:
+        if self.phase not in STAGE1_PHASES:
+            raise UsageError(f"unknown phase {self.phase!r}; expected projector or lora")
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UsageError(f"unknown mixed precision {self.mixed_precision!r}; expected {', '.join(MIXED_PRECISION)}")
+        if self.on_error not in ("stop", "skip"):
+            raise UsageError(f"on_error must be stop or skip, got {self.on_error!r}")
+        for name in ("batch_size", "grad_accum", "val_limit", "val_batch_size", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("save_every", "eval_every"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"max_steps must be >= 1, got {self.max_steps}")
+        for name in ("epochs", "projector_epochs", "lora_epochs", "projector_lr", "lora_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise UsageError(f"{name} must be > 0, got {value}")
+        unknown = set(self.loss_weights) - set(LOSS_TERMS)
+        if unknown:
+            raise UsageError(f"unknown loss term(s) {sorted(unknown)}; expected {', '.join(LOSS_TERMS)}")
+        self.loss_weights = {k: float(v) for k, v in self.loss_weights.items()}
+        self.data = [str(d) for d in self.data]
+
+    def resolved(self) -> Stage1Config:
+        """A copy with the phase's learning rate and epochs filled in (``optim.lr``, ``epochs``)."""
+        phase_lr, phase_epochs = getattr(self, f"{self.phase}_lr"), getattr(self, f"{self.phase}_epochs")
+        optim = dataclasses.replace(self.optim, lr=self.optim.lr if self.optim.lr is not None else phase_lr)
+        epochs = self.epochs if self.epochs is not None else phase_epochs
+        return dataclasses.replace(self, optim=optim, epochs=epochs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# -- reading and writing ------------------------------------------------------------------------
+
+C = TypeVar("C")
+
+
+def to_dict(config) -> dict[str, Any]:
+    """A dataclass as nested JSON-able dicts (tuples become lists)."""
+    return _plain(dataclasses.asdict(config))
+
+
+def _plain(value):
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def from_dict(cls: type[C], data: dict[str, Any], *, where: str = "config") -> C:
+    """Build ``cls`` from nested dicts; unknown keys are an error naming them."""
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    kwargs = {}
+    for name, value in data.items():
+        sub = _dataclass_of(hints[name])
+        kwargs[name] = from_dict(sub, value, where=f"{where}.{name}") if sub is not None and value is not None else value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise UsageError(f"{where}: {e}") from None
+
+
+def _dataclass_of(hint) -> type | None:
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        subs = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return subs[0] if subs else None
+    return None
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Name -> path of every YAML shipped in ``seganswer_cli/configs/``."""
+    folder = resources.files("seganswer_cli") / "configs"
+    return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith((".yaml", ".yml"))}
+
+
+def read_yaml(spec: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML file given by path or by shipped name (``stage1-tiny``)."""
+    import yaml
+
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        shipped = shipped_configs()
+        if str(spec) not in shipped:
+            raise UsageError(f"config not found: {spec} (not a file, nor a shipped config: {', '.join(sorted(shipped))})")
+        path = shipped[str(spec)]
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UsageError(f"{path} is not valid YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with dotted keys (``optim.lr``) set; None values are skipped (flag not given)."""
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def load_config(cls: type[C], yaml_spec: str | Path | None = None, overrides: dict[str, Any] | None = None) -> C:
+    """Defaults, then the YAML file (if any), then ``overrides`` (dotted keys; None skipped)."""
+    data = read_yaml(yaml_spec) if yaml_spec is not None else {}
+    return from_dict(cls, apply_overrides(data, overrides or {}), where=str(yaml_spec or "config"))

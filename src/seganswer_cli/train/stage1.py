@@ -1,0 +1,524 @@
+"""Stage 1, pixel grounding (paper §3.1, §4.2): teach the model to segment through ``<|seg|>``.
+
+Algorithm. Each sample is the paper's Prompt 1 / Response 1 pair: the image and ``Segment the
+"<expression>" in the image.``, answered ``It is <|seg|>.``. One forward of ``SegAnswerModel``
+gives the next-token cross-entropy on the response and, from the last-layer hidden state at the
+``<|seg|>`` token (the state after reading it; inference reads the same position when the
+generated token is fed back), the projector's sparse prompt, SAM 2.1's mask and SAM 2.1's mask
+losses. Loss = 1·CE + 20·focal + 1·dice + 1·IoU-L1 + 1·object-BCE (``Stage1Config.loss_weights``).
+Two phases, one run each:
+
+- ``projector``: MLLM and SAM 2.1 frozen, only the projector trains (paper: lr 1e-3, 5 epochs);
+- ``lora``: LoRA on the language model's linear layers + the projector + SAM's prompt encoder and
+  mask decoder; the ``<|seg|>`` rows of the input embedding and LM head train too (peft trainable
+  tokens), every other embedding row stays frozen (paper: lr 2e-5, 3 epochs). SAM's image encoder
+  stays frozen in both phases. The run ends with LoRA merged into ``RUN_DIR/model/``; ``seganswer
+  merge-lora`` does the same for any checkpoint.
+
+Where this departs from the paper (which gives only the learning rates, epochs and datasets):
+AdamW with linear warmup (3 %) then cosine decay, weight decay 0, gradient clipping at 1.0, LoRA
+r=8, alpha=16, dropout 0.05 on q/k/v/o/gate/up/down, are our choices (LISA-style); an "epoch" is
+as many samples as the mixture holds, drawn at the sources' weights (``data.Mixture``), not a pass
+over each set. The tiny CPU recipe (``configs/stage1-tiny.yaml``) starts from a random model, not
+a pretrained one: it uses a lora learning rate of 3e-3 held constant after warmup and runs ~100
+steps (SAM's random decoder first collapses to empty masks and needs those steps to recover).
+
+Distributed: ``accelerate`` places the model, wraps it for data parallel (DDP; FSDP/DeepSpeed
+through ``accelerate config``), runs autocast (``mixed_precision``) and gradient accumulation.
+Every process draws the same global batch from the seeded sample stream and trains on its own
+slice, so N processes with batch b equal one process with batch N·b.
+
+Run it::
+
+    seganswer train-stage1 --model tiny --data shapes=data/shapes-ref --val-data data/shapes-val \\
+        --phase projector --out runs/s1-projector --config stage1-tiny
+    seganswer train-stage1 --model runs/s1-projector/model --data shapes=data/shapes-ref \\
+        --phase lora --out runs/s1-lora --config stage1-tiny
+    torchrun --nproc_per_node 8 -m seganswer_cli train-stage1 ...      # or: accelerate launch -m seganswer_cli ...
+
+The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from seganswer_cli import __version__
+from seganswer_cli.config import Stage1Config, to_dict
+from seganswer_cli.data import SegSample, open_dataset, open_mixture, parse_data_spec, parse_data_specs
+from seganswer_cli.errors import UsageError
+from seganswer_cli.train import runs
+
+STAGE = "stage1"
+LOSS_PARTS = ("focal", "dice", "iou", "object_score")
+
+
+def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 quiet: bool = False, stop_after_step: int | None = None) -> Path:
+    """Run one Stage 1 phase into the run folder ``out``; returns the final model folder.
+
+    ``stop_after_step`` ends the process's work after that optimizer step as if it were killed
+    (no final checkpoint, no model folder): how the tests interrupt a run before ``resume``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+
+    # ---------------------------------------------------------------- setup: cheap checks first
+    run = runs.check_run_folder(out, resume=resume, overwrite=overwrite)
+    if resume:
+        config = config_for_resume(run, config)
+    config = config.resolved()
+    if not config.data:
+        raise UsageError("no training data: give --data NAME=PATH[:weight] (or `data:` in the config)")
+    specs = parse_data_specs(config.data)
+    for spec in specs:
+        if not spec.path.exists():
+            raise UsageError(f"dataset path not found: {spec.path} (--data {spec.name}={spec.path})")
+    val_spec = parse_data_spec(config.val_data) if config.val_data else None
+    if val_spec is not None and not val_spec.path.exists():
+        raise UsageError(f"validation dataset path not found: {val_spec.path}")
+
+    accelerator = Accelerator(
+        # accelerate starts gloo data parallel on CPU-only machines only when told the CPU is meant
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.grad_accum,
+        # LoRA phase: SAM's prompt encoder has point/box/mask-prompt parts the <|seg|> prompt never uses
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.phase == "lora")],
+    )
+    set_seed(config.seed)  # python, numpy, torch (and CUDA)
+
+    mixture, skipped = open_mixture(specs, on_error=config.on_error, seed=config.seed)
+    for name, source in zip(mixture.names, mixture.sources):
+        if not isinstance(source[0], SegSample):
+            raise UsageError(f"--data {name}: Stage 1 needs referring-segmentation samples, got {type(source[0]).__name__}")
+    val_samples = []
+    if val_spec is not None:
+        val_samples = open_dataset(val_spec.path, val_spec.format, on_error=config.on_error).take(config.val_limit)
+        val_samples = [s for s in val_samples if isinstance(s, SegSample)]
+        if not val_samples:
+            raise UsageError(f"validation set {val_spec.path} has no referring-segmentation samples")
+
+    model = load_starting_model(config)
+    peft_model = setup_trainable(model, config)
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(model.mllm)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps,
+                                  weight_decay=config.optim.weight_decay)
+
+    world = accelerator.num_processes
+    global_batch = config.batch_size * config.grad_accum * world
+    dataset_size = sum(len(s) for s in mixture.sources)
+    steps_per_epoch = math.ceil(dataset_size / global_batch)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else round(
+        config.optim.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(config.optim.schedule, warmup, total_steps, config.optim.min_lr_ratio))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    settings = {
+        "stage": STAGE,
+        "config": to_dict(config),
+        "processes": world,
+        "global_batch": global_batch,
+        "dataset_size": dataset_size,
+        "sources": {n: len(s) for n, s in zip(mixture.names, mixture.sources)},
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "warmup_steps": warmup,
+        "trainable_parameters": sum(p.numel() for p in params),
+        "versions": versions(),
+    }
+    start_step, log = 0, runs.MetricsLog(run.metrics_path)
+    if resume:
+        checkpoint = run.latest_checkpoint()
+        state = runs.load_checkpoint(checkpoint, accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
+        if state["global_batch"] != global_batch:
+            raise UsageError(f"the run used a global batch of {state['global_batch']}; this launch gives "
+                             f"{global_batch} ({world} process(es)); resume with the same number of processes")
+        start_step = state["step"]
+        if accelerator.is_main_process:
+            log.truncate_after(start_step)
+    elif accelerator.is_main_process:
+        runs.start_run(run, settings, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    show = accelerator.is_main_process and not quiet
+    if show:
+        print_start(settings, run, start_step, skipped)
+
+    # ---------------------------------------------------------------- train
+    weights = loss_weights(config)
+    stream = sample_stream(mixture, skip=start_step * global_batch)
+    last_checkpoint = run.latest_checkpoint()
+    if start_step == 0 and val_samples:
+        validate_and_log(unwrapped, val_samples, config, accelerator, log, step=0, show=show)
+    model.train()
+    keep_frozen_parts_in_eval(unwrapped)
+    progress = TrainProgress(total_steps, start_step, enabled=show)
+    step_started = time.perf_counter()
+    for step in range(start_step + 1, total_steps + 1):
+        batch = [next(stream) for _ in range(global_batch)]  # identical on every process
+        sums = {k: 0.0 for k in ("loss", "lm", *LOSS_PARTS)}
+        grad_norm = None
+        for micro in range(config.grad_accum):
+            start = (micro * world + accelerator.process_index) * config.batch_size
+            local = batch[start : start + config.batch_size]  # this process's slice of the micro-step
+            with accelerator.accumulate(model):
+                sequences, images, masks = stage1_inputs(unwrapped, local)
+                out = model(sequences, images, masks, weights=weights)
+                stop_if_not_finite(accelerator, out.loss.detach(), step, batch, last_checkpoint, "loss")
+                accelerator.backward(out.loss)
+                if accelerator.sync_gradients:
+                    grad_norm = clip_gradients(accelerator, model, config.optim.max_grad_norm)
+                    stop_if_not_finite(accelerator, grad_norm, step, batch, last_checkpoint, "gradient norm")
+                optimizer.step()
+                optimizer.zero_grad()
+            for key, value in loss_components(out).items():
+                sums[key] += value / config.grad_accum
+        lr = scheduler.get_last_lr()[0]  # the rate this step used
+        scheduler.step()
+
+        means = reduce_mean(accelerator, sums)  # averages over processes
+        elapsed = time.perf_counter() - step_started
+        if step % config.log_every == 0 or step == total_steps:
+            record = {"kind": "train", "step": step, "epoch": round(step / steps_per_epoch, 4),
+                      "samples": step * global_batch, "lr": lr,
+                      "grad_norm": float(grad_norm), **means, "samples_per_s": global_batch / max(elapsed, 1e-9)}
+            if accelerator.is_main_process:
+                log.append(record)
+        progress.update(step, means["loss"], global_batch / max(elapsed, 1e-9))
+
+        if step == total_steps or (config.save_every and step % config.save_every == 0):
+            last_checkpoint = runs.save_checkpoint(
+                run, accelerator, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
+                trainer_state={"samples_seen": step * global_batch, "global_batch": global_batch,
+                               "total_steps": total_steps, "phase": config.phase},
+                keep=config.keep_checkpoints)
+        if val_samples and (step == total_steps or (config.eval_every and step % config.eval_every == 0)):
+            validate_and_log(unwrapped, val_samples, config, accelerator, log, step=step, show=show, progress=progress)
+        if stop_after_step is not None and step == stop_after_step:
+            progress.close()
+            return run.path
+        step_started = time.perf_counter()  # samples/s counts training only, not checkpoints or validation
+    progress.close()
+
+    # ---------------------------------------------------------------- save
+    if accelerator.is_main_process:
+        from seganswer_cli.train.merge import merge_lora
+
+        if peft_model is not None:
+            merge_lora(unwrapped, peft_model)
+        if config.dtype != "float32":  # trainable parts were kept in float32; save in the run's dtype
+            unwrapped.to(getattr(torch, config.dtype))
+        info = training_info(unwrapped, settings, run, total_steps)
+        with quiet_transformers():
+            runs.save_final_model(run, lambda folder: unwrapped.save_pretrained(folder, extra_info=info))
+        if show:
+            print(f"wrote {run.model_dir}")
+    accelerator.wait_for_everyone()
+    return run.model_dir
+
+
+# ---------------------------------------------------------------------- setup helpers
+
+
+def config_for_resume(run: runs.RunFolder, given: Stage1Config) -> Stage1Config:
+    """The run's own settings; a flag that contradicts them is an error (a resumed run must be the
+    run that was started). ``given`` holds what the user asked for on this launch."""
+    from seganswer_cli.config import from_dict
+
+    saved = run.read_settings()
+    if saved.get("stage") != STAGE:
+        raise UsageError(f"{run.path} is a {saved.get('stage')!r} run, not {STAGE}")
+    saved_config = from_dict(Stage1Config, saved["config"], where=str(run.settings_path))
+    given_dict = to_dict(given.resolved())
+    defaults = to_dict(Stage1Config(phase=given.phase).resolved())
+    # only keys the user set on this launch (differing from the defaults) must agree with the run
+    asked = {k: v for k, v in given_dict.items() if v != defaults.get(k)}
+    differences = runs.settings_differences({k: to_dict(saved_config)[k] for k in asked}, asked)
+    if differences:
+        raise UsageError(f"--resume: settings differ from the run's: {'; '.join(differences)}")
+    return saved_config
+
+
+def load_starting_model(config: Stage1Config):
+    """The model the phase starts from: a folder, or a preset (with local MLLM/SAM copies)."""
+    from seganswer_cli.model import PRESETS, SegAnswerModel
+
+    dtype = None if config.dtype == "float32" else getattr(torch, config.dtype)
+    with quiet_transformers():
+        if config.mllm_path or config.sam_path:
+            if config.model not in PRESETS:
+                raise UsageError("--mllm-path/--sam-path apply to a preset name, not to a model folder")
+            return SegAnswerModel.from_preset(config.model, mllm_path=config.mllm_path, sam_path=config.sam_path,
+                                              dtype=dtype)
+        return SegAnswerModel.from_pretrained(config.model, dtype=dtype)
+
+
+def setup_trainable(model, config: Stage1Config):
+    """Freeze what the phase freezes; apply LoRA in phase ``lora``. Returns the peft model (its
+    ``merge_and_unload`` merges the adapters into ``model.mllm``) or None in phase ``projector``.
+
+    Trainable parameters are cast to float32 (AdamW on half-precision weights loses the update).
+    """
+    model.requires_grad_(False)
+    model.projector.requires_grad_(True)
+    peft_model = None
+    if config.phase == "lora":
+        peft_model = apply_lora(model, config.lora)
+        model.mask_decoder.sam.prompt_encoder.requires_grad_(True)
+        model.mask_decoder.sam.mask_decoder.requires_grad_(True)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+    return peft_model
+
+
+def apply_lora(model, lora) -> Any:
+    """peft LoRA on the language model's decoder layers, in place on ``model.mllm``; with
+    ``train_seg_rows`` the ``<|seg|>`` rows of the input embedding and LM head train as well."""
+    from peft import LoraConfig, get_peft_model
+
+    names = "|".join(sorted(lora.target_modules))
+    # module names look like model.language_model.layers.3.self_attn.q_proj: the vision tower
+    # (model.visual.blocks...) has its own q/k/v and MLP layers, which stay untouched
+    pattern = rf".*\.language_model\.layers\.\d+\.(self_attn|mlp)\.({names})"
+    seg = model.token_ids.seg
+    peft_config = LoraConfig(
+        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=pattern, bias="none",
+        trainable_token_indices={"embed_tokens": [seg], "lm_head": [seg]} if lora.train_seg_rows else None,
+    )
+    with warnings.catch_warnings():
+        # peft asks transformers' deprecated `is_gradient_checkpointing` (transformers 5 renamed it)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model.mllm, peft_config)
+
+
+def enable_activation_checkpointing(mllm) -> None:
+    """Recompute each decoder layer's activations in backward (non-reentrant: works with frozen
+    inputs, LoRA and DDP's unused-parameter search)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(mllm, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+        mllm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        mllm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def keep_frozen_parts_in_eval(model) -> None:
+    """Train mode for what trains; the frozen towers stay in eval mode (no dropout/drop-path noise)."""
+    model.mask_decoder.sam.vision_encoder.eval()
+    model.mllm.model.visual.eval()
+
+
+def lr_schedule(kind: str, warmup: int, total: int, min_ratio: float):
+    """Multiplier of the peak learning rate at optimizer step ``s`` (0-based, as LambdaLR counts).
+
+    >>> f = lr_schedule("cosine", warmup=2, total=10, min_ratio=0.0)
+    >>> [round(f(s), 3) for s in (0, 1, 2, 6, 10)]
+    [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+
+    def multiplier(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        if kind == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (s - warmup) / (total - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
+        return min_ratio + (1 - min_ratio) * decay
+
+    return multiplier
+
+
+def loss_weights(config: Stage1Config):
+    from seganswer_cli.model import LossWeights
+
+    return LossWeights(**config.loss_weights)
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    return {"seganswer": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__}
+
+
+# ---------------------------------------------------------------------- train helpers
+
+
+def sample_stream(mixture, *, skip: int) -> Iterator[SegSample]:
+    """The mixture's endless seeded draws, the first ``skip`` passed over (the data position of a
+    resumed run: draws are cheap, no image is read)."""
+    draws = iter(mixture)
+    for _ in range(skip):
+        next(draws)
+    return draws
+
+
+def stage1_inputs(model, samples: list[SegSample]):
+    """Prompt 1 / Response 1 sequences, the images and one ground-truth mask per ``<|seg|>``."""
+    images = [s.image.load() for s in samples]
+    sequences = [model.stage1_sequence(model.global_view(img), s.expression) for img, s in zip(images, samples)]
+    masks = [[s.mask.decode()] for s in samples]
+    return sequences, images, masks
+
+
+def loss_components(out) -> dict[str, float]:
+    """Every logged loss term of one forward (unweighted SAM terms; ``loss`` is the weighted total)."""
+    values = {"loss": out.loss.detach().item(), "lm": out.lm_loss.detach().item() if out.lm_loss is not None else 0.0}
+    for name in LOSS_PARTS:
+        part = out.mask_loss_parts.get(name)
+        values[name] = part.detach().item() if part is not None else 0.0
+    return values
+
+
+def reduce_mean(accelerator, values: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    t = accelerator.reduce(t, reduction="mean")
+    return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+def clip_gradients(accelerator, model, max_norm: float | None) -> torch.Tensor:
+    """Clip to ``max_norm`` (when set) and return the global norm before clipping."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return accelerator.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+
+
+def stop_if_not_finite(accelerator, value: torch.Tensor, step: int, batch: list[SegSample],
+                       last_checkpoint: Path | None, what: str) -> None:
+    """Stop every process (before any update) when ``value`` is NaN/inf on any of them."""
+    if accelerator.scaler is not None and what == "gradient norm":
+        return  # fp16: the scaler skips steps with inf gradients and lowers its scale; that is normal
+    bad = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    if bad.item() > 0:
+        ids = ", ".join(s.id for s in batch)
+        kept = f"last good checkpoint kept: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+        raise runs.NonFiniteLossError(
+            f"{what} is {value.float().flatten()[0].item()} at step {step}; stopped before updating "
+            f"(samples of the step: {ids}); {kept}"
+        )
+
+
+def validate(model, samples: list[SegSample], batch_size: int) -> dict[str, float]:
+    """gIoU and cIoU of the teacher-forced Stage 1 masks on held-out samples."""
+    from seganswer_cli.eval.metrics import MaskIoU
+
+    was_training = model.training
+    model.eval()
+    acc = MaskIoU()
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i : i + batch_size]
+        predictions = model.segment_batch([s.image.load() for s in chunk], [s.expression for s in chunk])
+        for (mask, _, _), sample in zip(predictions, chunk):
+            ignore = sample.ignore_mask.decode() if sample.ignore_mask is not None else None
+            acc.update(mask, sample.mask.decode(), ignore)
+    if was_training:
+        model.train()
+        keep_frozen_parts_in_eval(model)
+    return {"val_giou": acc.giou, "val_ciou": acc.ciou, "val_samples": acc.count}
+
+
+def validate_and_log(model, samples, config, accelerator, log, *, step: int, show: bool, progress=None) -> None:
+    """Validation runs on the main process; the others wait for it."""
+    if accelerator.is_main_process:
+        result = validate(model, samples, config.val_batch_size)
+        log.append({"kind": "eval", "step": step, **result})
+        if show:
+            line = f"step {step}: val gIoU {result['val_giou']:.4f} cIoU {result['val_ciou']:.4f} ({result['val_samples']} samples)"
+            (progress.console.print if progress is not None and progress.enabled else print)(line)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------- output helpers
+
+
+def training_info(model, settings: dict[str, Any], run: runs.RunFolder, step: int) -> dict[str, Any]:
+    """What the final model folder's ``seganswer.json`` records about the run that made it: a
+    summary (``training``, shown by ``seganswer model info``), the run's resolved settings
+    (``training_settings``) and one summary per run so far (``training_history``)."""
+    this = {"stage": STAGE, "phase": settings["config"]["phase"], "run": str(run.path.resolve()), "step": step}
+    history = list(model.info.get("training_history", []))
+    return {"training": this, "training_settings": settings, "training_history": [*history, this]}
+
+
+@contextmanager
+def quiet_transformers():
+    """No transformers progress bars while loading or saving (the run prints its own lines)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, skipped: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    c = settings["config"]
+    table = Table(title=f"seganswer train-stage1 · phase {c['phase']} -> {run.path}", show_header=False)
+    rows = {
+        "model": c["model"], "data": ", ".join(c["data"]), "validation": c["val_data"] or "none",
+        "steps": f"{settings['total_steps']} ({settings['steps_per_epoch']}/epoch, warmup {settings['warmup_steps']})",
+        "global batch": f"{settings['global_batch']} = {c['batch_size']} x {c['grad_accum']} accum x {settings['processes']} proc",
+        "lr": f"{c['optim']['lr']:g} ({c['optim']['schedule']})", "precision": f"{c['dtype']} weights, autocast {c['mixed_precision']}",
+        "trainable": f"{settings['trainable_parameters']:,} parameters",
+    }
+    if start_step:
+        rows["resuming"] = f"from step {start_step}"
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    for name, errors in skipped.items():
+        if errors.skipped:
+            console.print(f"{name}: {errors.summary()}", highlight=False)
+
+
+class TrainProgress:
+    """rich progress bar with the loss and samples/s; a no-op when disabled (``--quiet``, workers)."""
+
+    def __init__(self, total: int, completed: int, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.console = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.console = Console(stderr=True)
+            self.bar = Progress(TextColumn("stage 1"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]:.4f} · {task.fields[rate]:.1f} samples/s"),
+                                TimeRemainingColumn(), console=self.console, transient=False)
+            self.task = self.bar.add_task("train", total=total, completed=completed, loss=float("nan"), rate=0.0)
+            self.bar.start()
+
+    def update(self, step: int, loss: float, rate: float) -> None:
+        if self.enabled:
+            self.bar.update(self.task, completed=step, loss=loss, rate=rate)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.stop()
+            self.enabled = False
+

@@ -1,0 +1,64 @@
+"""Configs: shipped YAMLs parse, flags override YAML, bad keys and values are one clear error."""
+
+from __future__ import annotations
+
+import pytest
+
+from seganswer_cli.config import Stage1Config, load_config, shipped_configs, to_dict
+from seganswer_cli.errors import UsageError
+
+
+def test_every_shipped_yaml_parses():
+    shipped = shipped_configs()
+    assert {"stage1-tiny", "stage1-7b"} <= set(shipped)
+    for name in shipped:
+        cfg = load_config(Stage1Config, name)
+        assert isinstance(cfg, Stage1Config)
+        assert cfg.resolved().optim.lr > 0 and cfg.resolved().epochs > 0
+
+
+def test_7b_recipe_is_the_papers():
+    cfg = load_config(Stage1Config, "stage1-7b")
+    assert cfg.model == "qwen2.5-vl-7b"
+    projector = load_config(Stage1Config, "stage1-7b", {"phase": "projector"}).resolved()
+    lora = load_config(Stage1Config, "stage1-7b", {"phase": "lora"}).resolved()
+    assert (projector.optim.lr, projector.epochs) == (1e-3, 5)
+    assert (lora.optim.lr, lora.epochs) == (2e-5, 3)
+
+
+def test_flags_override_yaml_and_yaml_overrides_defaults():
+    cfg = load_config(Stage1Config, "stage1-tiny", {"optim.lr": 0.5, "max_steps": 7, "batch_size": None})
+    assert cfg.optim.lr == 0.5 and cfg.max_steps == 7
+    assert cfg.batch_size == 4  # None = flag not given: the YAML's value stays
+    assert Stage1Config().batch_size == 1
+    assert cfg.optim.schedule == "constant" and cfg.lora.rank == 8
+
+
+def test_to_dict_round_trips():
+    from seganswer_cli.config import from_dict
+
+    cfg = load_config(Stage1Config, "stage1-7b", {"phase": "lora"}).resolved()
+    assert from_dict(Stage1Config, to_dict(cfg)) == cfg
+
+
+def test_bad_config_is_a_usage_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  learning_rate: 1\n")
+    with pytest.raises(UsageError, match="unknown key.*learning_rate"):
+        load_config(Stage1Config, bad)
+    with pytest.raises(UsageError, match="config not found"):
+        load_config(Stage1Config, tmp_path / "missing.yaml")
+    with pytest.raises(UsageError, match="unknown phase"):
+        Stage1Config(phase="full")
+    with pytest.raises(UsageError, match="unknown loss term"):
+        Stage1Config(loss_weights={"bce": 1.0})
+
+
+def test_lr_schedule():
+    from seganswer_cli.train.stage1 import lr_schedule
+
+    cosine = lr_schedule("cosine", warmup=2, total=10, min_ratio=0.0)
+    assert [round(cosine(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    linear = lr_schedule("linear", warmup=0, total=4, min_ratio=0.5)
+    assert [linear(s) for s in (0, 2, 4)] == [1.0, 0.75, 0.5]
+    assert lr_schedule("constant", warmup=1, total=5, min_ratio=0.0)(3) == 1.0
