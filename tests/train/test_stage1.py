@@ -178,7 +178,8 @@ def test_activation_checkpointing_recomputes_layers_and_keeps_gradients():
     from seganswer_cli.config import LoraSettings, Stage1Config
     from seganswer_cli.data import ShapesConfig, generate_samples
     from seganswer_cli.model import SegAnswerModel
-    from seganswer_cli.train.stage1 import enable_activation_checkpointing, setup_trainable, stage1_inputs
+    from seganswer_cli.train.loop import enable_activation_checkpointing
+    from seganswer_cli.train.stage1 import setup_trainable, stage1_inputs
 
     samples = list(generate_samples("refseg", 2, ShapesConfig(width=64, height=64, min_size=16, max_size=32)))
     results = []

@@ -52,7 +52,8 @@ def load_lora_run(run_dir: str | Path, checkpoint: str | None = None):
 def merge_lora_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | None = None,
                    overwrite: bool = False) -> Path:
     """Write the merged model of a ``lora`` run's checkpoint to ``out_dir``; returns the folder."""
-    from seganswer_cli.train.stage1 import quiet_transformers, training_info
+    from seganswer_cli.train.loop import quiet_transformers
+    from seganswer_cli.train.stage1 import training_info
 
     out = Path(out_dir)
     check_output_folder(out, overwrite=overwrite)

@@ -45,18 +45,27 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from seganswer_cli import __version__
 from seganswer_cli.config import Stage1Config, to_dict
 from seganswer_cli.data import SegSample, open_dataset, open_mixture, parse_data_spec, parse_data_specs
 from seganswer_cli.errors import UsageError
 from seganswer_cli.train import runs
+from seganswer_cli.train.loop import (
+    TrainProgress,
+    clip_gradients,
+    enable_activation_checkpointing,
+    keep_frozen_parts_in_eval,
+    lr_schedule,
+    quiet_transformers,
+    reduce_mean,
+    sample_stream,
+    stop_if_not_finite,
+    versions,
+)
 
 STAGE = "stage1"
 LOSS_PARTS = ("focal", "dice", "iou", "object_score")
@@ -166,7 +175,7 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
         validate_and_log(unwrapped, val_samples, config, accelerator, log, step=0, show=show)
     model.train()
     keep_frozen_parts_in_eval(unwrapped)
-    progress = TrainProgress(total_steps, start_step, enabled=show)
+    progress = TrainProgress(total_steps, start_step, enabled=show, label="stage 1")
     step_started = time.perf_counter()
     for step in range(start_step + 1, total_steps + 1):
         batch = [next(stream) for _ in range(global_batch)]  # identical on every process
@@ -306,67 +315,13 @@ def apply_lora(model, lora) -> Any:
         return get_peft_model(model.mllm, peft_config)
 
 
-def enable_activation_checkpointing(mllm) -> None:
-    """Recompute each decoder layer's activations in backward (non-reentrant: works with frozen
-    inputs, LoRA and DDP's unused-parameter search)."""
-    kwargs = {"use_reentrant": False}
-    if hasattr(mllm, "activation_checkpointing_enable"):  # transformers >= 5.2x name
-        mllm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        mllm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-
-
-def keep_frozen_parts_in_eval(model) -> None:
-    """Train mode for what trains; the frozen towers stay in eval mode (no dropout/drop-path noise)."""
-    model.mask_decoder.sam.vision_encoder.eval()
-    model.mllm.model.visual.eval()
-
-
-def lr_schedule(kind: str, warmup: int, total: int, min_ratio: float):
-    """Multiplier of the peak learning rate at optimizer step ``s`` (0-based, as LambdaLR counts).
-
-    >>> f = lr_schedule("cosine", warmup=2, total=10, min_ratio=0.0)
-    >>> [round(f(s), 3) for s in (0, 1, 2, 6, 10)]
-    [0.5, 1.0, 1.0, 0.5, 0.0]
-    """
-
-    def multiplier(s: int) -> float:
-        if s < warmup:
-            return (s + 1) / warmup
-        if kind == "constant" or total <= warmup:
-            return 1.0
-        progress = min(1.0, (s - warmup) / (total - warmup))
-        decay = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
-        return min_ratio + (1 - min_ratio) * decay
-
-    return multiplier
-
-
 def loss_weights(config: Stage1Config):
     from seganswer_cli.model import LossWeights
 
     return LossWeights(**config.loss_weights)
 
 
-def versions() -> dict[str, str]:
-    import accelerate
-    import peft
-    import transformers
-
-    return {"seganswer": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "accelerate": accelerate.__version__}
-
-
 # ---------------------------------------------------------------------- train helpers
-
-
-def sample_stream(mixture, *, skip: int) -> Iterator[SegSample]:
-    """The mixture's endless seeded draws, the first ``skip`` passed over (the data position of a
-    resumed run: draws are cheap, no image is read)."""
-    draws = iter(mixture)
-    for _ in range(skip):
-        next(draws)
-    return draws
 
 
 def stage1_inputs(model, samples: list[SegSample]):
@@ -384,38 +339,6 @@ def loss_components(out) -> dict[str, float]:
         part = out.mask_loss_parts.get(name)
         values[name] = part.detach().item() if part is not None else 0.0
     return values
-
-
-def reduce_mean(accelerator, values: dict[str, float]) -> dict[str, float]:
-    if accelerator.num_processes == 1:
-        return dict(values)
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
-    t = accelerator.reduce(t, reduction="mean")
-    return {k: float(v) for k, v in zip(keys, t.tolist())}
-
-
-def clip_gradients(accelerator, model, max_norm: float | None) -> torch.Tensor:
-    """Clip to ``max_norm`` (when set) and return the global norm before clipping."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return accelerator.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
-
-
-def stop_if_not_finite(accelerator, value: torch.Tensor, step: int, batch: list[SegSample],
-                       last_checkpoint: Path | None, what: str) -> None:
-    """Stop every process (before any update) when ``value`` is NaN/inf on any of them."""
-    if accelerator.scaler is not None and what == "gradient norm":
-        return  # fp16: the scaler skips steps with inf gradients and lowers its scale; that is normal
-    bad = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=accelerator.device)
-    if accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad, reduction="sum")
-    if bad.item() > 0:
-        ids = ", ".join(s.id for s in batch)
-        kept = f"last good checkpoint kept: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
-        raise runs.NonFiniteLossError(
-            f"{what} is {value.float().flatten()[0].item()} at step {step}; stopped before updating "
-            f"(samples of the step: {ids}); {kept}"
-        )
 
 
 def validate(model, samples: list[SegSample], batch_size: int) -> dict[str, float]:
@@ -460,18 +383,6 @@ def training_info(model, settings: dict[str, Any], run: runs.RunFolder, step: in
     return {"training": this, "training_settings": settings, "training_history": [*history, this]}
 
 
-@contextmanager
-def quiet_transformers():
-    """No transformers progress bars while loading or saving (the run prints its own lines)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.enable_progress_bar()
-
-
 def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, skipped: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -495,30 +406,4 @@ def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, 
         if errors.skipped:
             console.print(f"{name}: {errors.summary()}", highlight=False)
 
-
-class TrainProgress:
-    """rich progress bar with the loss and samples/s; a no-op when disabled (``--quiet``, workers)."""
-
-    def __init__(self, total: int, completed: int, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self.console = None
-        if enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.console = Console(stderr=True)
-            self.bar = Progress(TextColumn("stage 1"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("loss {task.fields[loss]:.4f} · {task.fields[rate]:.1f} samples/s"),
-                                TimeRemainingColumn(), console=self.console, transient=False)
-            self.task = self.bar.add_task("train", total=total, completed=completed, loss=float("nan"), rate=0.0)
-            self.bar.start()
-
-    def update(self, step: int, loss: float, rate: float) -> None:
-        if self.enabled:
-            self.bar.update(self.task, completed=step, loss=loss, rate=rate)
-
-    def close(self) -> None:
-        if self.enabled:
-            self.bar.stop()
-            self.enabled = False
 

@@ -1,0 +1,142 @@
+"""Pieces every training stage's loop calls (Stage 1, Stage 2, Stage 3): schedules, the seeded
+sample stream, distributed reductions, the NaN stop, the progress bar, package versions.
+
+Stages call these rather than copying them; what a run folder holds is ``runs.py``'s.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from seganswer_cli import __version__
+from seganswer_cli.train import runs
+
+
+def enable_activation_checkpointing(mllm) -> None:
+    """Recompute each decoder layer's activations in backward (non-reentrant: works with frozen
+    inputs, LoRA and DDP's unused-parameter search)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(mllm, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+        mllm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        mllm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def keep_frozen_parts_in_eval(model) -> None:
+    """Train mode for what trains; the frozen towers stay in eval mode (no dropout/drop-path noise)."""
+    model.mask_decoder.sam.vision_encoder.eval()
+    model.mllm.model.visual.eval()
+
+
+def lr_schedule(kind: str, warmup: int, total: int, min_ratio: float):
+    """Multiplier of the peak learning rate at optimizer step ``s`` (0-based, as LambdaLR counts).
+
+    >>> f = lr_schedule("cosine", warmup=2, total=10, min_ratio=0.0)
+    >>> [round(f(s), 3) for s in (0, 1, 2, 6, 10)]
+    [0.5, 1.0, 1.0, 0.5, 0.0]
+    """
+
+    def multiplier(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        if kind == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (s - warmup) / (total - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if kind == "cosine" else 1 - progress
+        return min_ratio + (1 - min_ratio) * decay
+
+    return multiplier
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    return {"seganswer": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "accelerate": accelerate.__version__}
+
+
+def sample_stream(mixture, *, skip: int) -> Iterator:
+    """The mixture's endless seeded draws, the first ``skip`` passed over (the data position of a
+    resumed run: draws are cheap, no image is read)."""
+    draws = iter(mixture)
+    for _ in range(skip):
+        next(draws)
+    return draws
+
+
+def reduce_mean(accelerator, values: dict[str, float]) -> dict[str, float]:
+    if accelerator.num_processes == 1:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=accelerator.device)
+    t = accelerator.reduce(t, reduction="mean")
+    return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+def clip_gradients(accelerator, model, max_norm: float | None) -> torch.Tensor:
+    """Clip to ``max_norm`` (when set) and return the global norm before clipping."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return accelerator.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+
+
+def stop_if_not_finite(accelerator, value: torch.Tensor, step: int, batch: list,
+                       last_checkpoint: Path | None, what: str) -> None:
+    """Stop every process (before any update) when ``value`` is NaN/inf on any of them."""
+    if accelerator.scaler is not None and what == "gradient norm":
+        return  # fp16: the scaler skips steps with inf gradients and lowers its scale; that is normal
+    bad = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=accelerator.device)
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    if bad.item() > 0:
+        ids = ", ".join(s.id for s in batch)
+        kept = f"last good checkpoint kept: {last_checkpoint}" if last_checkpoint else "no checkpoint was written yet"
+        raise runs.NonFiniteLossError(
+            f"{what} is {value.float().flatten()[0].item()} at step {step}; stopped before updating "
+            f"(samples of the step: {ids}); {kept}"
+        )
+
+
+@contextmanager
+def quiet_transformers():
+    """No transformers progress bars while loading or saving (the run prints its own lines)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+
+
+class TrainProgress:
+    """rich progress bar with the loss and samples/s; a no-op when disabled (``--quiet``, workers)."""
+
+    def __init__(self, total: int, completed: int, *, enabled: bool, label: str = "train") -> None:
+        self.enabled = enabled
+        self.console = None
+        if enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.console = Console(stderr=True)
+            self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("loss {task.fields[loss]:.4f} · {task.fields[rate]:.1f} samples/s"),
+                                TimeRemainingColumn(), console=self.console, transient=False)
+            self.task = self.bar.add_task("train", total=total, completed=completed, loss=float("nan"), rate=0.0)
+            self.bar.start()
+
+    def update(self, step: int, loss: float, rate: float) -> None:
+        if self.enabled:
+            self.bar.update(self.task, completed=step, loss=loss, rate=rate)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.stop()
+            self.enabled = False
