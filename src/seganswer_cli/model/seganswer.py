@@ -143,6 +143,10 @@ class SegAnswerModel(nn.Module):
             if not (folder / required).exists():
                 raise ModelFolderError(f"{folder} is missing {required}")
         kwargs = {"dtype": dtype} if dtype is not None else {}
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # a local folder loads in a blink; the bar is noise on stderr
         try:
             processor = AutoProcessor.from_pretrained(folder / "mllm")
             mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder / "mllm", **kwargs)
@@ -152,6 +156,9 @@ class SegAnswerModel(nn.Module):
             projector_state = load_file(folder / "projector.safetensors")
         except (OSError, ValueError, RuntimeError) as e:
             raise ModelFolderError(f"cannot load the model in {folder}: {e}") from None
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         if tokens.SEG_TOKEN not in processor.tokenizer.get_vocab():
             raise SegTokenError(f"the tokenizer in {folder / 'mllm'} has no {tokens.SEG_TOKEN} token")
         hidden, prompt_dim = projector_state["fc1.weight"].shape[1], projector_state["fc2.weight"].shape[0]
