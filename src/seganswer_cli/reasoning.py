@@ -348,7 +348,7 @@ def trajectory_record(traj: Trajectory, **extra) -> dict:
             {
                 "mask": encode_rle(step.mask) if step.mask is not None else None,
                 "mask_area": int(step.mask.sum()) if step.mask is not None else 0,
-                "box": list(step.box) if step.box else None,
+                "crop_box": list(step.box) if step.box else None,  # x0, y0, x1, y1 (exclusive)
                 "kept_tokens": step.kept_tokens,
                 "iou": round(step.iou, 4),
                 "object_score": round(step.object_score, 4),

@@ -92,7 +92,7 @@ def _print_trajectory(traj, save_vis: Path | None) -> None:
             step = traj.steps[i]
             area = int(step.mask.sum()) if step.mask is not None else 0
             note = f" · fallback: {step.fallback}" if step.fallback else ""
-            console.print(f"  [cyan]<|seg|>[/] mask {area} px · box {step.box} · second look "
+            console.print(f"  [cyan]<|seg|>[/] mask {area} px · crop {step.box} · second look "
                           f"{step.kept_tokens} visual tokens{note}", highlight=False)
     table = Table(show_header=False, box=None)
     table.add_row("answer", f"[bold]{traj.answer}[/]" if traj.answer is not None else "[red](none)[/]")
@@ -221,12 +221,12 @@ def segment(
         save_vis.parent.mkdir(parents=True, exist_ok=True)
         segmentation_figure(pil, mask, expression).save(save_vis)
     area = int(mask.sum())
-    box = list(mask_bbox(mask)) if area else None
+    bbox = list(mask_bbox(mask)) if area else None  # COCO: x, y, width, height
     if as_json:
         print(json.dumps({"image": str(image), "expression": expression, "mask": encode_rle(mask), "area": area,
-                          "box": box, "iou": round(iou, 4), "object_score": round(score, 4)}))
+                          "bbox": bbox, "iou": round(iou, 4), "object_score": round(score, 4)}))
     else:
-        console.print(f"mask: {area} px ({area / mask.size:.1%} of the image) · box {box} · "
+        console.print(f"mask: {area} px ({area / mask.size:.2%} of the image) · bbox (x, y, w, h) {bbox} · "
                       f"predicted IoU {iou:.3f} · object score {score:.3f}", highlight=False)
         for path in (save_mask, save_vis):
             if path is not None:
