@@ -27,6 +27,8 @@ SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
 LOSS_TERMS = ("lm", "focal", "dice", "iou", "object_score")
+STAGE2_MASKS = ("online", "precomputed")
+STAGE2_TOO_LONG = ("skip", "truncate")
 
 
 @dataclass
@@ -199,6 +201,98 @@ class Stage1Config:
         return to_dict(self)
 
 
+@dataclass
+class Stage2Config:
+    """Stage 2 multimodal interleaved SFT (paper §3.2, §4.2): one run from a Stage 1 model folder."""
+
+    model: str | None = None
+    """Starting model: the ``model/`` folder of a finished Stage 1 lora run (or a ``merge-lora``
+    output). A folder whose ``seganswer.json`` has no Stage 1 training record is refused unless
+    ``allow_untrained_start``."""
+    allow_untrained_start: bool = False
+    """Accept a starting model that is not a Stage 1 output (e.g. a preset): its projector and mask
+    decoder were never trained, so the masks Stage 2 looks at mean nothing."""
+    dtype: str = "float32"
+    """Dtype the weights are loaded in; the trained MLLM parameters are always kept in float32."""
+    data: list[str] = field(default_factory=list)
+    """Question-answer sets as ``NAME=PATH[:weight]`` (VisualCoT, ``seganswer data synth --kind vqa``;
+    docs/data.md). Boxes and region masks in them are never used."""
+    on_error: str = "skip"
+    """Bad records while reading the data: ``stop`` at the first, or ``skip`` and report them."""
+    direct_share: float = 0.1
+    """Share of samples whose conversation answers at once (Response 1 is the answer, no
+    ``<|seg|>``), so the model learns that segmenting is a choice. Not in the paper. Which samples:
+    a seeded draw per stream position (``seed``), the same on every process and after ``--resume``."""
+    masks: str = "online"
+    """Where the segmented view's mask comes from. ``online`` (the paper's reading): a no-grad pass
+    of the model being trained, up to its own ``<|seg|>``, at every step. ``precomputed``: once, by
+    the starting model, before step 1, cached in ``RUN_DIR/masks/`` (faster; later steps look at
+    masks an older model made)."""
+    freeze_vision: bool = False
+    """Keep the MLLM's vision tower frozen (the paper tunes the full MLLM backbone: default off)."""
+    max_length: int = 8192
+    """Most tokens of one training conversation (the model's context budget for a step)."""
+    too_long: str = "skip"
+    """A conversation over ``max_length``: ``skip`` it, or ``truncate`` it to ``max_length`` tokens
+    (never inside an image; skipped when nothing of the model's turns is left). Counted either way."""
+    epochs: float = 1.0
+    """Passes over the mixture (its total sample count) (paper: 1)."""
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides ``epochs``."""
+    batch_size: int = 1
+    """Samples per process per micro-step."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step (global batch = batch_size * grad_accum * processes)."""
+    seed: int = 0
+    """Seeds the data order, the direct-answer draw and dropout."""
+    mixed_precision: str = "no"
+    """accelerate's autocast: ``no``, ``bf16`` or ``fp16``."""
+    gradient_checkpointing: bool = False
+    """Recompute the language model's activations in the backward pass (memory for time; 7B)."""
+    save_every: int = 0
+    """Write a checkpoint every this many optimizer steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in the run folder (oldest removed after a newer one is complete). A Stage 2
+    checkpoint holds the whole MLLM: for the 7B model that is its full weights plus AdamW's state."""
+    log_every: int = 1
+    """Write a metrics line every this many optimizer steps."""
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-6))
+    """Optimizer and schedule (paper: lr 2e-6)."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UsageError(f"unknown mixed precision {self.mixed_precision!r}; expected {', '.join(MIXED_PRECISION)}")
+        if self.on_error not in ("stop", "skip"):
+            raise UsageError(f"on_error must be stop or skip, got {self.on_error!r}")
+        if self.masks not in STAGE2_MASKS:
+            raise UsageError(f"unknown masks {self.masks!r}; expected one of {', '.join(STAGE2_MASKS)}")
+        if self.too_long not in STAGE2_TOO_LONG:
+            raise UsageError(f"too_long must be one of {', '.join(STAGE2_TOO_LONG)}, got {self.too_long!r}")
+        if not 0.0 <= self.direct_share <= 1.0:
+            raise UsageError(f"direct_share must be in [0, 1], got {self.direct_share}")
+        for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints", "max_length"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.save_every < 0:
+            raise UsageError(f"save_every must be >= 0, got {self.save_every}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not self.epochs > 0:
+            raise UsageError(f"epochs must be > 0, got {self.epochs}")
+        if self.optim.lr is None:
+            self.optim = dataclasses.replace(self.optim, lr=2e-6)
+        self.data = [str(d) for d in self.data]
+
+    def resolved(self) -> Stage2Config:
+        """Itself (every field already has its value); the same call as ``Stage1Config.resolved``."""
+        return dataclasses.replace(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
 # -- reading and writing ------------------------------------------------------------------------
 
 C = TypeVar("C")
@@ -290,3 +384,129 @@ def load_config(cls: type[C], yaml_spec: str | Path | None = None, overrides: di
     """Defaults, then the YAML file (if any), then ``overrides`` (dotted keys; None skipped)."""
     data = read_yaml(yaml_spec) if yaml_spec is not None else {}
     return from_dict(cls, apply_overrides(data, overrides or {}), where=str(yaml_spec or "config"))
+
+
+# -- Stage 3 ------------------------------------------------------------------------------------
+
+ROI_CHOICES = ("mask", "bbox", "none")
+
+
+@dataclass
+class Stage3Config:
+    """Stage 3 reasoning with pixel grounding (paper §3.3, §4.2): DAPO on multi-turn segmented
+    rollouts of the reasoning loop, from a Stage 2 model folder."""
+
+    model: str = "tiny"
+    """Starting model: the ``model/`` folder of a finished Stage 2 run (or any seganswer model
+    folder / preset name)."""
+    dtype: str = "float32"
+    """Dtype the weights are loaded in; the trained MLLM parameters are always kept in float32."""
+    data: list[str] = field(default_factory=list)
+    """Prompt sets with verifiable answers as ``NAME=PATH[:weight]`` (ViRL39K, ``seganswer data
+    synth --kind rl``); sampled at the weights' rates."""
+    on_error: str = "skip"
+    """Bad records while reading the data: ``stop`` at the first, or ``skip`` and report them."""
+    freeze_vision: bool = False
+    """Keep the MLLM's vision tower frozen (the paper trains the MLLM: default off). The projector
+    and SAM 2.1 are always frozen in Stage 3."""
+    epochs: float = 1.0
+    """Passes over the prompt mixture, counted in prompts whose groups train (paper: 1)."""
+    max_steps: int | None = None
+    """Rollout-and-update steps to run; overrides ``epochs``."""
+    prompts_per_step: int = 8
+    """Prompts (groups) whose rollouts train in one step, over all processes, after dynamic sampling."""
+    rollouts_per_prompt: int = 4
+    """Rollouts sampled per prompt, the group of the group-normalised advantage (paper: 4)."""
+    rollout_batch_size: int = 16
+    """Trajectories the reasoning loop runs as one batch (per process)."""
+    temperature: float = 1.0
+    """Sampling temperature of the rollouts (log-probs are taken under the same temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling threshold of the rollouts."""
+    max_new_tokens: int = 512
+    """Most tokens a rollout may generate, all turns together."""
+    max_seg_steps: int = 1
+    """Most ``<|seg|>`` rounds per rollout."""
+    roi: str = "mask"
+    """Second look of the rollouts: ``mask`` (the paper's sparse segmented view), ``bbox`` or ``none``."""
+    max_refills: int = 4
+    """Dynamic sampling: extra rounds of prompts drawn in one step to replace groups whose rewards
+    are all equal. A step that still has no group left after them stops the run."""
+    mini_batches: int = 1
+    """Policy updates (optimizer steps) per rollout batch: the kept trajectories are split into this
+    many mini-batches; the first update is on-policy, later ones reuse the rollout's log-probs."""
+    micro_batch_size: int = 4
+    """Trajectories per training forward (gradients accumulate over a mini-batch's micro-batches)."""
+    clip_low: float = 0.2
+    """DAPO's epsilon_low: the ratio is clipped below at 1 - clip_low."""
+    clip_high: float = 0.28
+    """DAPO's epsilon_high (clip-higher): the ratio is clipped above at 1 + clip_high."""
+    kl_coef: float = 0.0
+    """Weight of a KL penalty to the starting model (k3 estimator); DAPO drops it: 0 (off)."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong punishment: the last this many tokens before ``max_new_tokens`` are
+    penalised linearly up to ``overlong_penalty``; 0: off (the paper names only accuracy and format)."""
+    overlong_penalty: float = 1.0
+    """Largest overlong penalty (at ``max_new_tokens``)."""
+    reward_weights: dict[str, float] = field(default_factory=lambda: {"accuracy": 0.8, "format": 0.2})
+    """Reward functions (``train/rewards.py``) and their weights (paper: w_a 0.8, w_f 0.2)."""
+    advantage_eps: float = 1e-6
+    """Added to a group's reward standard deviation before dividing."""
+    seed: int = 0
+    """Seeds the prompt order and every rollout's sampling."""
+    mixed_precision: str = "no"
+    """accelerate's autocast for the training forward: ``no``, ``bf16`` or ``fp16``."""
+    gradient_checkpointing: bool = False
+    """Recompute the language model's activations in the backward pass (memory for time; 7B)."""
+    save_every: int = 0
+    """Write a checkpoint every this many steps (0: only at the end)."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept in the run folder (a Stage 3 checkpoint holds the whole MLLM and AdamW's state)."""
+    log_every: int = 1
+    """Write a metrics line every this many steps."""
+    optim: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=2e-5, schedule="constant", warmup_ratio=0.0))
+    """Optimizer and schedule (paper: lr 2e-5; constant after warmup, as DAPO)."""
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UsageError(f"unknown mixed precision {self.mixed_precision!r}; expected {', '.join(MIXED_PRECISION)}")
+        if self.on_error not in ("stop", "skip"):
+            raise UsageError(f"on_error must be stop or skip, got {self.on_error!r}")
+        if self.roi not in ROI_CHOICES:
+            raise UsageError(f"unknown roi {self.roi!r}; expected one of {', '.join(ROI_CHOICES)}")
+        for name in ("prompts_per_step", "rollout_batch_size", "max_new_tokens", "mini_batches",
+                     "micro_batch_size", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.rollouts_per_prompt < 2:
+            raise UsageError(f"rollouts_per_prompt must be >= 2 (a group needs two rollouts), got {self.rollouts_per_prompt}")
+        for name in ("max_refills", "save_every", "max_seg_steps", "overlong_buffer"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.overlong_buffer >= self.max_new_tokens:
+            raise UsageError(f"overlong_buffer ({self.overlong_buffer}) must be below max_new_tokens ({self.max_new_tokens})")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"max_steps must be >= 1, got {self.max_steps}")
+        if not self.epochs > 0:
+            raise UsageError(f"epochs must be > 0, got {self.epochs}")
+        if not self.temperature > 0 or not 0 < self.top_p <= 1:
+            raise UsageError(f"need temperature > 0 and 0 < top_p <= 1, got {self.temperature}, {self.top_p}")
+        if not 0 <= self.clip_low < 1 or not self.clip_high >= 0:
+            raise UsageError(f"need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        if self.kl_coef < 0 or self.overlong_penalty < 0 or not self.advantage_eps > 0:
+            raise UsageError("kl_coef and overlong_penalty must be >= 0, advantage_eps > 0")
+        if not self.reward_weights:
+            raise UsageError("reward_weights is empty: name at least one reward (accuracy, format)")
+        self.reward_weights = {str(k): float(v) for k, v in self.reward_weights.items()}
+        if self.optim.lr is None:
+            self.optim = dataclasses.replace(self.optim, lr=2e-5)
+        self.data = [str(d) for d in self.data]
+
+    def resolved(self) -> Stage3Config:
+        """Itself (every field already has its value); the same call as ``Stage1Config.resolved``."""
+        return dataclasses.replace(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)

@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import pytest
 
-from seganswer_cli.config import Stage1Config, load_config, shipped_configs, to_dict
+from seganswer_cli.config import (
+    Stage1Config,
+    Stage2Config,
+    Stage3Config,
+    load_config,
+    shipped_configs,
+    to_dict,
+)
 from seganswer_cli.errors import UsageError
 
 
 def test_every_shipped_yaml_parses():
     shipped = shipped_configs()
     assert {"stage1-tiny", "stage1-7b"} <= set(shipped)
+    classes = {"stage1": Stage1Config, "stage2": Stage2Config, "stage3": Stage3Config}
     for name in shipped:
-        cfg = load_config(Stage1Config, name)
-        assert isinstance(cfg, Stage1Config)
+        cls = classes[name.split("-")[0]]  # every shipped file is named <stage>-<recipe>
+        cfg = load_config(cls, name)
+        assert isinstance(cfg, cls)
         assert cfg.resolved().optim.lr > 0 and cfg.resolved().epochs > 0
 
 

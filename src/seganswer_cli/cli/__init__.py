@@ -35,6 +35,8 @@ app.add_typer(data_cli.app, name="data")
 app.add_typer(eval_cli.app, name="eval")
 app.command("train-stage1")(train_cli.train_stage1)
 app.command("merge-lora")(train_cli.merge_lora)
+app.command("train-stage2")(train_cli.train_stage2)
+app.command("train-stage3")(train_cli.train_stage3)
 
 
 def _version(value: bool) -> None:

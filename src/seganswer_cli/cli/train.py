@@ -1,4 +1,5 @@
-"""``seganswer train-stage1`` (pixel grounding, one phase per run) and ``seganswer merge-lora``.
+"""``seganswer train-stage1`` (pixel grounding, one phase per run), ``seganswer merge-lora`` and
+``seganswer train-stage2`` (interleaved SFT).
 
 Thin: flags become config overrides (flags > ``--config`` YAML > defaults), the run folder policy is
 checked before anything heavy loads, then ``seganswer_cli.train`` does the work.
@@ -91,3 +92,112 @@ def merge_lora(
     folder = merge_lora_run(run_dir, out_dir, checkpoint=checkpoint, overwrite=overwrite)
     if not quiet:
         typer.echo(f"wrote {folder}")
+
+
+def train_stage3(
+    out: Annotated[Path, Opt("--out", "-o", help="Run folder (settings, metrics.jsonl, checkpoints/, model/).")],
+    model: Annotated[str | None, Opt("--model", "-m", help="Starting model: the model/ of a Stage 2 run.")] = None,
+    data: Annotated[list[str] | None, Opt("--data", help="Prompt set NAME=PATH[:weight] with verifiable answers "
+                                          "(ViRL39K, data synth --kind rl); repeat to mix.")] = None,
+    config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: stage3-tiny, stage3-7b.")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")] = False,
+    max_steps: Annotated[int | None, Opt("--max-steps", help="Rollout-and-update steps (overrides --epochs).")] = None,
+    epochs: Annotated[float | None, Opt("--epochs", help="Passes over the prompts (paper: 1).")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="Learning rate (paper: 2e-5).")] = None,
+    prompts_per_step: Annotated[int | None, Opt("--prompts-per-step", help="Groups kept per step, all processes.")] = None,
+    rollouts: Annotated[int | None, Opt("--rollouts", help="Rollouts per prompt (paper: 4).")] = None,
+    temperature: Annotated[float | None, Opt("--temperature", help="Rollout sampling temperature.")] = None,
+    max_new_tokens: Annotated[int | None, Opt("--max-new-tokens", help="Most generated tokens per rollout.")] = None,
+    mini_batches: Annotated[int | None, Opt("--mini-batches", help="Policy updates per rollout batch.")] = None,
+    kl_coef: Annotated[float | None, Opt("--kl-coef", help="KL penalty to the starting model (default 0: off).")] = None,
+    save_every: Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps (0: at the end).")] = None,
+    seed: Annotated[int | None, Opt("--seed", help="Seed of prompt order and rollout sampling.")] = None,
+    mixed_precision: Annotated[str | None, Opt("--mixed-precision", help="no, bf16 or fp16 (autocast).")] = None,
+    gradient_checkpointing: Annotated[bool | None, Opt("--gradient-checkpointing/--no-gradient-checkpointing",
+                                                       help="Recompute activations in backward.")] = None,
+    quiet: QuietOpt = False,
+    stop_after_step: Annotated[int | None, Opt("--stop-after-step", hidden=True,
+                                               help="Testing: end as if killed after this step.")] = None,
+) -> None:
+    """Stage 3 reasoning with pixel grounding: DAPO on multi-turn segmented rollouts (reward 0.8 acc + 0.2 format)."""
+    from seganswer_cli.config import Stage3Config, load_config
+    from seganswer_cli.errors import ModelFolderError, UsageError
+    from seganswer_cli.train.runs import check_run_folder
+
+    overrides = {
+        "model": model, "data": data or None, "max_steps": max_steps, "epochs": epochs, "optim.lr": lr,
+        "prompts_per_step": prompts_per_step, "rollouts_per_prompt": rollouts, "temperature": temperature,
+        "max_new_tokens": max_new_tokens, "mini_batches": mini_batches, "kl_coef": kl_coef,
+        "save_every": save_every, "seed": seed, "mixed_precision": mixed_precision,
+        "gradient_checkpointing": gradient_checkpointing,
+    }
+    cfg = load_config(Stage3Config, config, overrides)
+    check_run_folder(out, resume=resume, overwrite=overwrite)  # before any heavy import
+    if not resume and not cfg.data:
+        raise UsageError("no prompt data: give --data NAME=PATH[:weight] (or `data:` in --config)")
+    if not resume:
+        from seganswer_cli.model.presets import PRESETS
+
+        if cfg.model not in PRESETS and not Path(cfg.model).exists():
+            raise ModelFolderError(f"model folder not found: {cfg.model} (and it is not a preset: {', '.join(PRESETS)})")
+    from seganswer_cli.train.stage3 import train_stage3 as run_stage3
+
+    run_stage3(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)
+
+
+def train_stage2(
+    out: Annotated[Path, Opt("--out", "-o", help="Run folder (settings, metrics.jsonl, checkpoints/, model/).")],
+    model: Annotated[str | None, Opt("--model", "-m", help="Starting model: the model/ folder of a Stage 1 run "
+                                     "(or a merge-lora output).")] = None,
+    data: Annotated[list[str] | None, Opt("--data", help="Question-answer set NAME=PATH[:weight]; repeat to mix.")] = None,
+    config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: stage2-tiny, stage2-7b.")] = None,
+    masks: Annotated[str | None, Opt("--masks", help="online (the model's own masks at every step, the paper's) "
+                                     "or precomputed (once, by the starting model, cached in the run folder).")] = None,
+    direct_share: Annotated[float | None, Opt("--direct-share", help="Share of samples answered without <|seg|>.")] = None,
+    freeze_vision: Annotated[bool | None, Opt("--freeze-vision/--train-vision",
+                                              help="Freeze the MLLM's vision tower (default: it trains).")] = None,
+    max_length: Annotated[int | None, Opt("--max-length", help="Most tokens of one training conversation.")] = None,
+    too_long: Annotated[str | None, Opt("--too-long", help="skip or truncate conversations over --max-length.")] = None,
+    allow_untrained_start: Annotated[bool | None, Opt("--allow-untrained-start",
+                                                      help="Accept a starting model that is not a Stage 1 output.")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")] = False,
+    max_steps: Annotated[int | None, Opt("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
+    epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture (paper: 1).")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (paper: 2e-6).")] = None,
+    batch_size: Annotated[int | None, Opt("--batch-size", help="Samples per process per micro-step.")] = None,
+    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-steps per optimizer step.")] = None,
+    save_every: Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps (0: at the end).")] = None,
+    seed: Annotated[int | None, Opt("--seed", help="Seed of data order, direct-answer draw and dropout.")] = None,
+    mixed_precision: Annotated[str | None, Opt("--mixed-precision", help="no, bf16 or fp16 (autocast).")] = None,
+    gradient_checkpointing: Annotated[bool | None, Opt("--gradient-checkpointing/--no-gradient-checkpointing",
+                                                       help="Recompute activations in backward.")] = None,
+    quiet: QuietOpt = False,
+    stop_after_step: Annotated[int | None, Opt("--stop-after-step", hidden=True,
+                                               help="Testing: end as if killed after this step.")] = None,
+) -> None:
+    """Stage 2 interleaved SFT: segment with the model's own <|seg|>, look at the region, answer; full MLLM tuned."""
+    from seganswer_cli.config import Stage2Config, load_config
+    from seganswer_cli.train.runs import check_run_folder
+
+    overrides = {
+        "model": model, "data": data or None, "masks": masks, "direct_share": direct_share,
+        "freeze_vision": freeze_vision, "max_length": max_length, "too_long": too_long,
+        "allow_untrained_start": allow_untrained_start, "max_steps": max_steps, "epochs": epochs, "optim.lr": lr,
+        "batch_size": batch_size, "grad_accum": grad_accum, "save_every": save_every, "seed": seed,
+        "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
+    }
+    cfg = load_config(Stage2Config, config, overrides)
+    check_run_folder(out, resume=resume, overwrite=overwrite)  # before any heavy import
+    if not resume:
+        from seganswer_cli.errors import UsageError
+
+        if not cfg.data:
+            raise UsageError("no training data: give --data NAME=PATH[:weight] (or `data:` in --config)")
+        from seganswer_cli.train.stage2 import check_starting_model
+
+        check_starting_model(cfg)
+    from seganswer_cli.train.stage2 import train_stage2 as run_stage2
+
+    run_stage2(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import re
 import string
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from seganswer_cli.data.samples import VQASample
 
 VLMEVALKIT_INSTRUCTION = "Please select the correct answer from the options above."
 LLAVA_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -37,6 +41,24 @@ def llava_prompt(question: str, options: dict[str, str]) -> str:
     """Question, ``(A) text`` lines, then the LLaVA letter instruction (V*'s own jsonl prompt)."""
     lines = [question] + [f"({letter}) {text}" for letter, text in options.items()]
     return "\n".join(lines + [LLAVA_INSTRUCTION])
+
+
+def prompt_and_answer(sample: VQASample) -> tuple[str, str]:
+    """The question as the model is asked it and the answer it should give: multiple choice in the
+    LLaVA style answered with the option's letter, free text asked as-is and answered with the
+    answer itself. ``shapes-vqa`` builds its prompts with it and Stage 2 its training turns, so
+    what Stage 2 teaches is what the benchmark asks.
+
+    >>> from seganswer_cli.data.samples import ImageRef, VQASample
+    >>> image = ImageRef(data=b"png", name="x")
+    >>> prompt_and_answer(VQASample("1", image, "Which colour?", "blue", "t", ["red", "blue"], "B"))[1]
+    'B'
+    >>> prompt_and_answer(VQASample("2", image, "Which colour?", "blue", "t"))
+    ('Which colour?', 'blue')
+    """
+    if sample.options:
+        return llava_prompt(sample.question, lettered(sample.options)), str(sample.answer_letter)
+    return sample.question, sample.answer
 
 
 def lettered(choices: list[str]) -> dict[str, str]:

@@ -20,7 +20,7 @@ from seganswer_cli.errors import DataError
 from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 from seganswer_cli.eval.metrics import accuracy_summary
-from seganswer_cli.eval.multiple_choice import lettered, llava_prompt
+from seganswer_cli.eval.multiple_choice import lettered, prompt_and_answer
 from seganswer_cli.eval.shapes import DEFAULT_SPLIT, SPLITS, image_of, read_samples
 
 NAME = "shapes-vqa"
@@ -42,12 +42,13 @@ def _item(sample: VQASample, source: str) -> EvalItem:
         if sample.answer_letter not in options:
             raise DataError(f"{source}: sample {sample.id} has answer letter {sample.answer_letter!r}, "
                             f"not one of its options {', '.join(options)}")
+    prompt, answer = prompt_and_answer(sample)  # the same text Stage 2 trains on
+    if sample.options:
         return EvalItem(id=sample.id, benchmark=NAME, image=image_of(sample), question=sample.question,
-                        prompt=llava_prompt(sample.question, options), answer=sample.answer_letter,
-                        answer_kind="choice", options=options, groups=groups)
+                        prompt=prompt, answer=answer, answer_kind="choice", options=options, groups=groups)
     kind = "number" if sample.answer_type == "number" else "text"
     return EvalItem(id=sample.id, benchmark=NAME, image=image_of(sample), question=sample.question,
-                    prompt=sample.question, answer=sample.answer, answer_kind=kind, groups=groups)
+                    prompt=prompt, answer=answer, answer_kind=kind, groups=groups)
 
 
 def summarize(results: Sequence[SampleResult]) -> dict[str, float]:

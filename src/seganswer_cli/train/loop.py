@@ -128,13 +128,16 @@ class TrainProgress:
             self.console = Console(stderr=True)
             self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("loss {task.fields[loss]:.4f} · {task.fields[rate]:.1f} samples/s"),
+                                TextColumn("{task.fields[extra]}"),
                                 TimeRemainingColumn(), console=self.console, transient=False)
-            self.task = self.bar.add_task("train", total=total, completed=completed, loss=float("nan"), rate=0.0)
+            self.task = self.bar.add_task("train", total=total, completed=completed, loss=float("nan"), rate=0.0,
+                                          extra="")
             self.bar.start()
 
-    def update(self, step: int, loss: float, rate: float) -> None:
+    def update(self, step: int, loss: float, rate: float, extra: str = "") -> None:
+        """``extra``: a stage's own short readout after the loss (Stage 3: reward, accuracy, ...)."""
         if self.enabled:
-            self.bar.update(self.task, completed=step, loss=loss, rate=rate)
+            self.bar.update(self.task, completed=step, loss=loss, rate=rate, extra=extra)
 
     def close(self) -> None:
         if self.enabled:

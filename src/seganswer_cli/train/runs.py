@@ -153,6 +153,27 @@ def check_run_folder(path: str | os.PathLike, *, resume: bool, overwrite: bool) 
     return run
 
 
+def resumed_config(run: RunFolder, given, *, stage: str, defaults):
+    """The config a ``--resume`` continues with: the run's own, read from ``settings.json``.
+
+    ``given`` is what this launch asked for and ``defaults`` the config with nothing asked; only
+    the keys the user set (those differing from ``defaults``) must agree with the run, and one
+    that contradicts it is an error: a resumed run must be the run that was started.
+    """
+    from seganswer_cli.config import from_dict, to_dict
+
+    saved = run.read_settings()
+    if saved.get("stage") != stage:
+        raise UsageError(f"{run.path} is a {saved.get('stage')!r} run, not {stage}")
+    saved_config = from_dict(type(given), saved["config"], where=str(run.settings_path))
+    given_dict, default_dict = to_dict(given.resolved()), to_dict(defaults.resolved())
+    asked = {k: v for k, v in given_dict.items() if v != default_dict.get(k)}
+    differences = settings_differences({k: to_dict(saved_config)[k] for k in asked}, asked)
+    if differences:
+        raise UsageError(f"--resume: settings differ from the run's: {'; '.join(differences)}")
+    return saved_config
+
+
 def start_run(run: RunFolder, settings: dict[str, Any], *, overwrite: bool) -> None:
     """Create the folder and write ``settings.json`` (main process only). With ``overwrite`` an
     existing run folder is removed first (``check_run_folder`` made sure it is one)."""

@@ -244,22 +244,8 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
 
 
 def config_for_resume(run: runs.RunFolder, given: Stage1Config) -> Stage1Config:
-    """The run's own settings; a flag that contradicts them is an error (a resumed run must be the
-    run that was started). ``given`` holds what the user asked for on this launch."""
-    from seganswer_cli.config import from_dict
-
-    saved = run.read_settings()
-    if saved.get("stage") != STAGE:
-        raise UsageError(f"{run.path} is a {saved.get('stage')!r} run, not {STAGE}")
-    saved_config = from_dict(Stage1Config, saved["config"], where=str(run.settings_path))
-    given_dict = to_dict(given.resolved())
-    defaults = to_dict(Stage1Config(phase=given.phase).resolved())
-    # only keys the user set on this launch (differing from the defaults) must agree with the run
-    asked = {k: v for k, v in given_dict.items() if v != defaults.get(k)}
-    differences = runs.settings_differences({k: to_dict(saved_config)[k] for k in asked}, asked)
-    if differences:
-        raise UsageError(f"--resume: settings differ from the run's: {'; '.join(differences)}")
-    return saved_config
+    """The run's own settings (``runs.resumed_config``)."""
+    return runs.resumed_config(run, given, stage=STAGE, defaults=Stage1Config(phase=given.phase))
 
 
 def load_starting_model(config: Stage1Config):

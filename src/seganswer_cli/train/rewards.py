@@ -1,0 +1,197 @@
+"""Stage 3's rewards (paper §3.3, Eq. 2): plain functions ``reward(completions, **columns) -> list[float]``.
+
+``completions`` are the trajectories' texts as the model wrote them (``Trajectory.text``: every
+model turn, special tokens kept, each closed turn ending in ``<|im_end|>``); ``columns`` are the
+prompt set's fields, one value per completion (``answer``, ``answer_type``, ``options``,
+``answer_letter``), as a dataset would hand them over.
+
+- ``accuracy_reward``: 1.0 when the answer is right, scored by the benchmark scorers of
+  ``eval/answers.py`` (option letters, yes/no, numbers, short text, with their normalisation), so
+  RL optimises exactly what ``seganswer eval`` measures;
+- ``format_reward``: 1.0 when ``<|seg|>`` is used the way the reasoning prompt asks (only in turns
+  that end by asking for the segmented region) and the final turn answers inside one
+  ``<answer>...</answer>`` pair;
+- ``total_reward``: ``w_a * accuracy + w_f * format`` (paper: 0.8 and 0.2);
+- ``score_completions``: runs several reward functions with weights; a function that raises
+  scores the samples it raised on 0 and counts them, so one bad record cannot stop a run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from seganswer_cli.eval.answers import score_answer
+from seganswer_cli.eval.items import EvalItem
+from seganswer_cli.eval.multiple_choice import lettered
+from seganswer_cli.model import tokens
+
+RewardFunction = Callable[..., list[float]]
+
+#: The paper's weights (§4.2): w_a = 0.8, w_f = 0.2.
+PAPER_WEIGHTS = {"accuracy": 0.8, "format": 0.2}
+
+_TAGGED = re.compile(re.escape(tokens.ANSWER_OPEN) + r"(.*?)" + re.escape(tokens.ANSWER_CLOSE), re.DOTALL)
+
+
+def scoring_item(answer: str, answer_type: str = "text", options: Sequence[str] | None = None,
+                 answer_letter: str | None = None) -> EvalItem:
+    """The ``EvalItem`` the eval scorers check a completion against, from one prompt's columns.
+
+    Multiple choice is scored by letter (``answer_letter``, or the option equal to ``answer``);
+    ``number`` numerically; ``text`` and ``math`` (ViRL39K's boxed answers) as normalised short
+    text, with equal numbers also accepted.
+
+    >>> scoring_item("blue", "choice", ["red", "blue"]).answer
+    'B'
+    """
+    if not answer or not str(answer).strip():
+        raise ValueError("the prompt has no ground-truth answer to verify against")
+    if answer_type == "choice" or options:
+        letters = lettered(list(options or []))
+        letter = answer_letter or next((k for k, v in letters.items() if v.strip() == str(answer).strip()), None)
+        if letter is None or letter not in letters:
+            raise ValueError(f"answer {answer!r} is not one of the options {list(letters.values())}")
+        return EvalItem("rl", "rl", None, "", "", letter, answer_kind="choice", options=letters)
+    kind = "number" if answer_type == "number" else "yesno" if str(answer).lower() in ("yes", "no") else "text"
+    return EvalItem("rl", "rl", None, "", "", str(answer), answer_kind=kind)
+
+
+def accuracy_reward(completions: list[str], answer: list[str], answer_type: list[str] | None = None,
+                    options: list[list[str]] | None = None, answer_letter: list[str | None] | None = None,
+                    **_) -> list[float]:
+    """1.0 per completion whose answer the eval scorer accepts, else 0.0.
+
+    >>> accuracy_reward(["It is <|seg|>.<|im_end|><answer> Red </answer>", "<answer> 4 </answer>"],
+    ...                 answer=["red", "four"], answer_type=["text", "number"])
+    [1.0, 1.0]
+    >>> accuracy_reward(["<answer> (B) </answer>"], answer=["blue"], answer_type=["choice"], options=[["red", "blue"]])
+    [1.0]
+    """
+    n = len(completions)
+    answer_type = answer_type or ["text"] * n
+    options = options or [[] for _ in range(n)]
+    answer_letter = answer_letter or [None] * n
+    return [score_answer(text, scoring_item(a, t, o, letter))
+            for text, a, t, o, letter in zip(completions, answer, answer_type, options, answer_letter, strict=True)]
+
+
+def split_turns(completion: str) -> list[str]:
+    """The model's turns of a completion: split after each ``<|im_end|>`` (the last turn may be open).
+
+    >>> split_turns("observe <|seg|>.<|im_end|><answer> a </answer>")
+    ['observe <|seg|>.', '<answer> a </answer>']
+    """
+    parts = completion.split(tokens.IM_END)
+    turns = [p.strip() for p in parts]
+    return [t for i, t in enumerate(turns) if t or i < len(turns) - 1]
+
+
+def format_reward(completions: list[str], **_) -> list[float]:
+    """1.0 per completion that follows the reasoning prompt's format, else 0.0:
+
+    - every turn before the last asks for a region: it contains ``<|seg|>`` and no answer tag;
+    - the last turn contains no ``<|seg|>`` and exactly one ``<answer>...</answer>`` pair with a
+      non-empty answer (nothing after it but a period and the end of the turn).
+
+    >>> format_reward(["To find it, observe <|seg|>.<|im_end|><answer> red </answer>",
+    ...                "<answer> red </answer>.<|im_end|>", "red<|im_end|>", "<|seg|><answer> red </answer>"])
+    [1.0, 1.0, 0.0, 0.0]
+    """
+    return [1.0 if _well_formed(text) else 0.0 for text in completions]
+
+
+def _well_formed(text: str) -> bool:
+    turns = split_turns(text)
+    if not turns:
+        return False
+    *looks, final = turns
+    for turn in looks:
+        if tokens.SEG_TOKEN not in turn or tokens.ANSWER_OPEN in turn or tokens.ANSWER_CLOSE in turn:
+            return False
+    if tokens.SEG_TOKEN in final:
+        return False
+    found = _TAGGED.findall(final)
+    if len(found) != 1 or not found[0].strip():
+        return False
+    if final.count(tokens.ANSWER_OPEN) != 1 or final.count(tokens.ANSWER_CLOSE) != 1:
+        return False
+    after = final.split(tokens.ANSWER_CLOSE, 1)[1]
+    return after.strip() in ("", ".")
+
+
+REWARDS: dict[str, RewardFunction] = {"accuracy": accuracy_reward, "format": format_reward}
+"""Reward functions by the name ``Stage3Config.reward_weights`` uses."""
+
+
+def total_reward(completions: list[str], weights: dict[str, float] | None = None, **columns) -> list[float]:
+    """``sum_k w_k * reward_k`` (default: the paper's ``0.8 * accuracy + 0.2 * format``).
+
+    >>> total_reward(["observe <|seg|>.<|im_end|><answer> red </answer>", "blue"], answer=["red", "red"])
+    [1.0, 0.0]
+    >>> total_reward(["<answer> blue </answer>"], answer=["red"])
+    [0.2]
+    """
+    return score_completions(completions, weights or PAPER_WEIGHTS, **columns).total
+
+
+@dataclass
+class RewardScores:
+    """Rewards of a batch of completions."""
+
+    total: list[float]
+    """Weighted sum per completion."""
+    parts: dict[str, list[float]]
+    """Each reward function's score per completion (0.0 where it raised)."""
+    errors: dict[str, int] = field(default_factory=dict)
+    """Completions each function raised on (scored 0)."""
+    messages: list[str] = field(default_factory=list)
+    """One line per distinct error (reward name: exception)."""
+
+    @property
+    def error_count(self) -> int:
+        return sum(self.errors.values())
+
+
+def score_completions(completions: list[str], weights: dict[str, float],
+                      functions: dict[str, RewardFunction] | None = None, **columns) -> RewardScores:
+    """Run each reward named in ``weights`` on the batch and combine them.
+
+    A function that raises on the batch is run again one completion at a time; each completion it
+    still raises on is scored 0 and counted in ``errors``.
+
+    >>> def broken(completions, **_):
+    ...     raise KeyError("no answer")
+    >>> s = score_completions(["<answer> red </answer>"], {"format": 1.0, "broken": 1.0},
+    ...                       functions={**REWARDS, "broken": broken}, answer=["red"])
+    >>> s.total, s.errors
+    ([1.0], {'broken': 1})
+    """
+    functions = functions if functions is not None else REWARDS
+    n = len(completions)
+    unknown = sorted(set(weights) - set(functions))
+    if unknown:
+        raise KeyError(f"unknown reward(s) {unknown}; known: {sorted(functions)}")
+    parts, errors, messages = {}, {}, []
+    for name in weights:
+        fn = functions[name]
+        try:
+            scores = [float(s) for s in fn(completions, **columns)]
+            if len(scores) != n:
+                raise ValueError(f"returned {len(scores)} scores for {n} completions")
+        except Exception:  # noqa: BLE001 - a reward may fail on any record; isolate the bad ones
+            scores = []
+            for i in range(n):
+                try:
+                    (score,) = fn([completions[i]], **{k: [v[i]] for k, v in columns.items()})
+                    scores.append(float(score))
+                except Exception as e:  # noqa: BLE001
+                    scores.append(0.0)
+                    errors[name] = errors.get(name, 0) + 1
+                    line = f"{name}: {type(e).__name__}: {e}"
+                    if line not in messages:
+                        messages.append(line)
+        parts[name] = scores
+    total = [sum(weights[k] * parts[k][i] for k in weights) for i in range(n)]
+    return RewardScores(total=[round(t, 10) for t in total], parts=parts, errors=errors, messages=messages)

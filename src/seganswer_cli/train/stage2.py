@@ -1,0 +1,676 @@
+"""Stage 2, multimodal interleaved SFT (paper §3.2, §4.2): segmentation as an intermediate turn.
+
+Algorithm. Each question-answer sample becomes the paper's Stage 2 conversation, laid out by
+``SegAnswerModel.stage2_sequence``, the code the reasoning loop's layout is tested against:
+
+    Prompt 1   image + "Question: ..." + the reasoning instruction
+    Response 1 "To find the answer, it should first observe <|seg|>."
+    Prompt 2   the segmented region: kept cells of the mask at the original image's positions
+    Response 2 "<answer> ... </answer>."  (the ground-truth answer)
+
+The mask is the model's **own**: pass 1 (no gradient, eval mode) runs Prompt 1 + Response 1 through
+the model; the last-layer state at its ``<|seg|>`` goes through the frozen projector and SAM 2.1
+(``SegAnswerModel.forward`` with the image), and the mask (logits > 0 at the image's size) becomes
+the segmented view through ``SegAnswerModel.second_look``: the same function the reasoning loop
+calls, so an empty mask falls back to the original image exactly as at inference (counted as
+``empty_mask``). Pass 2 runs the whole conversation with gradients; the loss is next-token
+cross-entropy on the model's turns only (``Sequence.target_mask``: Response 1, Response 2 and
+their ``<|im_end|>``); the prompts, the image and the segmented region carry none. A share of the
+samples (``direct_share``) answers at once (Response 1 is the answer) so that segmenting is a
+choice the model makes. Projector and SAM 2.1 are frozen; every MLLM parameter trains (the vision
+tower too, unless ``freeze_vision``). Boxes and region masks in the data are never read.
+
+Question text and answer come from ``eval.multiple_choice.prompt_and_answer``, the function
+``shapes-vqa`` asks its questions with (multiple choice answered by the letter, free text by the
+answer), so what Stage 2 teaches is what the benchmark asks.
+
+Where this departs from the paper (which gives the data, lr 2e-6 and 1 epoch):
+- ``direct_share`` (default 0.1) and its seeded per-position draw are ours; the paper does not say
+  how the model learns to answer without segmenting;
+- ``masks: precomputed`` computes each planned sample's mask once, with the *starting* model, before
+  step 1, and caches it in ``RUN_DIR/masks/``: no pass 1 per step (faster), but late in the run the
+  model looks at masks an earlier model made rather than its own current ones. ``online`` (default)
+  is the paper's "the model's own <|seg|>" at every step;
+- AdamW, warmup 3 %, cosine decay, clipping at 1.0, and ``max_length`` with ``too_long`` are ours;
+- the tiny CPU recipe (``configs/stage2-tiny.yaml``) starts from a random model through a short
+  Stage 1, so it uses lr 1e-3 held constant: the paper's 2e-6 fine-tunes a pretrained 7B model and
+  would not move a random tiny one in a few dozen steps.
+
+Bad input never stops a run mid-way: a sample with a missing image file, an empty answer, an
+image that cannot be read, or a conversation over ``max_length`` (skipped, or truncated with
+``too_long: truncate``) is reported in one line (the first few of each kind), counted, and the run
+goes on; the counts are in every metrics line, the final checkpoint and ``seganswer.json``. A missing
+image or empty answer is detected when drawn (replaced by the next draw, the same on every process);
+the rest while preparing a micro-batch (the sample is dropped from it).
+
+Distributed: as Stage 1 (``accelerate``: DDP, FSDP/DeepSpeed through ``accelerate config`` for the
+7B model, autocast, gradient accumulation); every process draws the same global batch and trains
+on its slice; pass 1 runs on each process's own slice.
+
+Run it::
+
+    seganswer data synth --kind vqa --n 512 --size 96x96 --out data/shapes-vqa
+    seganswer train-stage2 -c stage2-tiny --model runs/s1-lora/model --data shapes=data/shapes-vqa --out runs/s2
+    seganswer train-stage2 -c stage2-7b --model runs/s1-merged --data visualcot=data/visualcot --out runs/s2-7b
+    accelerate launch --config_file fsdp.yaml -m seganswer_cli train-stage2 -c stage2-7b ...
+
+The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from seganswer_cli.config import Stage2Config, to_dict
+from seganswer_cli.data import VQASample, open_mixture, parse_data_specs
+from seganswer_cli.errors import ImageReadError, ModelFolderError, UsageError
+from seganswer_cli.eval.multiple_choice import prompt_and_answer
+from seganswer_cli.model import tokens
+from seganswer_cli.train import runs
+from seganswer_cli.train.loop import (
+    TrainProgress,
+    clip_gradients,
+    enable_activation_checkpointing,
+    keep_frozen_parts_in_eval,
+    lr_schedule,
+    quiet_transformers,
+    reduce_mean,
+    sample_stream,
+    stop_if_not_finite,
+    versions,
+)
+
+STAGE = "stage2"
+MASKS_DIR = "masks"
+#: What is counted: samples replaced when drawn, dropped from a micro-batch, or changed.
+PROBLEMS = ("missing_image", "empty_answer", "unreadable_image", "too_long_skipped", "too_long_truncated",
+            "empty_mask")
+#: Lines printed per kind of problem before only counting.
+SHOWN_PER_PROBLEM = 3
+
+
+def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 quiet: bool = False, stop_after_step: int | None = None) -> Path:
+    """Run Stage 2 into the run folder ``out``; returns the final model folder.
+
+    ``stop_after_step`` ends the process's work after that optimizer step as if it were killed
+    (no final checkpoint, no model folder): how the tests interrupt a run before ``resume``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    # ---------------------------------------------------------------- setup: cheap checks first
+    run = runs.check_run_folder(out, resume=resume, overwrite=overwrite)
+    if resume:
+        config = config_for_resume(run, config)
+    config = config.resolved()
+    if not config.data:
+        raise UsageError("no training data: give --data NAME=PATH[:weight] (or `data:` in the config)")
+    specs = parse_data_specs(config.data)
+    for spec in specs:
+        if not spec.path.exists():
+            raise UsageError(f"dataset path not found: {spec.path} (--data {spec.name}={spec.path})")
+    check_starting_model(config)
+
+    accelerator = Accelerator(
+        # accelerate starts gloo data parallel on CPU-only machines only when told the CPU is meant
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.grad_accum,
+    )
+    set_seed(config.seed)
+
+    mixture, skipped = open_mixture(specs, on_error=config.on_error, seed=config.seed)
+    for name, source in zip(mixture.names, mixture.sources):
+        if not isinstance(source[0], VQASample):
+            raise UsageError(f"--data {name}: Stage 2 needs question-answer samples, got {type(source[0]).__name__}")
+
+    model = load_starting_model(config)
+    setup_trainable(model, config)
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(model.mllm)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps,
+                                  weight_decay=config.optim.weight_decay)
+
+    world = accelerator.num_processes
+    global_batch = config.batch_size * config.grad_accum * world
+    dataset_size = sum(len(s) for s in mixture.sources)
+    steps_per_epoch = math.ceil(dataset_size / global_batch)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else round(
+        config.optim.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(config.optim.schedule, warmup, total_steps, config.optim.min_lr_ratio))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    settings = {
+        "stage": STAGE,
+        "config": to_dict(config),
+        "processes": world,
+        "global_batch": global_batch,
+        "dataset_size": dataset_size,
+        "sources": {n: len(s) for n, s in zip(mixture.names, mixture.sources)},
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "warmup_steps": warmup,
+        "trainable_parameters": sum(p.numel() for p in params),
+        "frozen_parameters": sum(p.numel() for p in unwrapped.parameters() if not p.requires_grad),
+        "records_skipped_reading": {n: len(e.skipped) for n, e in skipped.items()},
+        "versions": versions(),
+    }
+    start_step, draws_done, counts = 0, 0, Counter()
+    log = runs.MetricsLog(run.metrics_path)
+    if resume:
+        state = runs.load_checkpoint(run.latest_checkpoint(), accelerator, model=model, optimizer=optimizer,
+                                     scheduler=scheduler)
+        if state["global_batch"] != global_batch:
+            raise UsageError(f"the run used a global batch of {state['global_batch']}; this launch gives "
+                             f"{global_batch} ({world} process(es)); resume with the same number of processes")
+        start_step, draws_done, counts = state["step"], state["draws"], Counter(state["problems"])
+        if accelerator.is_main_process:
+            log.truncate_after(start_step)
+    elif accelerator.is_main_process:
+        runs.start_run(run, settings, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    show = accelerator.is_main_process and not quiet
+    report = ProblemReport(counts, show=show)
+    if show:
+        print_start(settings, run, start_step, skipped)
+
+    mask_cache = None
+    if config.masks == "precomputed":
+        planned = plan_samples(mixture, config, global_batch, total_steps)
+        mask_cache = precompute_masks(unwrapped, planned, run.path / MASKS_DIR, accelerator, config,
+                                      resume=resume, show=show)
+
+    # ---------------------------------------------------------------- train
+    draws = Draws(sample_stream(mixture, skip=draws_done), config, start=draws_done, report=report)
+    last_checkpoint = run.latest_checkpoint()
+    model.train()
+    keep_frozen_parts_in_eval(unwrapped)
+    progress = TrainProgress(total_steps, start_step, enabled=show, label="stage 2")
+    report.progress = progress
+    step_started = time.perf_counter()
+    for step in range(start_step + 1, total_steps + 1):
+        batch = draws.take(global_batch)  # identical on every process
+        sums = {"loss": 0.0, "target_tokens": 0.0, "sequence_tokens": 0.0, "direct": 0.0, "trained": 0.0}
+        pass1_seconds, grad_norm = 0.0, None
+        for micro in range(config.grad_accum):
+            start = (micro * world + accelerator.process_index) * config.batch_size
+            local = batch[start : start + config.batch_size]  # this process's slice of the micro-step
+            t0 = time.perf_counter()
+            with accelerator.autocast():
+                examples = prepare_examples(unwrapped, local, config, report, mask_cache)
+            pass1_seconds += time.perf_counter() - t0
+            model.train()
+            keep_frozen_parts_in_eval(unwrapped)
+            with accelerator.accumulate(model):
+                if examples:
+                    out = model([e.sequence for e in examples])  # no images: LM loss only, SAM not run
+                    loss = out.loss
+                else:  # every sample of the slice was dropped: a zero loss keeps the processes in step
+                    loss = sum(p.sum() for p in params) * 0.0
+                stop_if_not_finite(accelerator, loss.detach(), step, [d.sample for d in batch], last_checkpoint, "loss")
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = clip_gradients(accelerator, model, config.optim.max_grad_norm)
+                    stop_if_not_finite(accelerator, grad_norm, step, [d.sample for d in batch], last_checkpoint,
+                                       "gradient norm")
+                optimizer.step()
+                optimizer.zero_grad()
+            sums["loss"] += loss.detach().item() / config.grad_accum
+            sums["target_tokens"] += sum(int(e.sequence.target_mask.sum()) for e in examples)
+            sums["sequence_tokens"] += sum(len(e.sequence) for e in examples)
+            sums["direct"] += sum(e.direct for e in examples)
+            sums["trained"] += len(examples)
+        lr = scheduler.get_last_lr()[0]  # the rate this step used
+        scheduler.step()
+
+        means = reduce_mean(accelerator, sums)  # averages over processes
+        elapsed = time.perf_counter() - step_started
+        if step % config.log_every == 0 or step == total_steps:
+            record = {"kind": "train", "step": step, "epoch": round(step / steps_per_epoch, 4),
+                      "samples": step * global_batch, "draws": draws.position, "lr": lr,
+                      "grad_norm": float(grad_norm), **means, "problems": report.totals(),
+                      "samples_per_s": global_batch / max(elapsed, 1e-9), "pass1_s": pass1_seconds}
+            if accelerator.is_main_process:
+                log.append(record)
+        progress.update(step, means["loss"], global_batch / max(elapsed, 1e-9))
+
+        if step == total_steps or (config.save_every and step % config.save_every == 0):
+            last_checkpoint = runs.save_checkpoint(
+                run, accelerator, step=step, model=model, optimizer=optimizer, scheduler=scheduler,
+                trainer_state={"samples_seen": step * global_batch, "global_batch": global_batch,
+                               "total_steps": total_steps, "draws": draws.position,
+                               "problems": gathered_problems(accelerator, report)},
+                keep=config.keep_checkpoints)
+        if stop_after_step is not None and step == stop_after_step:
+            progress.close()
+            return run.path
+        step_started = time.perf_counter()  # samples/s counts training only, not checkpoints
+    progress.close()
+
+    # ---------------------------------------------------------------- save
+    problems = gathered_problems(accelerator, report)
+    if accelerator.is_main_process:
+        if config.dtype != "float32":  # trainable parts were kept in float32; save in the run's dtype
+            unwrapped.to(getattr(torch, config.dtype))
+        info = training_info(unwrapped, settings, run, total_steps, problems)
+        with quiet_transformers():
+            runs.save_final_model(run, lambda folder: unwrapped.save_pretrained(folder, extra_info=info))
+        if show:
+            report.print_summary(problems, settings["records_skipped_reading"])
+            print(f"wrote {run.model_dir}")
+    accelerator.wait_for_everyone()
+    return run.model_dir
+
+
+# ---------------------------------------------------------------------- setup helpers
+
+
+def config_for_resume(run: runs.RunFolder, given: Stage2Config) -> Stage2Config:
+    """The run's own settings (``runs.resumed_config``)."""
+    return runs.resumed_config(run, given, stage=STAGE, defaults=Stage2Config())
+
+
+def check_starting_model(config: Stage2Config) -> None:
+    """Refuse, in one line, a starting model that is not a Stage 1 output (no ``stage1`` record in its
+    ``seganswer.json``): its projector and mask decoder were never trained, so Stage 2 would look at
+    meaningless masks. ``allow_untrained_start`` lets it through (and a preset name with it)."""
+    from seganswer_cli.model.presets import PRESETS
+    from seganswer_cli.model.seganswer import MODEL_CARD
+
+    if not config.model:
+        raise UsageError("no starting model: give --model, the model/ folder of a Stage 1 run")
+    folder = Path(config.model)
+    if not folder.exists():
+        if config.model in PRESETS:
+            if config.allow_untrained_start:
+                return
+            raise ModelFolderError(f"--model {config.model} is a preset with an untrained projector and mask decoder; "
+                                   "Stage 2 starts from a Stage 1 model folder (--allow-untrained-start to use it anyway)")
+        raise ModelFolderError(f"model folder not found: {config.model}")
+    card = folder / MODEL_CARD
+    if not card.is_file():
+        raise ModelFolderError(f"{folder} is not a seganswer model folder (no {MODEL_CARD})")
+    try:
+        info = json.loads(card.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelFolderError(f"{card} is not valid JSON: {e}") from None
+    history = info.get("training_history") or ([info["training"]] if isinstance(info.get("training"), dict) else [])
+    if not any(isinstance(h, dict) and h.get("stage") == "stage1" for h in history) and not config.allow_untrained_start:
+        raise ModelFolderError(f"{folder} is not a Stage 1 output ({MODEL_CARD} has no stage1 training record): its "
+                               "projector and mask decoder are untrained (--allow-untrained-start to use it anyway)")
+
+
+def load_starting_model(config: Stage2Config):
+    from seganswer_cli.model import SegAnswerModel
+
+    dtype = None if config.dtype == "float32" else getattr(torch, config.dtype)
+    with quiet_transformers():
+        return SegAnswerModel.from_pretrained(config.model, dtype=dtype)
+
+
+def setup_trainable(model, config: Stage2Config) -> None:
+    """Every MLLM parameter trains (the vision tower unless ``freeze_vision``); projector and SAM 2.1
+    stay frozen. Trainable parameters are cast to float32 (AdamW on half-precision weights loses the update)."""
+    model.requires_grad_(False)
+    model.mllm.requires_grad_(True)
+    if config.freeze_vision:
+        model.mllm.model.visual.requires_grad_(False)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+# ---------------------------------------------------------------------- drawing samples
+
+
+@dataclass
+class Drawn:
+    """One draw of the sample stream that passed the cheap checks."""
+
+    index: int
+    """Position in the stream (0-based): decides ``direct`` and is the run's data position."""
+    sample: VQASample
+    prompt: str
+    answer: str
+    direct: bool
+    """Answer at once (no ``<|seg|>``): a seeded draw per stream position."""
+
+
+class Draws:
+    """The seeded sample stream, with the checks that need no image decoding: a sample whose image
+    file is missing or whose answer is empty is reported, counted and replaced by the next draw.
+    The same on every process (each sees the same stream), so processes stay in step."""
+
+    def __init__(self, stream: Iterator[VQASample], config: Stage2Config, *, start: int, report: ProblemReport):
+        self.stream, self.config, self.position, self.report = stream, config, start, report
+
+    def take(self, n: int) -> list[Drawn]:
+        out = []
+        while len(out) < n:
+            index, sample = self.position, next(self.stream)
+            self.position += 1
+            problem = draw_problem(sample)
+            if problem is not None:
+                self.report.add(problem[0], sample, problem[1])
+                continue
+            prompt, answer = prompt_and_answer(sample)
+            out.append(Drawn(index, sample, prompt, answer, answers_directly(self.config, index)))
+        return out
+
+
+def draw_problem(sample: VQASample) -> tuple[str, str] | None:
+    """``(kind, message)`` when the sample cannot be trained on, found without reading the image."""
+    if sample.image.path is not None and not sample.image.path.is_file():
+        return "missing_image", f"image file not found: {sample.image.path}"
+    _, answer = prompt_and_answer(sample)
+    if not answer or not answer.strip() or answer == "None" or not sample.question.strip():
+        return "empty_answer", "empty answer" if sample.question.strip() else "empty question"
+    return None
+
+
+def answers_directly(config: Stage2Config, index: int) -> bool:
+    """Whether draw ``index`` of the stream is a direct-answer conversation: a seeded coin per position."""
+    if config.direct_share <= 0:
+        return False
+    return random.Random(f"{config.seed}:direct:{index}").random() < config.direct_share
+
+
+def plan_samples(mixture, config: Stage2Config, global_batch: int, total_steps: int) -> list[Drawn]:
+    """Every draw the run will train on, in order (the draws are cheap: no image is decoded)."""
+    draws = Draws(sample_stream(mixture, skip=0), config, start=0, report=ProblemReport(Counter(), show=False))
+    return draws.take(global_batch * total_steps)
+
+
+# ---------------------------------------------------------------------- pass 1 and the conversation
+
+
+@dataclass
+class Example:
+    """One training conversation, ready for pass 2."""
+
+    sequence: Any
+    """``model.sequence.Sequence``: ids, 3-D positions, target mask (the model's turns), visual slots."""
+    direct: bool
+    mask: np.ndarray | None
+    """The mask of the segmented turn (None for a direct answer)."""
+    fallback: str | None = None
+    """``empty_mask`` when the mask was empty and the original image was shown again."""
+
+
+def seg_prefix(model, dense, prompt: str):
+    """Prompt 1 + Response 1 (``... observe <|seg|>.``): what pass 1 runs. The state at ``<|seg|>``
+    depends only on the tokens before it, so it equals the state the reasoning loop reads."""
+    b = model.builder().system()
+    b.user(tokens.reasoning_prompt(prompt), image=dense)
+    return b.assistant(tokens.SEG_RESPONSE).build()
+
+
+@torch.no_grad()
+def own_masks(model, images: list, prefixes: list) -> list[np.ndarray]:
+    """Pass 1: the model's own masks, bool ``(H, W)`` per image, from its ``<|seg|>`` states through
+    the frozen projector and SAM 2.1 (eval mode: the inference path)."""
+    from seganswer_cli.model.mask_decoder import upsample_logits
+
+    was_training = model.training
+    model.eval()
+    out = model(prefixes, images)
+    masks = []
+    for image, pred in zip(images, out.masks):
+        logits = upsample_logits(pred.low_res_logits[:1], (image.height, image.width))[0]  # (H, W)
+        masks.append((logits > 0).cpu().numpy())
+    model.train(was_training)
+    return masks
+
+
+def prepare_examples(model, drawn: list[Drawn], config: Stage2Config, report: ProblemReport,
+                     mask_cache: dict[str, np.ndarray] | None = None) -> list[Example]:
+    """The training conversations of a micro-batch: images read, pass 1 for the samples that segment
+    (or their cached masks), segmented views built, length guard applied. Bad samples are dropped."""
+    loaded = []
+    for d in drawn:
+        try:
+            image = d.sample.image.load()
+        except ImageReadError as e:
+            report.add("unreadable_image", d.sample, str(e))
+            continue
+        dense = model.global_view(image)
+        if not d.direct and len(seg_prefix(model, dense, d.prompt)) > config.max_length:
+            # even Prompt 1 + Response 1 does not fit: nothing sensible to truncate to
+            report.add("too_long_skipped", d.sample, f"the prompt alone is over max_length {config.max_length}")
+            continue
+        loaded.append((d, image, dense))
+    seg = [(d, image, dense) for d, image, dense in loaded if not d.direct]
+    if mask_cache is not None:
+        masks = [mask_cache[sample_key(d.sample)] for d, _, _ in seg]
+    elif seg:
+        masks = own_masks(model, [image for _, image, _ in seg], [seg_prefix(model, dense, d.prompt) for d, _, dense in seg])
+    else:
+        masks = []
+    mask_of = {id(d): m for (d, _, _), m in zip(seg, masks)}
+
+    examples = []
+    for d, image, dense in loaded:
+        example = build_example(model, d, image, dense, mask_of.get(id(d)))
+        if example.fallback is not None:
+            report.add("empty_mask", d.sample, "empty mask: the original image is shown again", quiet=True)
+        if len(example.sequence) > config.max_length:
+            if config.too_long == "truncate":
+                cut = truncate_sequence(example.sequence, config.max_length)
+                if cut is not None:
+                    report.add("too_long_truncated", d.sample,
+                               f"{len(example.sequence)} tokens truncated to {len(cut)} (max_length {config.max_length})")
+                    example.sequence = cut
+                    examples.append(example)
+                    continue
+            report.add("too_long_skipped", d.sample, f"{len(example.sequence)} tokens > max_length {config.max_length}")
+            continue
+        examples.append(example)
+    return examples
+
+
+def build_example(model, drawn: Drawn, image, dense, mask: np.ndarray | None) -> Example:
+    """The Stage 2 conversation of one sample: direct, or through the segmented view of ``mask``
+    (``second_look``: an empty mask shows the original image again, as in the reasoning loop)."""
+    if drawn.direct:
+        return Example(model.stage2_sequence(dense, drawn.prompt, drawn.answer), direct=True, mask=None)
+    view, fallback = model.second_look(image, mask, mode="mask")
+    sequence = model.stage2_sequence(dense, drawn.prompt, drawn.answer, view=view)
+    return Example(sequence, direct=False, mask=mask, fallback=fallback)
+
+
+def truncate_sequence(sequence, length: int):
+    """The first ``length`` tokens of ``sequence``, cut earlier when the cut would split an image
+    (``<|vision_start|>`` ... ``<|vision_end|>`` are kept or dropped whole); None when no target
+    token is left to train on."""
+    from seganswer_cli.model.sequence import Sequence
+
+    cut = length
+    for slot in sequence.visuals:  # slot tokens are [start, start + length); its tags sit either side
+        if slot.start - 1 < cut <= slot.start + slot.length:
+            cut = slot.start - 1
+            break
+    if not bool(sequence.target_mask[1:cut].any()):
+        return None
+    return Sequence(
+        input_ids=sequence.input_ids[:cut],
+        position_ids=sequence.position_ids[:, :cut],  # (3, cut)
+        target_mask=sequence.target_mask[:cut],
+        visuals=[v for v in sequence.visuals if v.start + v.length < cut],
+        image_bases=sequence.image_bases,
+        next_position=float(sequence.position_ids[:, :cut].max()) + 1,
+    )
+
+
+# ---------------------------------------------------------------------- precomputed masks
+
+
+def sample_key(sample: VQASample) -> str:
+    """Cache key of a sample's mask: its id and its image (ids are unique within a source only)."""
+    return f"{sample.id}|{sample.image.describe()}"
+
+
+def precompute_masks(model, planned: list[Drawn], folder: Path, accelerator, config: Stage2Config, *,
+                     resume: bool, show: bool) -> dict[str, np.ndarray]:
+    """Masks of every planned sample that segments, by the model as it is now (the starting model),
+    cached as COCO RLE in ``folder/masks-rank<N>.jsonl`` (each process computes a share). A resumed
+    run reads the cache; it never recomputes with a trained model."""
+    from seganswer_cli.masks import decode_rle, encode_rle
+
+    wanted = {}
+    for d in planned:
+        if not d.direct:
+            wanted.setdefault(sample_key(d.sample), d)
+    cache = read_mask_cache(folder)
+    if resume:
+        missing = [k for k in wanted if k not in cache]
+        if missing:
+            raise UsageError(f"--resume: the mask cache in {folder} lacks {len(missing)} planned sample(s) "
+                             f"(first: {missing[0]}); start the run again with --overwrite")
+        return {k: decode_rle(cache[k]) for k in wanted}
+    if accelerator.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    todo = [d for k, d in wanted.items() if k not in cache][accelerator.process_index :: accelerator.num_processes]
+    progress = TrainProgress(len(todo), 0, enabled=show, label="masks (starting model)")
+    with (folder / f"masks-rank{accelerator.process_index}.jsonl").open("a") as sink:
+        for i in range(0, len(todo), config.batch_size):
+            chunk, images, prefixes, kept = todo[i : i + config.batch_size], [], [], []
+            for d in chunk:
+                try:
+                    image = d.sample.image.load()
+                except ImageReadError:
+                    continue  # counted when the training step meets it
+                prefix = seg_prefix(model, model.global_view(image), d.prompt)
+                if len(prefix) > config.max_length:
+                    continue  # skipped (and counted) when the training step meets it
+                images.append(image)
+                prefixes.append(prefix)
+                kept.append(d)
+            with accelerator.autocast():
+                masks = own_masks(model, images, prefixes) if images else []
+            for d, mask in zip(kept, masks):
+                sink.write(json.dumps({"key": sample_key(d.sample), "mask": encode_rle(mask)}) + "\n")
+            sink.flush()
+            progress.update(min(i + config.batch_size, len(todo)), float("nan"), 0.0)
+    progress.close()
+    accelerator.wait_for_everyone()
+    cache = read_mask_cache(folder)
+    return {k: decode_rle(cache[k]) for k in wanted if k in cache}
+
+
+def read_mask_cache(folder: Path) -> dict[str, Any]:
+    """key -> RLE of every cached mask (a line cut by a kill is ignored)."""
+    cache = {}
+    for path in sorted(folder.glob("masks-rank*.jsonl")) if folder.is_dir() else []:
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            cache[record["key"]] = record["mask"]
+    return cache
+
+
+# ---------------------------------------------------------------------- reporting
+
+
+class ProblemReport:
+    """Counts of bad samples; the first few of each kind are printed as one line each."""
+
+    def __init__(self, counts: Counter, *, show: bool) -> None:
+        self.counts = Counter({k: int(counts.get(k, 0)) for k in PROBLEMS})
+        self.shown: Counter = Counter()
+        self.show = show
+        self.progress = None
+
+    def add(self, kind: str, sample: VQASample, message: str, *, quiet: bool = False) -> None:
+        self.counts[kind] += 1
+        if self.show and not quiet and self.shown[kind] < SHOWN_PER_PROBLEM:
+            self.shown[kind] += 1
+            more = " (further ones are only counted)" if self.shown[kind] == SHOWN_PER_PROBLEM else ""
+            line = f"stage 2: sample {sample.id}: {message}; {'skipped' if kind != 'too_long_truncated' else 'truncated'}{more}"
+            console = self.progress.console if self.progress is not None and self.progress.enabled else None
+            if console is not None:
+                console.print(line, highlight=False, markup=False)
+            else:
+                from rich.console import Console
+
+                Console(stderr=True).print(line, highlight=False, markup=False)
+
+    def totals(self) -> dict[str, int]:
+        return {k: int(self.counts[k]) for k in PROBLEMS}
+
+    def print_summary(self, totals: dict[str, int], read_skipped: dict[str, int]) -> None:
+        """One line at the end of the run: what the readers left out and what training skipped or changed."""
+        from rich.console import Console
+
+        found = {k: v for k, v in totals.items() if v}
+        text = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in found.items()) if found else "none"
+        read = ", ".join(f"{n} {v}" for n, v in read_skipped.items() if v) or "none"
+        Console(stderr=True).print(f"stage 2: records skipped while reading: {read}; samples skipped, truncated "
+                                   f"or shown the original image: {text}", highlight=False, soft_wrap=True)
+
+
+def gathered_problems(accelerator, report: ProblemReport) -> dict[str, int]:
+    """Counts over all processes. Draw-time problems (missing image, empty answer) are seen by every
+    process alike and counted once; the rest are per process and summed."""
+    local = report.totals()
+    if accelerator.num_processes == 1:
+        return local
+    shared = ("missing_image", "empty_answer")
+    t = torch.tensor([local[k] for k in PROBLEMS], dtype=torch.float64, device=accelerator.device)
+    summed = accelerator.reduce(t, reduction="sum").tolist()
+    return {k: int(local[k] if k in shared else v) for k, v in zip(PROBLEMS, summed)}
+
+
+def training_info(model, settings: dict[str, Any], run: runs.RunFolder, step: int,
+                  problems: dict[str, int]) -> dict[str, Any]:
+    """What the final model folder's ``seganswer.json`` records about this run (``training`` summary,
+    ``training_settings``, ``training_history`` with one entry per run so far)."""
+    this = {"stage": STAGE, "run": str(run.path.resolve()), "step": step, "masks": settings["config"]["masks"],
+            "problems": problems}
+    history = list(model.info.get("training_history", []))
+    return {"training": this, "training_settings": settings, "training_history": [*history, this]}
+
+
+def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, skipped: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    c = settings["config"]
+    table = Table(title=f"seganswer train-stage2 -> {run.path}", show_header=False)
+    rows = {
+        "model": c["model"], "data": ", ".join(c["data"]),
+        "steps": f"{settings['total_steps']} ({settings['steps_per_epoch']}/epoch, warmup {settings['warmup_steps']})",
+        "global batch": f"{settings['global_batch']} = {c['batch_size']} x {c['grad_accum']} accum x {settings['processes']} proc",
+        "lr": f"{c['optim']['lr']:g} ({c['optim']['schedule']})", "precision": f"{c['dtype']} weights, autocast {c['mixed_precision']}",
+        "masks": f"{c['masks']}, direct answers {c['direct_share']:.0%}",
+        "trainable": f"{settings['trainable_parameters']:,} parameters (MLLM{'' if not c['freeze_vision'] else ', vision frozen'})",
+        "max length": f"{c['max_length']} tokens ({c['too_long']} longer ones)",
+    }
+    if start_step:
+        rows["resuming"] = f"from step {start_step}"
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    for name, errors in skipped.items():
+        if errors.skipped:
+            console.print(f"{name}: {errors.summary()}", highlight=False)

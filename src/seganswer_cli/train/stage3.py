@@ -1,0 +1,694 @@
+"""Stage 3, reasoning with pixel grounding (paper §3.3, §4.2): DAPO on multi-turn segmented rollouts.
+
+Algorithm, one step:
+
+1. Rollouts. Draw prompts (questions with verifiable answers: ViRL39K, the shapes world's RL
+   prompts) from the seeded mixture; every prompt is rolled out ``G = rollouts_per_prompt`` times
+   (paper: 4) through ``reasoning.ReasoningLoop`` — the loop ``infer`` and ``eval`` use: sampled
+   (temperature, top-p), batched, the KV cache continued, a ``<|seg|>`` answered by the sparse
+   segmented view at the original image's M-RoPE positions. Each trajectory keeps its whole
+   conversation (``Trajectory.sequence``) and the log-prob of every generated token.
+2. Rewards (``train/rewards.py``): ``R = 0.8 * accuracy + 0.2 * format`` (weights configurable),
+   accuracy by the eval package's scorers. Optional DAPO overlong shaping (off by default).
+3. Dynamic sampling. A group whose ``G`` rewards are all equal has zero advantage and teaches
+   nothing: it is dropped, and more prompts are drawn and rolled out until ``prompts_per_step``
+   groups are kept (at most ``max_refills`` extra rounds; a step left with fewer trains on what it
+   has; a step left with none stops the run with the count).
+4. Advantages, per group: ``A_i = (R_i - mean(R)) / (std(R) + eps)`` (``std`` with Bessel's
+   correction, as GRPO implementations use), the same for every token of trajectory ``i``.
+5. Policy updates. The kept trajectories are split into ``mini_batches`` mini-batches, one
+   optimizer step each. The training forward recomputes the log-probs of the generated tokens on
+   exactly the rollout's sequences (ids, 3-D positions, segmented views; ``target_mask`` marks the
+   tokens the model generated, so the prompt, the original image, every segmented-region turn and
+   every template token the loop inserts carry no loss), with gradients. Per token, with
+   ``r = exp(logp - logp_old)`` and ``logp_old`` from the rollout::
+
+       loss_t = -min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A)      (+ kl_coef * k3 KL to the start)
+
+   and the loss is the sum over every generated token of the mini-batch divided by their number
+   (DAPO's token-level mean: long trajectories weigh by their length). ``eps_low = 0.2``,
+   ``eps_high = 0.28`` (clip-higher); no KL term by default.
+
+What trains: the MLLM (language model, embeddings, LM head, and the vision tower unless
+``freeze_vision``); the projector and SAM 2.1 are frozen (the ``<|seg|>`` state still learns
+through the language model, the mask path does not). Paper: lr 2e-5, 1 epoch, 4 rollouts.
+
+Where this departs from the paper (which names DAPO, the two rewards, their weights, lr, epochs and
+rollouts, nothing else): the batch size, temperature, clip range (DAPO's), refill cap, mini-batch
+count, constant learning rate and the length limit are our choices; an "epoch" counts the prompts
+whose groups train. The tiny CPU recipe (``configs/stage3-tiny.yaml``) uses a far higher learning
+rate because its model is tiny and the run short.
+
+Distributed: every process draws the same prompts from the seeded stream and rolls out its own
+slice (whole groups, so rewards and advantages are computed where the group lives); kept-group
+counts are gathered so every process agrees on refills and on which groups fill the batch; the
+token count of a mini-batch is summed over processes, so the loss is the token mean over the
+global mini-batch. DDP (``accelerate``) averages gradients; processes with fewer trajectories run
+zero-weighted forwards so every process takes part in every gradient reduction.
+
+Run it::
+
+    seganswer data synth --kind rl --n 256 --out data/shapes-rl
+    seganswer train-stage3 -c stage3-tiny --model runs/s2/model --data shapes=data/shapes-rl --out runs/s3
+    torchrun --nproc_per_node 8 -m seganswer_cli train-stage3 -c stage3-7b --model ... --data virl39k=...
+
+Design note: scaling rollouts further. Rollouts here run in the training processes with the
+training weights, one batched loop per process; on 7B they dominate the step. The usual next step
+is a separate inference engine (vLLM/SGLang-style servers with paged KV caches and continuous
+batching) fed the new weights after each update. Ours cannot be dropped in as is, because a
+rollout is not plain text generation: (a) the engine must accept a prompt as embeddings plus
+explicit 3-D M-RoPE positions, and take as a *new turn* a list of visual tokens with chosen
+(fractional, sparse) positions while keeping its KV cache; (b) it must return the last-layer
+hidden state at each generated ``<|seg|>`` so the projector and SAM 2.1 (which could stay in the
+trainer, or run beside the engine) make the mask; (c) it must return per-token log-probs under the
+sampling temperature and the exact token/position sequence, i.e. our ``Trajectory.sequence``, so
+the trainer's forward sees what the sampler saw; (d) weight sync of the MLLM after each update
+(or a bounded staleness, which the clipped ratio tolerates). ``ReasoningLoop`` is written against
+three model calls (``embed``, ``language_model`` with a cache, ``logits``) plus ``decode_masks``;
+an engine backend would implement those for a batch of conversations, and everything after the
+rollout (rewards, dynamic sampling, the loss) stays as it is.
+
+The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/training.md).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from seganswer_cli.config import Stage3Config, to_dict
+from seganswer_cli.data import VQASample, open_mixture, parse_data_specs
+from seganswer_cli.errors import SegAnswerError, UsageError
+from seganswer_cli.eval.multiple_choice import prompt_and_answer
+from seganswer_cli.train import rewards, runs
+from seganswer_cli.train.loop import (
+    TrainProgress,
+    clip_gradients,
+    enable_activation_checkpointing,
+    keep_frozen_parts_in_eval,
+    lr_schedule,
+    quiet_transformers,
+    reduce_mean,
+    sample_stream,
+    stop_if_not_finite,
+    versions,
+)
+
+STAGE = "stage3"
+
+
+class AllGroupsFilteredError(SegAnswerError):
+    """Every group of a step had equal rewards, even after the refills: nothing to learn from."""
+
+
+# ---------------------------------------------------------------------- the DAPO pieces (pure)
+
+
+def group_advantages(rewards_: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """``(n_groups, G)`` rewards -> ``(n_groups, G)`` advantages ``(R - mean) / (std + eps)`` per group
+    (``std`` with Bessel's correction).
+
+    >>> group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0]])).tolist()  # std 0.577...
+    [[0.8660239577293396, -0.8660239577293396, -0.8660239577293396, 0.8660239577293396]]
+    """
+    mean = rewards_.mean(dim=1, keepdim=True)  # (n_groups, 1)
+    std = rewards_.std(dim=1, keepdim=True)  # (n_groups, 1)
+    return (rewards_ - mean) / (std + eps)
+
+
+def informative_groups(rewards_: torch.Tensor) -> torch.Tensor:
+    """``(n_groups,)`` bool: the groups whose rewards are not all equal (dynamic sampling keeps these).
+
+    >>> informative_groups(torch.tensor([[1.0, 1.0], [0.2, 1.0], [0.0, 0.0]])).tolist()
+    [False, True, False]
+    """
+    return (rewards_.max(dim=1).values - rewards_.min(dim=1).values) > 1e-9
+
+
+def overlong_penalty(lengths: list[int], max_tokens: int, buffer: int, penalty: float = 1.0) -> list[float]:
+    """DAPO's soft overlong punishment: 0 up to ``max_tokens - buffer`` generated tokens, then
+    falling linearly to ``-penalty`` at ``max_tokens``; 0 everywhere when ``buffer`` is 0.
+
+    >>> overlong_penalty([10, 14, 16], max_tokens=16, buffer=4)
+    [0.0, -0.5, -1.0]
+    """
+    if buffer <= 0:
+        return [0.0] * len(lengths)
+    start = max_tokens - buffer
+    return [-penalty * min(1.0, max(0, n - start) / buffer) for n in lengths]
+
+
+@dataclass
+class PolicyLoss:
+    loss: torch.Tensor
+    """Summed per-token loss divided by ``token_total`` (a scalar with grad)."""
+    clipped_low: int
+    """Tokens whose ratio was clipped at ``1 - eps_low`` (negative advantage, ratio below it)."""
+    clipped_high: int
+    """Tokens whose ratio was clipped at ``1 + eps_high`` (positive advantage, ratio above it)."""
+    kl: float
+    """Summed k3 KL estimate (0 without a reference)."""
+
+
+def dapo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                     mask: torch.Tensor, *, clip_low: float, clip_high: float, token_total: float,
+                     ref_logprobs: torch.Tensor | None = None, kl_coef: float = 0.0) -> PolicyLoss:
+    """DAPO's clipped surrogate, token-level: ``sum_t -min(r A, clip(r, 1-lo, 1+hi) A) / token_total``.
+
+    ``logprobs``/``old_logprobs``/``mask``: ``(N, T)`` (padded tokens masked out); ``advantages``:
+    ``(N,)``, one per trajectory. ``token_total`` is the number of generated tokens the mean runs
+    over (the whole mini-batch, over every process), not of this call alone.
+    """
+    mask = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs)  # (N, T)
+    adv = advantages[:, None].to(logprobs.dtype)  # (N, 1)
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
+    per_token = -torch.minimum(unclipped, clipped)  # (N, T)
+    kl = torch.zeros((), dtype=logprobs.dtype)
+    if ref_logprobs is not None and kl_coef > 0:
+        delta = ref_logprobs - logprobs  # k3: exp(d) - d - 1 >= 0
+        k3 = torch.exp(delta) - delta - 1.0
+        per_token = per_token + kl_coef * k3
+        kl = (k3 * mask).sum().detach()
+    loss = (per_token * mask).sum() / token_total
+    with torch.no_grad():
+        on = mask > 0
+        low = int(((ratio < 1.0 - clip_low) & (adv < 0) & on).sum())
+        high = int(((ratio > 1.0 + clip_high) & (adv > 0) & on).sum())
+    return PolicyLoss(loss, low, high, float(kl))
+
+
+def pad_rows(rows: list[torch.Tensor], value: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[(n_b,)]`` -> padded ``(N, T)`` values and their bool ``(N, T)`` mask."""
+    width = max((int(r.numel()) for r in rows), default=0)
+    out = torch.full((len(rows), width), value, dtype=rows[0].dtype if rows else torch.float32)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        out[i, : r.numel()] = r
+        mask[i, : r.numel()] = True
+    return out, mask
+
+
+class Policy(nn.Module):
+    """What DDP wraps: the training forward of Stage 3 (``forward`` -> per-sequence log-probs of the
+    generated tokens, with gradients), so gradient reduction hooks fire as in any module forward."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, sequences, temperature: float) -> list[torch.Tensor]:
+        return self.model.token_logprobs(sequences, temperature=temperature)
+
+
+# ---------------------------------------------------------------------- rollouts and rewards
+
+
+@dataclass
+class Rollout:
+    """One trajectory with its reward, in a group of ``G`` rollouts of one prompt."""
+
+    prompt: VQASample
+    trajectory: Any
+    reward: float
+    parts: dict[str, float]
+    advantage: float = 0.0
+
+
+@dataclass
+class RolloutStats:
+    """What one step's rollouts looked like (over every rollout sampled, kept or not)."""
+
+    rewards: list[float] = field(default_factory=list)
+    parts: dict[str, list[float]] = field(default_factory=dict)
+    segmented: list[float] = field(default_factory=list)
+    view_tokens: list[int] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)
+    groups: int = 0
+    kept_groups: int = 0
+    rounds: int = 0
+    reward_errors: int = 0
+    reward_messages: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def reward_columns(samples: list[VQASample]) -> dict[str, list]:
+    """The prompt set's fields the reward functions take, one value per completion."""
+    return {
+        "answer": [s.answer for s in samples],
+        "answer_type": [s.answer_type for s in samples],
+        "options": [list(s.options) for s in samples],
+        "answer_letter": [s.answer_letter for s in samples],
+    }
+
+
+def rollout_seed(*parts: int) -> int:
+    """A sampling seed from (run seed, step, round, process, chunk): rollouts do not depend on any
+    global RNG, so a resumed run samples what the uninterrupted one sampled."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def roll_out(model, prompts: list[VQASample], config: Stage3Config, *,
+             seed_parts: tuple[int, ...]) -> tuple[list[list[Rollout]], rewards.RewardScores]:
+    """``G`` sampled trajectories per prompt through the reasoning loop, scored: one group per
+    prompt, and the reward scores (with the count of reward functions that raised)."""
+    from seganswer_cli.reasoning import ReasoningLoop, ReasoningSettings
+
+    G = config.rollouts_per_prompt
+    images = [p.image.load() for p in prompts]
+    flat = [(i, images[i], prompt_and_answer(p)[0]) for i, p in enumerate(prompts) for _ in range(G)]
+    trajectories = []
+    for chunk_index, start in enumerate(range(0, len(flat), config.rollout_batch_size)):
+        chunk = flat[start : start + config.rollout_batch_size]
+        settings = ReasoningSettings(
+            sample=True, temperature=config.temperature, top_p=config.top_p,
+            seed=rollout_seed(*seed_parts, chunk_index), max_new_tokens=config.max_new_tokens,
+            max_seg_steps=config.max_seg_steps, roi=config.roi)
+        trajectories += ReasoningLoop(model, settings).run([c[1] for c in chunk], [c[2] for c in chunk])
+    samples = [prompts[i] for i, _, _ in flat]
+    scores = rewards.score_completions([t.text for t in trajectories], config.reward_weights,
+                                       **reward_columns(samples))
+    shaping = overlong_penalty([t.generated_tokens for t in trajectories], config.max_new_tokens,
+                               config.overlong_buffer, config.overlong_penalty)
+    rollouts = [Rollout(s, t, scores.total[k] + shaping[k], {n: v[k] for n, v in scores.parts.items()})
+                for k, (s, t) in enumerate(zip(samples, trajectories))]
+    groups = [rollouts[i * G : (i + 1) * G] for i in range(len(prompts))]
+    return groups, scores
+
+
+def collect_step_batch(model, stream, config: Stage3Config, accelerator, *, step: int):
+    """Rollouts of one step with dynamic sampling. Returns this process's kept groups (advantages
+    set), the step's statistics, the prompts drawn (for messages), how many were drawn, and one
+    rollout of this process (kept or not) for zero-weighted forwards.
+
+    Every process draws the same prompts and rolls out ``prompts[rank::world]``; the kept counts are
+    gathered so that all processes agree which groups fill the batch (rank order, then draw order).
+    """
+    world, rank = accelerator.num_processes, accelerator.process_index
+    stats = RolloutStats(parts={k: [] for k in config.reward_weights})
+    kept: list[list[Rollout]] = []
+    kept_total, drawn, all_prompts, spare = 0, 0, [], None
+    started = time.perf_counter()
+    for round_index in range(config.max_refills + 1):
+        need = config.prompts_per_step - kept_total
+        n = math.ceil(max(need, 1) / world) * world  # every process gets the same number of prompts
+        prompts = [next(stream) for _ in range(n)]
+        drawn += n
+        all_prompts += prompts
+        mine = prompts[rank::world]
+        groups, scores = roll_out(model, mine, config, seed_parts=(config.seed, step, round_index, rank))
+        spare = spare or groups[0][0]
+        stats.rounds += 1
+        stats.reward_errors += scores.error_count
+        stats.reward_messages += [m for m in scores.messages if m not in stats.reward_messages]
+        informative = []
+        for group in groups:
+            for r in group:
+                stats.rewards.append(r.reward)
+                for name, value in r.parts.items():
+                    stats.parts[name].append(value)
+                t = r.trajectory
+                stats.segmented.append(1.0 if t.steps else 0.0)
+                stats.view_tokens += [s.kept_tokens for s in t.steps]
+                stats.generated.append(t.generated_tokens)
+            values = torch.tensor([[r.reward for r in group]], dtype=torch.float64)  # (1, G)
+            if bool(informative_groups(values)[0]):
+                for r, a in zip(group, group_advantages(values, config.advantage_eps)[0].tolist()):
+                    r.advantage = a
+                informative.append(group)
+        stats.groups += n
+        # how many of each process's informative groups fill the batch, in rank order
+        counts = gather_ints(accelerator, len(informative))
+        take = 0
+        for r_index, count in enumerate(counts):
+            share = min(count, config.prompts_per_step - kept_total)
+            if r_index == rank:
+                take = share
+            kept_total += share
+        kept += informative[:take]
+        if kept_total >= config.prompts_per_step:
+            break
+    stats.kept_groups = kept_total
+    stats.seconds = time.perf_counter() - started
+    if kept_total == 0:
+        mean = float(np.mean(stats.rewards)) if stats.rewards else float("nan")
+        raise AllGroupsFilteredError(
+            f"step {step}: all {stats.groups} prompt groups ({config.rollouts_per_prompt} rollouts each, "
+            f"{stats.rounds} rounds: 1 + {stats.rounds - 1} refills) had equal rewards within the group "
+            f"(mean reward {mean:.3f}); nothing to learn from. Use prompts the model sometimes gets right, "
+            f"a higher temperature, or more max_refills")
+    return kept, stats, all_prompts, drawn, spare
+
+
+def gather_ints(accelerator, value: int) -> list[int]:
+    """``value`` of every process, in rank order."""
+    if accelerator.num_processes == 1:
+        return [int(value)]
+    t = torch.tensor([int(value)], dtype=torch.long, device=accelerator.device)
+    return [int(v) for v in accelerator.gather(t).tolist()]
+
+
+def sum_over_processes(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
+    return float(accelerator.reduce(t, reduction="sum").item())
+
+
+# ---------------------------------------------------------------------- the training entry point
+
+
+def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 quiet: bool = False, stop_after_step: int | None = None) -> Path:
+    """Run Stage 3 into the run folder ``out``; returns the final model folder.
+
+    ``stop_after_step`` ends the process's work after that step as if it were killed (no final
+    checkpoint, no model folder): how the tests interrupt a run before ``resume``.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    # ---------------------------------------------------------------- setup: cheap checks first
+    run = runs.check_run_folder(out, resume=resume, overwrite=overwrite)
+    if resume:
+        config = config_for_resume(run, config)
+    config = config.resolved()
+    if not config.data:
+        raise UsageError("no prompt data: give --data NAME=PATH[:weight] (or `data:` in the config)")
+    unknown = sorted(set(config.reward_weights) - set(rewards.REWARDS))
+    if unknown:
+        raise UsageError(f"unknown reward(s) {unknown} in reward_weights; known: {', '.join(sorted(rewards.REWARDS))}")
+    specs = parse_data_specs(config.data)
+    for spec in specs:
+        if not spec.path.exists():
+            raise UsageError(f"dataset path not found: {spec.path} (--data {spec.name}={spec.path})")
+
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        mixed_precision=config.mixed_precision,
+    )
+    set_seed(config.seed)
+    mixture, skipped = open_mixture(specs, on_error=config.on_error, seed=config.seed)
+    mixture.sources = [verifiable_prompts(name, source) for name, source in zip(mixture.names, mixture.sources)]
+
+    model = load_starting_model(config)
+    setup_trainable(model, config)
+    reference = reference_model(model) if config.kl_coef > 0 else None
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(model.mllm)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps,
+                                  weight_decay=config.optim.weight_decay)
+    world = accelerator.num_processes
+    dataset_size = sum(len(s) for s in mixture.sources)
+    steps_per_epoch = math.ceil(dataset_size / config.prompts_per_step)
+    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    total_updates = total_steps * config.mini_batches
+    warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else round(
+        config.optim.warmup_ratio * total_updates)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_schedule(config.optim.schedule, warmup, total_updates, config.optim.min_lr_ratio))
+    policy, optimizer = accelerator.prepare(Policy(model), optimizer)
+    unwrapped = accelerator.unwrap_model(policy).model
+
+    settings = {
+        "stage": STAGE,
+        "config": to_dict(config),
+        "processes": world,
+        "dataset_size": dataset_size,
+        "sources": {n: len(s) for n, s in zip(mixture.names, mixture.sources)},
+        "steps_per_epoch": steps_per_epoch,
+        "total_steps": total_steps,
+        "optimizer_steps": total_updates,
+        "warmup_steps": warmup,
+        "trainable_parameters": sum(p.numel() for p in params),
+        "versions": versions(),
+    }
+    start_step, prompts_drawn, log = 0, 0, runs.MetricsLog(run.metrics_path)
+    if resume:
+        state = runs.load_checkpoint(run.latest_checkpoint(), accelerator, model=policy, optimizer=optimizer,
+                                     scheduler=scheduler)
+        if state["processes"] != world:
+            raise UsageError(f"the run used {state['processes']} process(es); this launch has {world}; "
+                             "resume with the same number of processes")
+        start_step, prompts_drawn = state["step"], state["prompts_drawn"]
+        if accelerator.is_main_process:
+            log.truncate_after(start_step)
+    elif accelerator.is_main_process:
+        runs.start_run(run, settings, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    show = accelerator.is_main_process and not quiet
+    if show:
+        print_start(settings, run, start_step, skipped)
+
+    # ---------------------------------------------------------------- train
+    stream = sample_stream(mixture, skip=prompts_drawn)
+    last_checkpoint = run.latest_checkpoint()
+    progress = TrainProgress(total_steps, start_step, enabled=show, label="stage 3")
+    for step in range(start_step + 1, total_steps + 1):
+        unwrapped.eval()  # rollouts: no dropout, no grad
+        groups, stats, prompts, drawn, spare = collect_step_batch(unwrapped, stream, config, accelerator, step=step)
+        prompts_drawn += drawn
+        if stats.reward_messages and show:
+            progress_print(progress, f"step {step}: {stats.reward_errors} reward error(s), scored 0: "
+                           + "; ".join(stats.reward_messages[:3]))
+        policy.train()
+        keep_frozen_parts_in_eval(unwrapped)
+        update_started = time.perf_counter()
+        trajectories = [r for group in groups for r in group]  # this process's kept rollouts
+        sums = {"loss": 0.0, "clipped_low": 0.0, "clipped_high": 0.0, "kl": 0.0, "loss_tokens": 0.0}
+        grad_norms, lrs = [], []
+        for chunk in split_even(trajectories, config.mini_batches):
+            lrs.append(scheduler.get_last_lr()[0])
+            result = policy_update(policy, optimizer, accelerator, chunk, spare, config, reference,
+                                   step=step, prompts=prompts, last_checkpoint=last_checkpoint)
+            grad_norms.append(result.pop("grad_norm"))
+            for key, value in result.items():
+                sums[key] += value
+            scheduler.step()
+        update_seconds = time.perf_counter() - update_started
+
+        rollout = reduce_mean(accelerator, rollout_means(stats))
+        totals = {k: sum_over_processes(accelerator, v) for k, v in sums.items()}
+        record = {"kind": "train", "step": step, "epoch": round(step / steps_per_epoch, 4), "lr": lrs[0],
+                  **rollout, "loss": totals["loss"] / config.mini_batches, "loss_tokens": int(totals["loss_tokens"]),
+                  "clip_low_fraction": totals["clipped_low"] / max(totals["loss_tokens"], 1),
+                  "clip_high_fraction": totals["clipped_high"] / max(totals["loss_tokens"], 1),
+                  "kl": totals["kl"] / max(totals["loss_tokens"], 1),
+                  "grad_norm": float(np.mean(grad_norms)), "groups_sampled": stats.groups,
+                  "groups_kept": stats.kept_groups, "refills": stats.rounds - 1, "prompts_drawn": prompts_drawn,
+                  "reward_errors": int(sum_over_processes(accelerator, stats.reward_errors)),
+                  "rollout_seconds": stats.seconds, "update_seconds": update_seconds}
+        if accelerator.is_main_process and (step % config.log_every == 0 or step == total_steps):
+            log.append(record)
+        progress.update(step, record["loss"], stats.groups * config.rollouts_per_prompt / max(stats.seconds, 1e-9),
+                        extra=(f"reward {record['reward']:.3f} · acc {record.get('accuracy', float('nan')):.2f} · "
+                               f"fmt {record.get('format', float('nan')):.2f} · seg {record['segment_rate']:.2f} · "
+                               f"kept tok {record['loss_tokens']}"))
+
+        if step == total_steps or (config.save_every and step % config.save_every == 0):
+            last_checkpoint = runs.save_checkpoint(
+                run, accelerator, step=step, model=policy, optimizer=optimizer, scheduler=scheduler,
+                trainer_state={"prompts_drawn": prompts_drawn, "total_steps": total_steps},
+                keep=config.keep_checkpoints)
+        if stop_after_step is not None and step == stop_after_step:
+            progress.close()
+            return run.path
+    progress.close()
+
+    # ---------------------------------------------------------------- save
+    if accelerator.is_main_process:
+        if config.dtype != "float32":
+            unwrapped.to(getattr(torch, config.dtype))
+        info = training_info(unwrapped, settings, run, total_steps)
+        with quiet_transformers():
+            runs.save_final_model(run, lambda folder: unwrapped.save_pretrained(folder, extra_info=info))
+        if show:
+            print(f"wrote {run.model_dir}")
+    accelerator.wait_for_everyone()
+    return run.model_dir
+
+
+# ---------------------------------------------------------------------- setup helpers
+
+
+def config_for_resume(run: runs.RunFolder, given: Stage3Config) -> Stage3Config:
+    """The run's own settings (``runs.resumed_config``)."""
+    return runs.resumed_config(run, given, stage=STAGE, defaults=Stage3Config())
+
+
+def verifiable_prompts(name: str, source: list) -> list[VQASample]:
+    """The source's question-answer samples that carry an answer to check; none at all is an error."""
+    kept = [s for s in source if isinstance(s, VQASample) and str(s.answer or "").strip()
+            and (not s.options or s.answer_letter or s.answer in s.options)]
+    if not kept:
+        kinds = sorted({type(s).__name__ for s in source})
+        raise UsageError(f"--data {name}: no prompt with a verifiable answer among its {len(source)} records "
+                         f"({', '.join(kinds)}); Stage 3 needs question-answer samples with ground-truth answers")
+    return kept
+
+
+def load_starting_model(config: Stage3Config):
+    from seganswer_cli.model import SegAnswerModel
+
+    dtype = None if config.dtype == "float32" else getattr(torch, config.dtype)
+    with quiet_transformers():
+        return SegAnswerModel.from_pretrained(config.model, dtype=dtype)
+
+
+def setup_trainable(model, config: Stage3Config) -> None:
+    """The MLLM trains (vision tower unless ``freeze_vision``); the projector and SAM 2.1 are frozen.
+    Trainable parameters are cast to float32 (AdamW on half-precision weights loses the update)."""
+    model.requires_grad_(False)
+    model.mllm.requires_grad_(True)
+    if config.freeze_vision:
+        model.mllm.model.visual.requires_grad_(False)
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+
+
+def reference_model(model):
+    """A frozen copy of the starting policy for the optional KL term."""
+    import copy
+
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+# ---------------------------------------------------------------------- update helpers
+
+
+def split_even(items: list, parts: int) -> list[list]:
+    """``items`` cut into ``parts`` consecutive chunks of near-equal size (some may be empty).
+
+    >>> split_even([1, 2, 3, 4, 5], 2)
+    [[1, 2, 3], [4, 5]]
+    """
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def policy_update(policy, optimizer, accelerator, chunk: list[Rollout], spare: Rollout,
+                  config: Stage3Config, reference, *, step: int, prompts: list, last_checkpoint) -> dict[str, float]:
+    """One optimizer step on a mini-batch: forwards of ``micro_batch_size`` trajectories, the DAPO
+    loss over the mini-batch's generated tokens (summed over processes), one clipped update."""
+    from contextlib import nullcontext
+
+    local_tokens = sum(r.trajectory.generated_tokens for r in chunk)
+    token_total = sum_over_processes(accelerator, local_tokens)
+    micro = [chunk[i : i + config.micro_batch_size] for i in range(0, len(chunk), config.micro_batch_size)]
+    n_micro = max(gather_ints(accelerator, len(micro))) if accelerator.num_processes > 1 else len(micro)
+    # DDP averages gradients over processes; the loss is a token sum over the global mini-batch
+    scale = float(accelerator.num_processes)
+    out = {"loss": 0.0, "clipped_low": 0.0, "clipped_high": 0.0, "kl": 0.0, "loss_tokens": float(local_tokens),
+           "grad_norm": 0.0}
+    if token_total == 0:  # an empty mini-batch on every process (more mini-batches than trajectories)
+        return out
+    for index in range(max(n_micro, 1)):
+        part = micro[index] if index < len(micro) else []
+        sync = index == max(n_micro, 1) - 1
+        context = nullcontext() if sync or accelerator.num_processes == 1 else accelerator.no_sync(policy)
+        with context, accelerator.autocast():
+            if part:
+                sequences = [r.trajectory.sequence for r in part]
+                logprobs = policy(sequences, config.temperature)
+                new, mask = pad_rows(logprobs)
+                old, _ = pad_rows([r.trajectory.logprobs.to(new.device) for r in part])
+                ref = None
+                if reference is not None:
+                    with torch.no_grad():
+                        ref, _ = pad_rows(reference.token_logprobs(sequences, temperature=config.temperature))
+                advantages = torch.tensor([r.advantage for r in part], dtype=new.dtype, device=new.device)
+                result = dapo_policy_loss(new, old.to(new.dtype), advantages, mask.to(new.device),
+                                          clip_low=config.clip_low, clip_high=config.clip_high,
+                                          token_total=max(token_total, 1.0), ref_logprobs=ref, kl_coef=config.kl_coef)
+                loss = result.loss
+                out["clipped_low"] += result.clipped_low
+                out["clipped_high"] += result.clipped_high
+                out["kl"] += result.kl
+            else:
+                # nothing (left) on this process: a zero-weighted forward keeps DDP's reductions in step
+                loss = policy([spare.trajectory.sequence], config.temperature)[0].sum() * 0.0
+            stop_if_not_finite(accelerator, loss.detach(), step, prompts, last_checkpoint, "loss")
+            accelerator.backward(loss * scale)
+            out["loss"] += float(loss.detach())
+    grad_norm = clip_gradients(accelerator, policy, config.optim.max_grad_norm)
+    stop_if_not_finite(accelerator, grad_norm, step, prompts, last_checkpoint, "gradient norm")
+    optimizer.step()
+    optimizer.zero_grad()
+    out["grad_norm"] = float(grad_norm)
+    return out
+
+
+def rollout_means(stats: RolloutStats) -> dict[str, float]:
+    """Per-step rollout metrics: mean total reward, each reward part, segment rate, segmented-view
+    tokens kept per look, generated tokens per rollout."""
+    out = {"reward": float(np.mean(stats.rewards)),
+           "segment_rate": float(np.mean(stats.segmented)),
+           "view_tokens": float(np.mean(stats.view_tokens)) if stats.view_tokens else 0.0,
+           "generated_tokens": float(np.mean(stats.generated))}
+    for name, values in stats.parts.items():
+        out[name] = float(np.mean(values))
+    return out
+
+
+def progress_print(progress: TrainProgress, line: str) -> None:
+    (progress.console.print if progress.enabled else print)(line, highlight=False)
+
+
+# ---------------------------------------------------------------------- output helpers
+
+
+def training_info(model, settings: dict[str, Any], run: runs.RunFolder, step: int) -> dict[str, Any]:
+    """``seganswer.json``'s record of the run (as Stage 1 writes it): summary, settings, history."""
+    this = {"stage": STAGE, "run": str(run.path.resolve()), "step": step}
+    history = list(model.info.get("training_history", []))
+    return {"training": this, "training_settings": settings, "training_history": [*history, this]}
+
+
+def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, skipped: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    c = settings["config"]
+    table = Table(title=f"seganswer train-stage3 · DAPO -> {run.path}", show_header=False)
+    rows = {
+        "model": c["model"], "data": ", ".join(c["data"]),
+        "prompts": f"{settings['dataset_size']} verifiable ({settings['sources']})",
+        "steps": f"{settings['total_steps']} ({settings['steps_per_epoch']}/epoch), "
+                 f"{c['mini_batches']} update(s) per step",
+        "per step": f"{c['prompts_per_step']} groups x {c['rollouts_per_prompt']} rollouts over "
+                    f"{settings['processes']} proc (up to {c['max_refills']} refills)",
+        "rollouts": f"T={c['temperature']} top-p={c['top_p']}, max {c['max_new_tokens']} tokens, "
+                    f"{c['max_seg_steps']} seg round(s), roi {c['roi']}",
+        "DAPO": f"clip [{1 - c['clip_low']:g}, {1 + c['clip_high']:g}], kl {c['kl_coef']:g}, "
+                f"overlong buffer {c['overlong_buffer']}",
+        "reward": " + ".join(f"{w:g}*{k}" for k, w in c["reward_weights"].items()),
+        "lr": f"{c['optim']['lr']:g} ({c['optim']['schedule']})",
+        "trainable": f"{settings['trainable_parameters']:,} parameters",
+    }
+    if start_step:
+        rows["resuming"] = f"from step {start_step}"
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    for name, errors in skipped.items():
+        if errors.skipped:
+            console.print(f"{name}: {errors.summary()}", highlight=False)
