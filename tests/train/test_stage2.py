@@ -78,7 +78,7 @@ def stage1_model(shapes_split, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stage2_run(stage1_model, vqa_split, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("stage2") / "run"
-    train_stage2(stage2_config(stage1_model, vqa_split[0], max_steps=150), run_dir, quiet=True)
+    train_stage2(stage2_config(stage1_model, vqa_split[0], max_steps=220), run_dir, quiet=True)
     return run_dir
 
 
@@ -188,7 +188,8 @@ def test_short_run_teaches_the_format_and_lifts_accuracy(stage1_model, stage2_ru
     format_after, acc_after = evaluate(stage2_run / "model")
     print(f"\nshapes-vqa ({len(items)} held-out questions): format {format_before:.2f} -> {format_after:.2f}, "
           f"accuracy {acc_before:.3f} -> {acc_after:.3f}")
-    assert format_before <= 0.1 and format_after >= 0.6
+    # seeded, reference CPU: format 0.00 -> 1.00, accuracy 0.094 -> 0.219 (220 steps)
+    assert format_before <= 0.1 and format_after >= 0.8
     assert acc_after > acc_before
     losses = [r["loss"] for r in train_records(stage2_run)]
     assert sum(losses[-10:]) < 0.5 * sum(losses[:10])
