@@ -58,6 +58,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--prompts-per-step", type=int, default=4)
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="copy the run folder here (for `seganswer plot`); not kept by default")
     args = parser.parse_args()
 
     from seganswer_cli.config import Stage3Config, load_config
@@ -78,6 +80,10 @@ def main() -> None:
         train_stage3(config, root / "run", quiet=True)
         wall = time.perf_counter() - started
         records = [r for r in MetricsLog(root / "run" / "metrics.jsonl").read() if r["kind"] == "train"]
+        if args.keep is not None:
+            import shutil
+
+            shutil.copytree(root / "run", args.keep, ignore=shutil.ignore_patterns("checkpoints", "model"))
 
     def per_step(r):
         trajectories = r["groups_sampled"] * config.rollouts_per_prompt

@@ -76,3 +76,65 @@ def trajectory_figure(image: Image.Image, traj) -> Image.Image:
 
 def segmentation_figure(image: Image.Image, mask: np.ndarray, expression: str) -> Image.Image:
     return side_by_side([image, overlay_mask(image, mask)], ["image", expression[:60]])
+
+
+def moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over up to ``window`` points (the smoothed line of a training curve).
+
+    >>> moving_average([0, 2, 4, 6], 2)
+    [0.0, 1.0, 3.0, 5.0]
+    """
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def curve_panel(xs: list[float], ys: list[float], title: str, colour=(40, 90, 225), *, window: int = 5,
+                size: tuple[int, int] = (360, 220)) -> Image.Image:
+    """One training curve in the style of the paper's Figure 4: the raw values thin and pale, their
+    moving average thick; the axes carry the first/last step and the value range."""
+    w, h = size
+    left, right, top, bottom = 46, 10, 22, 24
+    img = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    draw.text((left, 4), title, fill=(0, 0, 0))
+    draw.rectangle([left, top, w - right, h - bottom], outline=(160, 160, 160))
+    if not xs:
+        draw.text((left + 8, top + 8), "no data", fill=(120, 120, 120))
+        return img
+    lo, hi = min(ys), max(ys)
+    if hi - lo < 1e-12:
+        lo, hi = lo - 0.5, hi + 0.5
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+
+    def at(x, y):
+        return (left + (x - x0) / (x1 - x0) * (w - left - right), h - bottom - (y - lo) / (hi - lo) * (h - top - bottom))
+
+    pale = tuple(int(c + (255 - c) * 0.65) for c in colour)
+    raw = [at(x, y) for x, y in zip(xs, ys)]
+    smooth = [at(x, y) for x, y in zip(xs, moving_average(ys, window))]
+    if len(raw) > 1:
+        draw.line(raw, fill=pale, width=1)
+        draw.line(smooth, fill=colour, width=3)
+    else:
+        draw.ellipse([raw[0][0] - 2, raw[0][1] - 2, raw[0][0] + 2, raw[0][1] + 2], fill=colour)
+    draw.text((2, top - 2), f"{hi:.3g}", fill=(80, 80, 80))
+    draw.text((2, h - bottom - 10), f"{lo:.3g}", fill=(80, 80, 80))
+    draw.text((left, h - bottom + 4), f"{x0:g}", fill=(80, 80, 80))
+    draw.text((w - right - 40, h - bottom + 4), f"step {x1:g}", fill=(80, 80, 80))
+    return img
+
+
+def curves_figure(panels: list[Image.Image], columns: int = 3) -> Image.Image:
+    """Panels in a grid, left to right, top to bottom."""
+    columns = max(1, min(columns, len(panels)))
+    rows = (len(panels) + columns - 1) // columns
+    pw, ph = panels[0].size
+    canvas = Image.new("RGB", (columns * pw, rows * ph), (255, 255, 255))
+    for i, p in enumerate(panels):
+        canvas.paste(p, ((i % columns) * pw, (i // columns) * ph))
+    return canvas

@@ -16,6 +16,7 @@ from seganswer_cli.cli import data as data_cli
 from seganswer_cli.cli import eval as eval_cli
 from seganswer_cli.cli import infer as infer_cli
 from seganswer_cli.cli import model as model_cli
+from seganswer_cli.cli import plot as plot_cli
 from seganswer_cli.cli import train as train_cli
 from seganswer_cli.errors import SegAnswerError
 
@@ -30,6 +31,7 @@ app = typer.Typer(
 )
 app.command("infer")(infer_cli.infer)
 app.command("segment")(infer_cli.segment)
+app.command("plot")(plot_cli.plot)
 app.add_typer(model_cli.app, name="model")
 app.add_typer(data_cli.app, name="data")
 app.add_typer(eval_cli.app, name="eval")
