@@ -370,6 +370,17 @@ def load_checkpoint(checkpoint: Path, accelerator, *, model, optimizer=None, sch
     return read_trainer_state(checkpoint)
 
 
+def training_record(model, settings: dict[str, Any], run: RunFolder, *, stage: str, step: int,
+                    **summary: Any) -> dict[str, Any]:
+    """What a final model folder's ``seganswer.json`` records about the run that made it: a summary
+    (``training``: stage, run folder, step and the stage's own ``summary`` fields; shown by
+    ``seganswer model info``), the run's resolved settings (``training_settings``) and one summary
+    per run so far, oldest first (``training_history``)."""
+    this = {"stage": stage, "run": str(run.path.resolve()), "step": step, **summary}
+    history = list(model.info.get("training_history", []))
+    return {"training": this, "training_settings": settings, "training_history": [*history, this]}
+
+
 def save_final_model(run: RunFolder, write: callable) -> Path:
     """Write ``model/`` atomically: ``write(tmp_folder)`` fills a temporary folder, then it is renamed."""
     with atomic_folder(run.model_dir) as tmp:

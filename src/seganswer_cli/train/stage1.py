@@ -361,12 +361,9 @@ def validate_and_log(model, samples, config, accelerator, log, *, step: int, sho
 
 
 def training_info(model, settings: dict[str, Any], run: runs.RunFolder, step: int) -> dict[str, Any]:
-    """What the final model folder's ``seganswer.json`` records about the run that made it: a
-    summary (``training``, shown by ``seganswer model info``), the run's resolved settings
-    (``training_settings``) and one summary per run so far (``training_history``)."""
-    this = {"stage": STAGE, "phase": settings["config"]["phase"], "run": str(run.path.resolve()), "step": step}
-    history = list(model.info.get("training_history", []))
-    return {"training": this, "training_settings": settings, "training_history": [*history, this]}
+    """``runs.training_record`` with the phase in the summary."""
+    return runs.training_record(model, settings, run, stage=STAGE, step=step, phase=settings["config"]["phase"])
+
 
 
 def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, skipped: dict) -> None:

@@ -642,12 +642,10 @@ def gathered_problems(accelerator, report: ProblemReport) -> dict[str, int]:
 
 def training_info(model, settings: dict[str, Any], run: runs.RunFolder, step: int,
                   problems: dict[str, int]) -> dict[str, Any]:
-    """What the final model folder's ``seganswer.json`` records about this run (``training`` summary,
-    ``training_settings``, ``training_history`` with one entry per run so far)."""
-    this = {"stage": STAGE, "run": str(run.path.resolve()), "step": step, "masks": settings["config"]["masks"],
-            "problems": problems}
-    history = list(model.info.get("training_history", []))
-    return {"training": this, "training_settings": settings, "training_history": [*history, this]}
+    """``runs.training_record`` with the mask mode and the counts of skipped samples in the summary."""
+    return runs.training_record(model, settings, run, stage=STAGE, step=step,
+                                masks=settings["config"]["masks"], problems=problems)
+
 
 
 def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, skipped: dict) -> None:

@@ -656,10 +656,9 @@ def progress_print(progress: TrainProgress, line: str) -> None:
 
 
 def training_info(model, settings: dict[str, Any], run: runs.RunFolder, step: int) -> dict[str, Any]:
-    """``seganswer.json``'s record of the run (as Stage 1 writes it): summary, settings, history."""
-    this = {"stage": STAGE, "run": str(run.path.resolve()), "step": step}
-    history = list(model.info.get("training_history", []))
-    return {"training": this, "training_settings": settings, "training_history": [*history, this]}
+    """``runs.training_record`` for this stage."""
+    return runs.training_record(model, settings, run, stage=STAGE, step=step)
+
 
 
 def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, skipped: dict) -> None:
