@@ -324,6 +324,7 @@ def save_checkpoint(run: RunFolder, accelerator, *, step: int, model, optimizer,
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(capture_rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()  # every RNG file is written before the main process renames the folder
     unwrapped = accelerator.unwrap_model(model)
     names = trainable_names(unwrapped)
     full = accelerator.get_state_dict(model)  # gathers sharded (FSDP/DeepSpeed) weights on the main process
