@@ -306,3 +306,29 @@ def test_mean_reward_rises_on_the_shapes_world(stage3_setup, tmp_path):
     print("\nstage 3 mean reward per step:", [round(x, 3) for x in rewards_],
           "\naccuracy:", [round(r["accuracy"], 3) for r in records], "\nformat:", [round(r["format"], 3) for r in records])
     assert np.mean(rewards_[-3:]) > np.mean(rewards_[:3]) + 0.05
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_runs_and_checkpoints(stage3_setup, tmp_path):
+    """``torchrun --nproc_per_node 2`` (gloo, CPU): rollouts split across processes, every step
+    checkpointed with both processes' RNG states, the final model written. (Rollout sampling is
+    seeded per process, so the numbers differ from a one-process run by design.)"""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    model_dir, data_dir = stage3_setup
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    out = tmp_path / "two"
+    done = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29531", "-m", "seganswer_cli",
+                           "train-stage3", "-c", "stage3-tiny", "--model", str(model_dir), "--data", f"shapes={data_dir}",
+                           "--max-steps", "2", "--save-every", "1", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = runs.RunFolder(out)
+    assert run.read_settings()["processes"] == 2 and run.is_finished
+    for checkpoint in run.checkpoints():
+        assert {p.name for p in checkpoint.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
+    assert [r["step"] for r in train_records(out)] == [1, 2]
