@@ -1,5 +1,5 @@
-"""``seganswer train-stage1`` (pixel grounding, one phase per run), ``seganswer merge-lora`` and
-``seganswer train-stage2`` (interleaved SFT).
+"""``seganswer train-stage1`` (pixel grounding, one phase per run), ``seganswer merge-lora``,
+``seganswer train-stage2`` (interleaved SFT) and ``seganswer train-stage3`` (DAPO).
 
 Thin: flags become config overrides (flags > ``--config`` YAML > defaults), the run folder policy is
 checked before anything heavy loads, then ``seganswer_cli.train`` does the work.
@@ -16,37 +16,65 @@ from seganswer_cli.cli.options import QuietOpt
 
 Opt = typer.Option
 
+# Options every training command shares, defined once.
+RunOutOpt = Annotated[Path, Opt("--out", "-o", help="Run folder (settings, metrics.jsonl, checkpoints/, model/).")]
+ResumeOpt = Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")]
+OverwriteOpt = Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")]
+BatchSizeOpt = Annotated[int | None, Opt("--batch-size", help="Samples per process per micro-step.")]
+GradAccumOpt = Annotated[int | None, Opt("--grad-accum", help="Micro-steps per optimizer step.")]
+SaveEveryOpt = Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps (0: at the end).")]
+MixedPrecisionOpt = Annotated[str | None, Opt("--mixed-precision", help="no, bf16 or fp16 (autocast).")]
+CheckpointingOpt = Annotated[bool | None, Opt("--gradient-checkpointing/--no-gradient-checkpointing",
+                                              help="Recompute activations in backward.")]
+StopAfterOpt = Annotated[int | None, Opt("--stop-after-step", hidden=True, help="Testing: end as if killed after this step.")]
+
+
+def checked_config(cls, config: str | None, overrides: dict, out: Path, *, resume: bool, overwrite: bool,
+                   what_data: str):
+    """Flags over YAML over defaults, then the cheap checks every stage makes before any heavy import:
+    the run-folder policy, data given, the starting model a preset or an existing folder."""
+    from seganswer_cli.config import load_config
+    from seganswer_cli.errors import ModelFolderError, UsageError
+    from seganswer_cli.model.presets import PRESETS
+    from seganswer_cli.train.runs import check_run_folder
+
+    cfg = load_config(cls, config, overrides)
+    check_run_folder(out, resume=resume, overwrite=overwrite)
+    if not resume:
+        if not cfg.data:
+            raise UsageError(f"no {what_data}: give --data NAME=PATH[:weight] (or `data:` in --config)")
+        if cfg.model and cfg.model not in PRESETS and not Path(cfg.model).exists():  # None: the stage says what it needs
+            raise ModelFolderError(f"model folder not found: {cfg.model} (and it is not a preset: {', '.join(PRESETS)})")
+    return cfg
+
 
 def train_stage1(
-    out: Annotated[Path, Opt("--out", "-o", help="Run folder (settings, metrics.jsonl, checkpoints/, model/).")],
+    out: RunOutOpt,
     model: Annotated[str | None, Opt("--model", "-m", help="Starting model folder or preset (default: tiny). "
                                      "Phase lora: the model/ of the projector run.")] = None,
     data: Annotated[list[str] | None, Opt("--data", help="Training set NAME=PATH[:weight]; repeat to mix.")] = None,
     val_data: Annotated[str | None, Opt("--val-data", help="Held-out set (PATH or NAME=PATH) for gIoU/cIoU.")] = None,
     phase: Annotated[str | None, Opt("--phase", help="projector (only the projector trains) or lora.")] = None,
     config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: stage1-tiny, stage1-7b.")] = None,
-    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
-    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")] = False,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     max_steps: Annotated[int | None, Opt("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
     epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture (default: paper's 5 / 3).")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (default: paper's 1e-3 / 2e-5).")] = None,
-    batch_size: Annotated[int | None, Opt("--batch-size", help="Samples per process per micro-step.")] = None,
-    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-steps per optimizer step.")] = None,
-    save_every: Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps (0: at the end).")] = None,
+    batch_size: BatchSizeOpt = None,
+    grad_accum: GradAccumOpt = None,
+    save_every: SaveEveryOpt = None,
     eval_every: Annotated[int | None, Opt("--eval-every", help="Validate every N steps (0: start and end).")] = None,
     seed: Annotated[int | None, Opt("--seed", help="Seed of data order, LoRA init and dropout.")] = None,
-    mixed_precision: Annotated[str | None, Opt("--mixed-precision", help="no, bf16 or fp16 (autocast).")] = None,
-    gradient_checkpointing: Annotated[bool | None, Opt("--gradient-checkpointing/--no-gradient-checkpointing",
-                                                       help="Recompute activations in backward.")] = None,
+    mixed_precision: MixedPrecisionOpt = None,
+    gradient_checkpointing: CheckpointingOpt = None,
     mllm_path: Annotated[str | None, Opt("--mllm-path", help="Local Qwen2.5-VL folder for a preset.")] = None,
     sam_path: Annotated[str | None, Opt("--sam-path", help="Local SAM 2.1 folder (HF format) for a preset.")] = None,
     quiet: QuietOpt = False,
-    stop_after_step: Annotated[int | None, Opt("--stop-after-step", hidden=True,
-                                               help="Testing: end as if killed after this step.")] = None,
+    stop_after_step: StopAfterOpt = None,
 ) -> None:
     """Stage 1 pixel grounding: train the projector (phase projector), then LoRA + projector + SAM decoder (phase lora)."""
-    from seganswer_cli.config import Stage1Config, load_config
-    from seganswer_cli.train.runs import check_run_folder
+    from seganswer_cli.config import Stage1Config
 
     overrides = {
         "model": model, "data": data or None, "val_data": val_data, "phase": phase, "max_steps": max_steps,
@@ -54,19 +82,8 @@ def train_stage1(
         "save_every": save_every, "eval_every": eval_every, "seed": seed, "mixed_precision": mixed_precision,
         "gradient_checkpointing": gradient_checkpointing, "mllm_path": mllm_path, "sam_path": sam_path,
     }
-    cfg = load_config(Stage1Config, config, overrides)
-    check_run_folder(out, resume=resume, overwrite=overwrite)  # before any heavy import
-    if not resume and not cfg.data:
-        from seganswer_cli.errors import UsageError
-
-        raise UsageError("no training data: give --data NAME=PATH[:weight] (or `data:` in --config)")
-    if not resume:
-        from seganswer_cli.model.presets import PRESETS
-
-        if cfg.model not in PRESETS and not Path(cfg.model).exists():
-            from seganswer_cli.errors import ModelFolderError
-
-            raise ModelFolderError(f"model folder not found: {cfg.model} (and it is not a preset: {', '.join(PRESETS)})")
+    cfg = checked_config(Stage1Config, config, overrides, out, resume=resume, overwrite=overwrite,
+                         what_data="training data")
     from seganswer_cli.train.stage1 import train_stage1 as run_stage1
 
     run_stage1(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)
@@ -95,13 +112,13 @@ def merge_lora(
 
 
 def train_stage3(
-    out: Annotated[Path, Opt("--out", "-o", help="Run folder (settings, metrics.jsonl, checkpoints/, model/).")],
+    out: RunOutOpt,
     model: Annotated[str | None, Opt("--model", "-m", help="Starting model: the model/ of a Stage 2 run.")] = None,
     data: Annotated[list[str] | None, Opt("--data", help="Prompt set NAME=PATH[:weight] with verifiable answers "
                                           "(ViRL39K, data synth --kind rl); repeat to mix.")] = None,
     config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: stage3-tiny, stage3-7b.")] = None,
-    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
-    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")] = False,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     max_steps: Annotated[int | None, Opt("--max-steps", help="Rollout-and-update steps (overrides --epochs).")] = None,
     epochs: Annotated[float | None, Opt("--epochs", help="Passes over the prompts (paper: 1).")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Learning rate (paper: 2e-5).")] = None,
@@ -111,19 +128,15 @@ def train_stage3(
     max_new_tokens: Annotated[int | None, Opt("--max-new-tokens", help="Most generated tokens per rollout.")] = None,
     mini_batches: Annotated[int | None, Opt("--mini-batches", help="Policy updates per rollout batch.")] = None,
     kl_coef: Annotated[float | None, Opt("--kl-coef", help="KL penalty to the starting model (default 0: off).")] = None,
-    save_every: Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps (0: at the end).")] = None,
+    save_every: SaveEveryOpt = None,
     seed: Annotated[int | None, Opt("--seed", help="Seed of prompt order and rollout sampling.")] = None,
-    mixed_precision: Annotated[str | None, Opt("--mixed-precision", help="no, bf16 or fp16 (autocast).")] = None,
-    gradient_checkpointing: Annotated[bool | None, Opt("--gradient-checkpointing/--no-gradient-checkpointing",
-                                                       help="Recompute activations in backward.")] = None,
+    mixed_precision: MixedPrecisionOpt = None,
+    gradient_checkpointing: CheckpointingOpt = None,
     quiet: QuietOpt = False,
-    stop_after_step: Annotated[int | None, Opt("--stop-after-step", hidden=True,
-                                               help="Testing: end as if killed after this step.")] = None,
+    stop_after_step: StopAfterOpt = None,
 ) -> None:
     """Stage 3 reasoning with pixel grounding: DAPO on multi-turn segmented rollouts (reward 0.8 acc + 0.2 format)."""
-    from seganswer_cli.config import Stage3Config, load_config
-    from seganswer_cli.errors import ModelFolderError, UsageError
-    from seganswer_cli.train.runs import check_run_folder
+    from seganswer_cli.config import Stage3Config
 
     overrides = {
         "model": model, "data": data or None, "max_steps": max_steps, "epochs": epochs, "optim.lr": lr,
@@ -132,22 +145,15 @@ def train_stage3(
         "save_every": save_every, "seed": seed, "mixed_precision": mixed_precision,
         "gradient_checkpointing": gradient_checkpointing,
     }
-    cfg = load_config(Stage3Config, config, overrides)
-    check_run_folder(out, resume=resume, overwrite=overwrite)  # before any heavy import
-    if not resume and not cfg.data:
-        raise UsageError("no prompt data: give --data NAME=PATH[:weight] (or `data:` in --config)")
-    if not resume:
-        from seganswer_cli.model.presets import PRESETS
-
-        if cfg.model not in PRESETS and not Path(cfg.model).exists():
-            raise ModelFolderError(f"model folder not found: {cfg.model} (and it is not a preset: {', '.join(PRESETS)})")
+    cfg = checked_config(Stage3Config, config, overrides, out, resume=resume, overwrite=overwrite,
+                         what_data="prompt data")
     from seganswer_cli.train.stage3 import train_stage3 as run_stage3
 
     run_stage3(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)
 
 
 def train_stage2(
-    out: Annotated[Path, Opt("--out", "-o", help="Run folder (settings, metrics.jsonl, checkpoints/, model/).")],
+    out: RunOutOpt,
     model: Annotated[str | None, Opt("--model", "-m", help="Starting model: the model/ folder of a Stage 1 run "
                                      "(or a merge-lora output).")] = None,
     data: Annotated[list[str] | None, Opt("--data", help="Question-answer set NAME=PATH[:weight]; repeat to mix.")] = None,
@@ -161,25 +167,22 @@ def train_stage2(
     too_long: Annotated[str | None, Opt("--too-long", help="skip or truncate conversations over --max-length.")] = None,
     allow_untrained_start: Annotated[bool | None, Opt("--allow-untrained-start",
                                                       help="Accept a starting model that is not a Stage 1 output.")] = None,
-    resume: Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")] = False,
-    overwrite: Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")] = False,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     max_steps: Annotated[int | None, Opt("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
     epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture (paper: 1).")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (paper: 2e-6).")] = None,
-    batch_size: Annotated[int | None, Opt("--batch-size", help="Samples per process per micro-step.")] = None,
-    grad_accum: Annotated[int | None, Opt("--grad-accum", help="Micro-steps per optimizer step.")] = None,
-    save_every: Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps (0: at the end).")] = None,
+    batch_size: BatchSizeOpt = None,
+    grad_accum: GradAccumOpt = None,
+    save_every: SaveEveryOpt = None,
     seed: Annotated[int | None, Opt("--seed", help="Seed of data order, direct-answer draw and dropout.")] = None,
-    mixed_precision: Annotated[str | None, Opt("--mixed-precision", help="no, bf16 or fp16 (autocast).")] = None,
-    gradient_checkpointing: Annotated[bool | None, Opt("--gradient-checkpointing/--no-gradient-checkpointing",
-                                                       help="Recompute activations in backward.")] = None,
+    mixed_precision: MixedPrecisionOpt = None,
+    gradient_checkpointing: CheckpointingOpt = None,
     quiet: QuietOpt = False,
-    stop_after_step: Annotated[int | None, Opt("--stop-after-step", hidden=True,
-                                               help="Testing: end as if killed after this step.")] = None,
+    stop_after_step: StopAfterOpt = None,
 ) -> None:
     """Stage 2 interleaved SFT: segment with the model's own <|seg|>, look at the region, answer; full MLLM tuned."""
-    from seganswer_cli.config import Stage2Config, load_config
-    from seganswer_cli.train.runs import check_run_folder
+    from seganswer_cli.config import Stage2Config
 
     overrides = {
         "model": model, "data": data or None, "masks": masks, "direct_share": direct_share,
@@ -188,13 +191,9 @@ def train_stage2(
         "batch_size": batch_size, "grad_accum": grad_accum, "save_every": save_every, "seed": seed,
         "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
     }
-    cfg = load_config(Stage2Config, config, overrides)
-    check_run_folder(out, resume=resume, overwrite=overwrite)  # before any heavy import
+    cfg = checked_config(Stage2Config, config, overrides, out, resume=resume, overwrite=overwrite,
+                         what_data="training data")
     if not resume:
-        from seganswer_cli.errors import UsageError
-
-        if not cfg.data:
-            raise UsageError("no training data: give --data NAME=PATH[:weight] (or `data:` in --config)")
         from seganswer_cli.train.stage2 import check_starting_model
 
         check_starting_model(cfg)
