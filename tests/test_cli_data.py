@@ -49,6 +49,19 @@ def test_synth_vqa_json_and_refuses_non_empty_out(tmp_path):
     assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1
 
 
+def test_synth_named_world_with_overrides(tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["data", "synth", "--world", "demo", "--kind", "qseg", "--n", "2", "--clutter", "0",
+                                 "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    config = json.loads(result.stdout)["config"]
+    assert (config["width"], config["height"], config["clutter"]) == (640, 480, 0)
+    assert config["question_types"] == ["colour", "shape"]
+    assert json.loads((out / "seganswer_data.json").read_text())["kind"] == "qseg"
+    bad = runner.invoke(app, ["data", "synth", "--world", "moon", "--out", str(tmp_path / "x")])
+    assert bad.exit_code != 0 and "unknown --world 'moon'" in bad.output
+
+
 def test_inspect_bad_record_stop_and_skip(tmp_path):
     out = tmp_path / "shapes"
     assert runner.invoke(app, ["data", "synth", "--n", "3", "--size", "64x64", "--out", str(out)]).exit_code == 0

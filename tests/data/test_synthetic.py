@@ -156,3 +156,40 @@ def test_config_is_checked():
     with pytest.raises(UsageError, match="could not place"):
         list(generate_samples("refseg", 1, ShapesConfig(width=32, height=32, min_size=30, max_size=32,
                                                        min_objects=6, max_objects=6), seed=0))
+
+
+def test_demo_world_asks_about_a_small_target_with_simple_or_superlative_descriptions():
+    from seganswer_cli.data.synthetic import DEMO_COLOURS, DEMO_KINDS, RELATIONS, world
+
+    config = world("demo")
+    types = set()
+    for sample in generate_samples("vqa", 30, config, seed=3):
+        scene = Scene.from_dict(sample.extra["scene"])
+        target = scene.shapes[-1]
+        assert sample.image.load().size == (640, 480)
+        assert 20 <= target.size <= 32 and sample.extra["target_ids"] == [target.id]
+        assert all(s.kind in DEMO_KINDS and s.colour in DEMO_COLOURS for s in scene.shapes)
+        assert not any(rel in sample.question for rel in RELATIONS)
+        assert answer_question(sample.question, scene) == sample.answer
+        types.add(sample.extra["question_type"])
+    assert types == {"colour", "shape"}
+    assert world("demo", clutter=0).clutter == 0 and world("demo").clutter == 12  # overrides copy
+    with pytest.raises(UsageError, match="unknown shapes world"):
+        world("moon")
+
+
+def test_question_types_and_expression_families_are_checked():
+    with pytest.raises(UsageError, match="question_types"):
+        ShapesConfig(question_types=("colour", "smell"))
+    with pytest.raises(UsageError, match="expressions"):
+        ShapesConfig(expressions=("relation",))
+
+
+def test_qseg_pairs_a_question_with_the_mask_of_the_region_answering_it():
+    from seganswer_cli.data.synthetic import world
+
+    for sample in generate_samples("qseg", 12, world("demo"), seed=4):
+        assert isinstance(sample, SegSample) and sample.id.startswith("shapes:qseg:")
+        scene = Scene.from_dict(sample.extra["scene"])
+        answer_question(sample.expression, scene)  # a question of the world, answerable
+        np.testing.assert_array_equal(sample.mask.decode(), visible_mask(scene, sample.extra["target_ids"]))

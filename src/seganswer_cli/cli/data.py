@@ -27,6 +27,7 @@ class SynthKind(str, Enum):
     refseg = "refseg"
     vqa = "vqa"
     rl = "rl"
+    qseg = "qseg"
 
 
 class OnErrorChoice(str, Enum):
@@ -45,10 +46,15 @@ def parse_size(text: str) -> tuple[int, int]:
 @app.command()
 def synth(
     out: OutDirOpt,
-    kind: Annotated[SynthKind, typer.Option("--kind", help="refseg (expression + mask), vqa (V*-style questions) "
-                                            "or rl (verifiable prompts).")] = SynthKind.refseg,
+    kind: Annotated[SynthKind, typer.Option("--kind", help="refseg (expression + mask), vqa (V*-style questions), "
+                                            "rl (verifiable prompts) or qseg (a question + the mask of the "
+                                            "region answering it, ReasonSeg-style).")] = SynthKind.refseg,
     n: Annotated[int, typer.Option("--n", min=1, help="Number of samples (one scene each).")] = 100,
-    size: Annotated[str, typer.Option("--size", help="Canvas WIDTHxHEIGHT in pixels.")] = "256x256",
+    size: Annotated[str | None, typer.Option("--size", help="Canvas WIDTHxHEIGHT in pixels (default: the "
+                                             "world's; 256x256 for the default world).")] = None,
+    world: Annotated[str, typer.Option("--world", help="Named settings: default, demo (the shipped model's "
+                                       "world, docs/shapes-experiment.md), closeup or vstar-like; options below override.")]
+    = "default",
     seed: SeedOpt = 0,
     min_objects: Annotated[int | None, typer.Option(help="Fewest shapes per scene.")] = None,
     max_objects: Annotated[int | None, typer.Option(help="Most shapes per scene.")] = None,
@@ -61,19 +67,25 @@ def synth(
     """Generate a shapes-world dataset folder (images + records.jsonl with COCO RLE masks)."""
     from dataclasses import asdict
 
-    from seganswer_cli.data.synthetic import ShapesConfig, write_synthetic
+    from seganswer_cli.data.synthetic import WORLDS, write_synthetic
+    from seganswer_cli.data.synthetic import world as named_world
 
-    width, height = parse_size(size)
+    if world not in WORLDS:
+        raise UsageError(f"unknown --world {world!r}; choose from {', '.join(WORLDS)}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"--out {out} is not empty; pass --overwrite to write into it")
     overrides = {k: v for k, v in dict(min_objects=min_objects, max_objects=max_objects, min_size=min_size,
                                        max_size=max_size, clutter=clutter).items() if v is not None}
-    if "max_size" not in overrides:  # keep the default shape sizes inside small canvases
+    if size is not None or world == "default":
+        overrides["width"], overrides["height"] = parse_size(size or "256x256")
+    width, height = overrides.get("width", WORLDS[world].width), overrides.get("height", WORLDS[world].height)
+    if world == "default" and "max_size" not in overrides:  # keep the default shape sizes inside small canvases
         overrides["max_size"] = min(64, width, height)
         overrides.setdefault("min_size", min(16, overrides["max_size"]))
-    config = ShapesConfig(width=width, height=height, **overrides)
+    config = named_world(world, **overrides)
     if not json_out:
-        err_console.print(f"[bold]data synth[/] kind={kind.value} n={n} size={width}x{height} seed={seed} -> {out}")
+        err_console.print(f"[bold]data synth[/] kind={kind.value} world={world} n={n} size={width}x{height} "
+                          f"seed={seed} -> {out}")
         err_console.print(f"  shapes world: {asdict(config)}", highlight=False)
     write_synthetic(out, kind.value, n, config, seed=seed)
     if json_out:

@@ -28,6 +28,7 @@ by ``(seed, kind, i)``, so the first samples do not change when ``n`` grows.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import re
 from collections.abc import Iterator
@@ -58,8 +59,10 @@ KINDS: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "he
 BACKGROUND = (128, 128, 128)
 CLUTTER_GREYS = ((80, 80, 80), (100, 100, 100), (160, 160, 160), (180, 180, 180))
 RELATIONS = ("left of", "right of", "above", "below")
-SAMPLE_KINDS = ("refseg", "vqa", "rl")
-_KIND_CODES = {"refseg": 1, "vqa": 2, "rl": 3}
+QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "position", "count")
+EXPRESSION_FAMILIES: tuple[str, ...] = ("simple", "superlative", "relation")
+SAMPLE_KINDS = ("refseg", "vqa", "rl", "qseg")
+_KIND_CODES = {"refseg": 1, "vqa": 2, "rl": 3, "qseg": 4}
 
 
 @dataclass
@@ -102,6 +105,11 @@ class ShapesConfig:
     """Fraction of referring expressions naming several objects (``all red shapes``, ``the A and the B``)."""
     multiple_choice: float = 0.5
     """Fraction of VQA questions posed as multiple choice (the rest are free text)."""
+    question_types: tuple[str, ...] = QUESTION_TYPES
+    """VQA/RL question types to draw from (``count`` is asked in RL prompts only)."""
+    expressions: tuple[str, ...] = EXPRESSION_FAMILIES
+    """Families of single-object descriptions: ``simple`` (the red star), ``superlative`` (the
+    smallest star), ``relation`` (the star left of the blue circle)."""
 
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16:
@@ -125,6 +133,12 @@ class ShapesConfig:
                 raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.size_margin < 1.0 or self.clutter < 0 or self.background_noise < 0:
             raise UsageError("size_margin must be >= 1; clutter and background_noise >= 0")
+        self.question_types, self.expressions = tuple(self.question_types), tuple(self.expressions)
+        if not self.question_types or set(self.question_types) - set(QUESTION_TYPES):
+            raise UsageError(f"question_types must be a non-empty subset of {QUESTION_TYPES}, got {self.question_types}")
+        if "simple" not in self.expressions or set(self.expressions) - set(EXPRESSION_FAMILIES):
+            raise UsageError(f"expressions must include 'simple' and come from {EXPRESSION_FAMILIES}, "
+                             f"got {self.expressions}")
 
     @property
     def target_size_range(self) -> tuple[int, int]:
@@ -485,9 +499,10 @@ def _only(scene: Scene, text: str, shape_id: int) -> bool:
         return False
 
 
-def _pick(rng: np.random.Generator, families: dict[str, list[str]]) -> str | None:
+def _pick(rng: np.random.Generator, families: dict[str, list[str]],
+          allowed: tuple[str, ...] = EXPRESSION_FAMILIES) -> str | None:
     """A description: first a family at random (so relations are as common as simple ones), then one of it."""
-    available = [name for name in ("simple", "superlative", "relation") if families.get(name)]
+    available = [name for name in EXPRESSION_FAMILIES if name in allowed and families.get(name)]
     if not available:
         return None
     family = families[available[int(rng.integers(len(available)))]]
@@ -526,7 +541,7 @@ def _refseg_sample(scene: Scene, rng: np.random.Generator, config: ShapesConfig)
     order = rng.permutation(len(scene.shapes))
     for index in order:
         target = scene.shapes[int(index)]
-        text = _pick(rng, _unique_descriptions(scene, target))
+        text = _pick(rng, _unique_descriptions(scene, target), config.expressions)
         if text is not None:
             return text, [target.id]
     return None
@@ -543,15 +558,15 @@ def _options(rng: np.random.Generator, answer: str, pool: tuple[str, ...], k: in
 def _question(scene: Scene, rng: np.random.Generator, config: ShapesConfig, *, for_rl: bool) -> dict | None:
     """A question about the scene's target (its last shape): type, text, answer, answering shape ids."""
     target = scene.shapes[-1]
-    kinds = ["colour", "shape", "position"] + (["count"] if for_rl else [])
+    kinds = [k for k in QUESTION_TYPES if k in config.question_types and (for_rl or k != "count")]
     for qtype in [kinds[int(i)] for i in rng.permutation(len(kinds))]:
         if qtype == "colour":
-            desc = _pick(rng, _unique_descriptions(scene, target, use_colour=False))
+            desc = _pick(rng, _unique_descriptions(scene, target, use_colour=False), config.expressions)
             if desc:
                 return {"type": "colour", "question": f"What is the colour of {desc}?", "answer": target.colour,
                         "ids": [target.id], "pool": config.colours}
         elif qtype == "shape":
-            desc = _pick(rng, _unique_descriptions(scene, target, use_kind=False))
+            desc = _pick(rng, _unique_descriptions(scene, target, use_kind=False), config.expressions)
             if desc:
                 return {"type": "shape", "question": f"What shape is {desc}?", "answer": target.kind,
                         "ids": [target.id], "pool": config.kinds}
@@ -670,8 +685,12 @@ def _one_sample(kind: str, index: int, config: ShapesConfig, seed: int) -> SegSa
         if question is None:
             continue
         image = render(scene, config, rng)
-        masks = [_mask_of(scene, [i]) for i in question["ids"]]
         extra = {"scene": scene.to_dict(), "target_ids": question["ids"], "question_type": question["type"]}
+        if kind == "qseg":  # ReasonSeg-style: the query is a question, the mask is the region answering it
+            return SegSample(
+                id=f"shapes:qseg:{seed}:{index}", image=_image_ref(image, index), expression=question["question"],
+                mask=_mask_of(scene, question["ids"]), source="shapes-qseg", extra=extra)
+        masks = [_mask_of(scene, [i]) for i in question["ids"]]
         if kind == "rl":
             return VQASample(
                 id=f"shapes:rl:{seed}:{index}", image=_image_ref(image, index), question=question["question"],
@@ -709,4 +728,63 @@ def write_synthetic(out: Path, kind: str, n: int, config: ShapesConfig | None = 
 
     settings = {"generator": "shapes", "kind": kind, "n": n, "seed": seed, "config": asdict(config)}
     write_dataset(out, kind, records(), settings)
+    return out
+
+
+#: Named worlds for ``seganswer data synth --world NAME`` (explicit options override their settings).
+#: ``demo`` is the world the shipped ``shapes`` model is trained and evaluated on (docs/shapes-experiment.md):
+#: a 640x480 canvas whose 20-32 px target is about one LLM token in the global view, among 2-4
+#: larger shapes that share its colour or kind; ``closeup`` shows the same shapes large, one to three
+#: per small canvas (the demo's stand-in vision-language pretraining reads kinds from it); ``vstar-like``
+#: hides a 16-24 px target among up to a dozen shapes and grey clutter on a 1024 x 1024 canvas.
+DEMO_KINDS = ("circle", "square", "triangle", "star")
+DEMO_COLOURS = ("red", "green", "blue", "yellow")
+WORLDS: dict[str, ShapesConfig] = {
+    "default": ShapesConfig(),
+    "demo": ShapesConfig(
+        width=640, height=480, min_objects=3, max_objects=5, min_size=24, max_size=80,
+        target_min_size=20, target_max_size=32, kinds=DEMO_KINDS, colours=DEMO_COLOURS,
+        distractor_similarity=0.7, clutter=12, multi_object=0.1,
+        question_types=("colour", "shape"), expressions=("simple", "superlative"),
+    ),
+    "closeup": ShapesConfig(
+        width=160, height=120, min_objects=1, max_objects=3, min_size=28, max_size=72,
+        target_min_size=28, target_max_size=72, kinds=DEMO_KINDS, colours=DEMO_COLOURS,
+        distractor_similarity=0.5, multi_object=0.1,
+        question_types=("colour", "shape"), expressions=("simple", "superlative"),
+    ),
+    "vstar-like": ShapesConfig(
+        width=1024, height=1024, min_objects=6, max_objects=12, min_size=16, max_size=96,
+        target_min_size=16, target_max_size=24, clutter=40,
+    ),
+}
+
+
+def world(name: str, **overrides: Any) -> ShapesConfig:
+    """The named world's settings with ``overrides`` (fields of ``ShapesConfig``) applied."""
+    if name not in WORLDS:
+        raise UsageError(f"unknown shapes world {name!r}; known: {', '.join(WORLDS)}")
+    return dataclasses.replace(WORLDS[name], **overrides)
+
+
+def more_expressions(scene: Scene | dict, n: int, *, seed: int | str, exclude: list[int] | None = None,
+                     families: tuple[str, ...] = ("simple", "superlative")) -> list[tuple[str, np.ndarray]]:
+    """Up to ``n`` further ``(expression, mask)`` pairs for other single shapes of a scene (never the
+    shapes in ``exclude``), each naming exactly its shape; deterministic in ``seed``.
+
+    The demo's stand-in pretraining asks for several shapes of one image in one conversation, so
+    that only the expression tells the masks apart (a model that ignores it cannot fit them).
+    """
+    scene = Scene.from_dict(scene) if isinstance(scene, dict) else scene
+    rng = np.random.default_rng(list(str(seed).encode()))
+    out = []
+    for index in rng.permutation(len(scene.shapes)):
+        shape = scene.shapes[int(index)]
+        if len(out) == n:
+            break
+        if shape.id in (exclude or []):
+            continue
+        text = _pick(rng, _unique_descriptions(scene, shape, use_relations="relation" in families), families)
+        if text is not None:
+            out.append((text, visible_mask(scene, [shape.id])))
     return out
