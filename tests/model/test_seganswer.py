@@ -100,7 +100,27 @@ def test_prompt_mentions_of_seg_are_not_segmentation_requests(tiny_model, noise_
     seq = b.assistant(tokens.answer_response("a disc")).build()
     assert (seq.input_ids == tiny_model.token_ids.seg).sum() >= 2  # the instruction names the tag
     out = tiny_model([seq], [noise_image])
-    assert out.masks[0].low_res_logits.shape[0] == 0
+    assert out.masks == [None]  # no mask asked for, none decoded
+
+
+def test_mixed_batch_trains_masks_only_where_asked(tiny_model, noise_image):
+    """A plain question next to a Stage 1 sample (the stand-in's mixture): the LM loss covers both,
+    the mask losses only the <|seg|> row, equal to that row alone."""
+    import torch
+
+    dense = tiny_model.global_view(noise_image)
+    seg = tiny_model.stage1_sequence(dense, "the disc")
+    qa = tiny_model.chat_sequence(dense, "What colour is the disc?", "red")
+    gt = np.zeros((noise_image.height, noise_image.width), bool)
+    gt[10:40, 20:60] = True
+    with torch.no_grad():
+        mixed = tiny_model([qa, seg], [noise_image, noise_image], [[], [gt]])
+        alone = tiny_model([seg], [noise_image], [[gt]])
+    assert mixed.masks[0] is None and mixed.masks[1] is not None
+    assert torch.allclose(mixed.masks[1].low_res_logits, alone.masks[0].low_res_logits, atol=1e-5)
+    for name, value in alone.mask_loss_parts.items():
+        assert torch.allclose(mixed.mask_loss_parts[name], value, atol=1e-5), name
+    assert not torch.allclose(mixed.lm_loss, alone.lm_loss)  # the question's answer counts too
 
 
 def test_segment_batch_equals_one_by_one(tiny_model, noise_image):

@@ -85,10 +85,11 @@ class SamMaskDecoder(nn.Module):
         return ((x - mean) / std).to(device=param.device, dtype=param.dtype)
 
     def encode(self, pixel_values: torch.Tensor) -> ImageEmbeddings:
-        """Image features; the Hiera encoder + FPN run without gradient (frozen), the decoder's
-        high-resolution projections (``conv_s0``, ``conv_s1``, trainable) with it."""
+        """Image features; the Hiera encoder + FPN run without gradient while frozen (every paper
+        stage), the decoder's high-resolution projections (``conv_s0``, ``conv_s1``, trainable) with it."""
         sam = self.sam
-        with torch.no_grad():
+        encoder_trains = torch.is_grad_enabled() and any(p.requires_grad for p in sam.vision_encoder.parameters())
+        with torch.set_grad_enabled(encoder_trains):
             vision = sam.vision_encoder(pixel_values, return_dict=True)
         fpn = list(vision.fpn_hidden_states)  # [(B, C, 4h, 4w), (B, C, 2h, 2w), (B, C, h, w)]
         s0 = sam.mask_decoder.conv_s0(fpn[0])

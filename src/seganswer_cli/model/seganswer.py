@@ -33,7 +33,7 @@ from seganswer_cli.model import tokens
 from seganswer_cli.model.losses import LossWeights, mask_losses, total_loss
 from seganswer_cli.model.mask_decoder import ImageEmbeddings, MaskPrediction, SamMaskDecoder, upsample_logits
 from seganswer_cli.model.mllm import TokenIds
-from seganswer_cli.model.presets import PRESETS, Preset, ViewConfig, get_preset
+from seganswer_cli.model.presets import PRESETS, Preset, ViewConfig, get_preset, packaged_folder
 from seganswer_cli.model.projector import SegProjector
 from seganswer_cli.model.sequence import IGNORE_INDEX, Batch, Sequence, SequenceBuilder, collate
 from seganswer_cli.model.sparse_patches import DenseImage, SegmentedView, build_segmented_view, global_view
@@ -81,12 +81,17 @@ class SegAnswerModel(nn.Module):
                     dtype: torch.dtype | None = None, seed: int = 0) -> SegAnswerModel:
         """A fresh model from a preset (the projector is newly initialised).
 
-        ``mllm_path`` / ``sam_path`` replace the preset's hub ids by local copies.
+        ``mllm_path`` / ``sam_path`` replace the preset's hub ids by local copies. A packaged
+        preset (``shapes``) is a trained model: it loads the folder shipped inside the package.
         """
         from seganswer_cli.model.mask_decoder import build_tiny_sam, load_sam
         from seganswer_cli.model.mllm import build_tiny_mllm, load_mllm
 
         preset = get_preset(name) if isinstance(name, str) else name
+        if preset.packaged is not None:
+            if mllm_path or sam_path:
+                raise UsageError(f"preset {preset.name!r} is a trained model folder; its MLLM and SAM cannot be replaced")
+            return cls._from_packaged(preset, dtype=dtype)
         mllm_src = mllm_path or preset.mllm
         sam_src = sam_path or preset.sam
         if mllm_src is None:
@@ -110,9 +115,25 @@ class SegAnswerModel(nn.Module):
         return cls(mllm, processor, projector, mask_decoder, info).eval()
 
     @classmethod
+    def _from_packaged(cls, preset: Preset, *, dtype: torch.dtype | None = None) -> SegAnswerModel:
+        """The trained model folder shipped for ``preset``; a missing or damaged one says how to reinstall."""
+        folder = packaged_folder(preset)
+        try:
+            if not folder.is_dir():
+                raise ModelFolderError(f"{folder} does not exist")
+            return cls.from_pretrained(folder, dtype=dtype)
+        except (ModelFolderError, SegTokenError) as e:
+            reason = " ".join(str(e).split())  # one line, even for torch's multi-line load_state_dict errors
+            if len(reason) > 500:
+                reason = reason[:500] + "..."
+            raise ModelFolderError(
+                f"the shipped {preset.name!r} model is missing or damaged ({reason}); reinstall seganswer: "
+                "pip install --force-reinstall seganswer, or pip install . again from a checkout"
+            ) from None
+
+    @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> SegAnswerModel:
         """Load a folder written by ``save_pretrained`` (or a hub id of one, or a preset name)."""
-        from safetensors.torch import load_file
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, Sam2Config, Sam2Model
 
         path_str = str(path)
@@ -152,22 +173,30 @@ class SegAnswerModel(nn.Module):
             mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder / "mllm", **kwargs)
             sam_config = Sam2Config.from_dict(json.loads((folder / "mask_decoder_config.json").read_text()))
             sam = Sam2Model(sam_config)
-            sam.load_state_dict(load_file(folder / "mask_decoder.safetensors"))
-            projector_state = load_file(folder / "projector.safetensors")
-        except (OSError, ValueError, RuntimeError) as e:
+            sam.load_state_dict(_read_safetensors(folder / "mask_decoder.safetensors"))
+            projector_state = _read_safetensors(folder / "projector.safetensors")
+            # The projector maps the MLLM's hidden size to SAM's prompt dimension; check both ends.
+            hidden, prompt_dim = projector_state["fc1.weight"].shape[1], projector_state["fc2.weight"].shape[0]
+            projector = SegProjector(hidden, prompt_dim)
+            projector.load_state_dict(projector_state)
+        except (OSError, ValueError, RuntimeError, KeyError) as e:
             raise ModelFolderError(f"cannot load the model in {folder}: {e}") from None
         finally:
             if bars:
                 hf_logging.enable_progress_bar()
         if tokens.SEG_TOKEN not in processor.tokenizer.get_vocab():
             raise SegTokenError(f"the tokenizer in {folder / 'mllm'} has no {tokens.SEG_TOKEN} token")
-        hidden, prompt_dim = projector_state["fc1.weight"].shape[1], projector_state["fc2.weight"].shape[0]
-        projector = SegProjector(hidden, prompt_dim)
-        projector.load_state_dict(projector_state)
+        mask_decoder = SamMaskDecoder(sam)
+        expected = (mllm.config.text_config.hidden_size, mask_decoder.prompt_dim)
+        if (hidden, prompt_dim) != expected:
+            raise ModelFolderError(
+                f"{folder / 'projector.safetensors'} maps {hidden} -> {prompt_dim} but the model needs "
+                f"{expected[0]} -> {expected[1]}"
+            )
         if dtype is not None:
             projector.to(dtype)
             sam.to(dtype)
-        return cls(mllm, processor, projector, SamMaskDecoder(sam), info).eval()
+        return cls(mllm, processor, projector, mask_decoder, info).eval()
 
     def save_pretrained(self, path: str | os.PathLike, *, extra_info: dict | None = None) -> Path:
         """Write the model as one folder (see the module docstring). Returns the folder."""
@@ -235,11 +264,15 @@ class SegAnswerModel(nn.Module):
     def builder(self) -> SequenceBuilder:
         return SequenceBuilder(self.tokenizer, self.token_ids)
 
+    def chat_sequence(self, image: DenseImage, prompt: str, response: str) -> Sequence:
+        """One exchange: image + ``prompt`` -> ``response`` (the target tokens)."""
+        b = self.builder().system()
+        b.user(prompt, image=image)
+        return b.assistant(response).build()
+
     def stage1_sequence(self, image: DenseImage, expression: str, response: str = tokens.STAGE1_RESPONSE) -> Sequence:
         """The paper's Stage 1 conversation: image + ``Segment the "..." in the image.`` -> ``It is <|seg|>.``"""
-        b = self.builder().system()
-        b.user(tokens.stage1_prompt(expression), image=image)
-        return b.assistant(response).build()
+        return self.chat_sequence(image, tokens.stage1_prompt(expression), response)
 
     def stage2_sequence(self, image: DenseImage, question: str, answer: str,
                         view: SegmentedView | list[SegmentedView] | None = None) -> Sequence:
@@ -346,18 +379,24 @@ class SegAnswerModel(nn.Module):
         """Training forward: LM loss on target tokens, SAM 2 losses on the ``<|seg|>`` masks.
 
         ``images[b]`` is the image the ``<|seg|>`` tokens of ``sequences[b]`` segment;
-        ``gt_masks[b]`` holds one bool ``(H, W)`` mask per ``<|seg|>`` token of that sequence.
+        ``gt_masks[b]`` holds one bool ``(H, W)`` mask per ``<|seg|>`` token of that sequence. A
+        sequence without a ``<|seg|>`` target (a plain question and answer) trains the LM loss only;
+        its entry of ``masks`` is None.
         """
         weights = weights or LossWeights()
         batch = self.collate(sequences)
         embeds = self.embed(batch)
         hidden = self.language_model(embeds, batch.position_ids, batch.attention_mask).last_hidden_state
         lm = self.lm_loss(hidden, batch.labels)
-        masks: list[MaskPrediction] = []
+        masks: list[MaskPrediction | None] = []
         parts: dict[str, torch.Tensor] = {}
         if images is not None:
             seg_states = self.seg_hidden(hidden, batch.labels)
-            masks = self.decode_masks(self.encode_for_masks(images), seg_states)
+            rows = [b for b, states in enumerate(seg_states) if states.shape[0]]  # rows that ask for a mask
+            decoded = self.decode_masks(self.encode_for_masks([images[b] for b in rows]),
+                                        [seg_states[b] for b in rows]) if rows else []
+            by_row = dict(zip(rows, decoded))
+            masks = [by_row.get(b) for b in range(len(sequences))]
             if gt_masks is not None:
                 parts = self._mask_losses(masks, gt_masks)
         loss = total_loss(lm, parts, weights)
@@ -365,13 +404,13 @@ class SegAnswerModel(nn.Module):
             raise ValueError("nothing to train on: no target tokens and no ground-truth masks in the batch")
         return SegAnswerOutput(loss, lm, parts, masks, hidden)
 
-    def _mask_losses(self, masks: list[MaskPrediction], gt_masks: list[list]) -> dict[str, torch.Tensor]:
+    def _mask_losses(self, masks: list[MaskPrediction | None], gt_masks: list[list]) -> dict[str, torch.Tensor]:
         S = self.mask_decoder.image_size
         logits, targets, ious, objs = [], [], [], []
         for b, (pred, gts) in enumerate(zip(masks, gt_masks)):
-            if len(gts) != pred.low_res_logits.shape[0]:
+            if len(gts) != (0 if pred is None else pred.low_res_logits.shape[0]):
                 raise SegTokenError(
-                    f"sequence {b} has {pred.low_res_logits.shape[0]} {tokens.SEG_TOKEN} token(s) "
+                    f"sequence {b} has {0 if pred is None else pred.low_res_logits.shape[0]} {tokens.SEG_TOKEN} token(s) "
                     f"but {len(gts)} ground-truth mask(s)"
                 )
             if not gts:
@@ -420,6 +459,17 @@ def resize_masks(masks: list, size: int) -> torch.Tensor:
 
 def _contiguous(state: dict) -> dict:
     return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or corrupt file names itself in the error."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (OSError, SafetensorError) as e:
+        raise ModelFolderError(f"cannot read {path}: {e}") from None
 
 
 def _download(repo_id: str) -> Path:
