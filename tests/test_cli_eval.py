@@ -16,7 +16,8 @@ from seganswer_cli.errors import DataError, UsageError
 
 runner = CliRunner()
 SMALL = ["--size", "96x64", "--min-size", "8", "--max-size", "24"]
-QA = ["--max-new-tokens", "4", "--batch-size", "2", "--quiet"]
+TINY = ["--model", "tiny"]  # not the default (the shipped shapes model): fast, and what tiny_cli serves
+QA = [*TINY, "--max-new-tokens", "4", "--batch-size", "2", "--quiet"]
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def test_shapes_vqa_generated_by_default(tiny_cli, tmp_path):
 def test_shapes_refseg_end_to_end(tiny_cli, shapes_data, tmp_path):
     run = tmp_path / "run"
     result = invoke("shapes-refseg", "--data", shapes_data["refseg"], "--out", run, "--batch-size", 3,
-                    "--save-vis", 1, "--json")
+                    "--save-vis", 1, "--json", *TINY)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     records = predictions(run)
@@ -165,11 +166,11 @@ def test_missing_image_fails_unless_skipped(tiny_cli, shapes_data, tmp_path):
     data = tmp_path / "refseg"
     shutil.copytree(shapes_data["refseg"], data)
     (data / "images" / "000001.png").unlink()
-    result = invoke("shapes-refseg", "--data", data, "--out", tmp_path / "run")
+    result = invoke("shapes-refseg", "--data", data, "--out", tmp_path / "run", *TINY)
     assert isinstance(result.exception, DataError)
     assert "1 record(s) have no image" in str(result.exception) and "images/000001.png" in str(result.exception)
     assert not (tmp_path / "run" / "predictions.jsonl").exists()
-    result = invoke("shapes-refseg", "--data", data, "--out", tmp_path / "run", "--skip-missing", "--json")
+    result = invoke("shapes-refseg", "--data", data, "--out", tmp_path / "run", "--skip-missing", "--json", *TINY)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["counts"] == {"items": 4, "evaluated": 3, "missing_images": 1, "limit": None}

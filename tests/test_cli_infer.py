@@ -72,7 +72,7 @@ def test_infer_batch_reports_bad_lines_and_resumes(patterned_folder, tmp_path):
 def test_segment_writes_mask_and_json(tmp_path, noise_image):
     path = tmp_path / "img.png"
     noise_image.save(path)
-    out = _run("segment", path, "the disc", "--save-mask", tmp_path / "mask.png", "--json")
+    out = _run("segment", path, "the disc", "--model", "tiny", "--save-mask", tmp_path / "mask.png", "--json")
     assert out.returncode == 0, out.stderr
     record = json.loads(out.stdout)
     assert record["mask"]["size"] == [180, 240]
@@ -83,7 +83,8 @@ def test_segment_writes_mask_and_json(tmp_path, noise_image):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["infer", "missing.png", "q"], "image not found"),
+        (["infer", "missing.png", "q"], "image not found"),  # before the default model is loaded
+        (["infer", "missing.png", "q", "--model", "tiny"], "image not found"),
         (["infer", "notimage.png", "q"], "cannot read image"),
         (["infer", "img.png", "   "], "question is empty"),
         (["infer", "img.png", "q", "--roi", "box"], "unknown --roi"),

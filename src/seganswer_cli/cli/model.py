@@ -61,7 +61,7 @@ def describe(model) -> dict:
 
 @app.command("init")
 def init(
-    preset: Annotated[str, typer.Argument(help="Preset name: tiny, qwen2.5-vl-7b.")],
+    preset: Annotated[str, typer.Argument(help="Preset name: tiny, shapes-base, qwen2.5-vl-7b (shapes: a copy of the shipped demo model).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must not exist or be empty).")],
     mllm: Annotated[str | None, typer.Option(help="Local folder (or hub id) of Qwen2.5-VL instead of the preset's.")] = None,
     sam: Annotated[str | None, typer.Option(help="Local folder (or hub id) of SAM 2.1 (HF format) instead of the preset's.")] = None,
@@ -85,7 +85,7 @@ def init(
 
 @app.command("info")
 def info(
-    model: Annotated[str, typer.Argument(help="A seganswer model folder or a preset name.")],
+    model: Annotated[str, typer.Argument(help="A seganswer model folder or a preset name (shapes: the shipped demo model).")],
     as_json: JsonOpt = False,
 ) -> None:
     """Describe a model: where its parts come from, parameter counts, pixel budgets, view settings."""

@@ -10,7 +10,7 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="A seganswer model folder, or a preset name (tiny, qwen2.5-vl-7b).",
+        help="A seganswer model folder, or a preset name (shapes, shapes-base, tiny, qwen2.5-vl-7b).",
     ),
 ]
 OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]
@@ -21,16 +21,17 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on 
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (for batch jobs).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
 
-DEFAULT_MODEL = "tiny"
-"""Default of ``--model`` until the shipped shapes-world model exists (then: ``shapes``)."""
+DEFAULT_MODEL = "shapes"
+"""Default of ``--model`` for infer, segment and eval: the trained demo model shipped in the package."""
 
 ModelDefaultOpt = Annotated[
     str,
     typer.Option(
         "--model",
         "-m",
-        help="A seganswer model folder or a preset name. Default: the built-in 'tiny' preset (random "
-        "weights: it runs the whole pipeline but its answers mean nothing) until a trained demo model ships.",
+        help="A seganswer model folder or a preset name (default: shapes, the shipped demo model; "
+        "tiny: random weights, for tests).",
+        show_default=False,
     ),
 ]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Weights dtype: auto, float32, bfloat16, float16.")]

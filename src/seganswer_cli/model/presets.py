@@ -1,12 +1,16 @@
-"""Named model configurations: ``tiny`` (built in code) and ``qwen2.5-vl-7b`` (the paper's).
+"""Named model configurations: ``tiny`` and ``shapes-base`` (built in code), ``shapes`` (a trained
+model folder shipped inside the package) and ``qwen2.5-vl-7b`` (the paper's).
 
 A preset says where the MLLM and SAM 2.1 come from and how the segmented second look is built;
-``SegAnswerModel.from_preset(name)`` assembles it, ``save_pretrained`` writes it as one folder.
+``SegAnswerModel.from_preset(name)`` assembles it (or loads the shipped folder of a packaged
+preset), ``save_pretrained`` writes it as one folder.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
 
 from seganswer_cli.errors import UsageError
 
@@ -54,10 +58,19 @@ class Preset:
     tiny_sam: dict = field(default_factory=dict)
     """Arguments of ``build_tiny_sam`` (tiny presets only)."""
     view: ViewConfig = field(default_factory=ViewConfig)
+    packaged: str | None = None
+    """A trained model folder shipped inside the package (``seganswer_cli/assets/<packaged>``);
+    loading the preset loads it instead of building a random model."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
+
+#: The demo architecture: a global view of at most 36 LLM tokens (a 640x480 scene at ~0.3x, so a
+#: 20-32 px target is about one token) and a zoomed second look of 16-36 tokens.
+SHAPES_MLLM = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384,
+                   vision_depth=3, vision_hidden_size=64, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 36)
+SHAPES_VIEW = ViewConfig(zoom=True, zoom_min_pixels=28 * 28 * 16, zoom_max_pixels=28 * 28 * 36)
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
@@ -68,6 +81,25 @@ PRESETS: dict[str, Preset] = {
         tiny_mllm=dict(hidden_size=64, num_layers=2, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64),
         tiny_sam=dict(image_size=128),
         view=ViewConfig(zoom=True, zoom_max_pixels=28 * 28 * 64),
+    ),
+    "shapes-base": Preset(
+        name="shapes-base",
+        description="Random-init architecture of the shipped demo model (recipes/shapes-demo.sh starts here).",
+        mllm=None,
+        sam=None,
+        tiny_mllm=SHAPES_MLLM,
+        tiny_sam=dict(image_size=256),
+        view=SHAPES_VIEW,
+    ),
+    "shapes": Preset(
+        name="shapes",
+        description="The shipped demo model: shapes-base trained through the whole pipeline on the shapes world.",
+        mllm=None,
+        sam=None,
+        tiny_mllm=SHAPES_MLLM,
+        tiny_sam=dict(image_size=256),
+        view=SHAPES_VIEW,
+        packaged="shapes",
     ),
     "qwen2.5-vl-7b": Preset(
         name="qwen2.5-vl-7b",
@@ -83,3 +115,19 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     except KeyError:
         raise UsageError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}") from None
+
+
+def assets_root() -> Path:
+    """The folder the packaged model folders are installed in: ``seganswer_cli/assets``.
+
+    Tests point it at a stand-in folder with ``monkeypatch.setattr(presets, "assets_root", ...)``.
+    """
+    return Path(str(resources.files("seganswer_cli") / "assets"))
+
+
+def packaged_folder(preset: str | Preset) -> Path:
+    """Where the trained model folder of a packaged preset (``shapes``) is installed."""
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    if preset.packaged is None:
+        raise UsageError(f"preset {preset.name!r} is built in code; it ships no model folder")
+    return assets_root() / preset.packaged
