@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from seganswer_cli.errors import UsageError
 
-STAGE1_PHASES = ("projector", "lora")
+STAGE1_PHASES = ("projector", "lora", "standin")
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -113,7 +113,10 @@ class Stage1Config:
     """Dtype the weights are loaded in; trainable parameters are always kept in float32."""
     phase: str = "projector"
     """``projector``: only the projector trains. ``lora``: LoRA on the language model + projector +
-    SAM prompt encoder and mask decoder (+ the ``<|seg|>`` embedding rows)."""
+    SAM prompt encoder and mask decoder (+ the ``<|seg|>`` embedding rows). ``standin``: not the
+    paper's; every weight trains, SAM's image encoder and the vision tower included, on referring
+    segmentation and plain questions (``seganswer pretrain-standin``: the shipped demo model's
+    stand-in for the pretrained Qwen2.5-VL and SAM 2.1 the paper starts from)."""
     data: list[str] = field(default_factory=list)
     """Training sets as ``NAME=PATH[:weight]`` (see docs/data.md); sampled at the weights' rates."""
     val_data: str | None = None
@@ -135,6 +138,18 @@ class Stage1Config:
     """Peak learning rate of phase ``lora`` when ``optim.lr`` is not set (paper: 2e-5)."""
     lora_epochs: float = 3
     """Epochs of phase ``lora`` when ``epochs`` is not set (paper: 3)."""
+    standin_lr: float = 1e-3
+    """Peak learning rate of phase ``standin`` (the demo's stand-in pretraining, not the paper's)."""
+    standin_epochs: float = 1
+    """Epochs of phase ``standin``."""
+    standin_expressions: int = 0
+    """Phase ``standin``: further shapes of a shapes-world scene asked about in the same conversation
+    (``Segment A`` -> ``<|seg|>``, ``Segment B`` -> ``<|seg|>``, ...), so that only the expressions
+    tell the masks of one image apart."""
+    standin_echo: bool = True
+    """Phase ``standin``: answer ``It is <|seg|> red star.`` (the expression after the token) instead
+    of the paper's ``It is <|seg|>.``, so that the ``<|seg|>`` state learns to carry the expression
+    (``stage1.echo_response``)."""
     max_steps: int | None = None
     """Optimizer steps to run; overrides ``epochs``."""
     batch_size: int = 1
@@ -165,7 +180,7 @@ class Stage1Config:
 
     def __post_init__(self) -> None:
         if self.phase not in STAGE1_PHASES:
-            raise UsageError(f"unknown phase {self.phase!r}; expected projector or lora")
+            raise UsageError(f"unknown phase {self.phase!r}; expected projector, lora or standin")
         if self.dtype not in DTYPES:
             raise UsageError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
         if self.mixed_precision not in MIXED_PRECISION:
@@ -180,7 +195,8 @@ class Stage1Config:
                 raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"max_steps must be >= 1, got {self.max_steps}")
-        for name in ("epochs", "projector_epochs", "lora_epochs", "projector_lr", "lora_lr"):
+        for name in ("epochs", "projector_epochs", "lora_epochs", "projector_lr", "lora_lr", "standin_lr",
+                     "standin_epochs"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UsageError(f"{name} must be > 0, got {value}")

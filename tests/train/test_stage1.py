@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -205,3 +206,50 @@ def test_activation_checkpointing_recomputes_layers_and_keeps_gradients():
     assert plain_grads.keys() == ckpt_grads.keys() and any("lora_A" in n for n in plain_grads)
     for name in plain_grads:
         torch.testing.assert_close(ckpt_grads[name], plain_grads[name], rtol=1e-5, atol=1e-7)
+
+
+def test_standin_trains_every_weight_then_stage1_freezes_sam_encoder(shapes_split, tmp_path):
+    """The demo's stand-in pretraining (not a paper stage) trains everything, SAM's image encoder and
+    the vision tower included, on segmentation and plain questions mixed; Stage 1 after it keeps
+    SAM's image encoder frozen, as the paper does."""
+    from seganswer_cli.data import ShapesConfig, write_synthetic
+    from seganswer_cli.model import SegAnswerModel
+
+    train, val = shapes_split
+    write_synthetic(tmp_path / "qa", "vqa", 16, ShapesConfig(width=96, height=96, min_size=32, max_size=48,
+                                                              min_objects=1, max_objects=2), seed=2)
+    config = stage1_config(train, None, phase="standin", max_steps=3, data=[f"ref={train}", f"qa={tmp_path / 'qa'}"],
+                           batch_size=4)
+    standin = train_stage1(config, tmp_path / "standin", quiet=True)
+    assert runs.RunFolder(tmp_path / "standin").read_settings()["stage"] == "standin"
+    before = SegAnswerModel.from_preset("tiny").state_dict()
+    after = SegAnswerModel.from_pretrained(standin).state_dict()
+    for prefix in ("mask_decoder.sam.vision_encoder.", "mllm.model.visual.", "mllm.model.language_model.",
+                   "mask_decoder.sam.mask_decoder.", "projector."):
+        names = [k for k in before if k.startswith(prefix) and before[k].is_floating_point()]
+        changed = [k for k in names if not torch.equal(before[k], after[k])]
+        assert names and len(changed) > 0.5 * len(names), prefix
+
+    # a shapes scene is asked about several of its shapes in one conversation, one mask per <|seg|>
+    from seganswer_cli.data import open_dataset
+    from seganswer_cli.train.stage1 import stage1_inputs
+
+    model = SegAnswerModel.from_pretrained(standin)
+    sample = next(s for s in open_dataset(train) if len(s.extra["scene"]["shapes"]) == 2)
+    (sequence,), _, (masks,) = stage1_inputs(model, [sample], extra_expressions=2)
+    assert len(masks) == 2 and int((sequence.input_ids[sequence.target_mask] == model.token_ids.seg).sum()) == 2
+    assert not np.array_equal(masks[0], masks[1]) and np.array_equal(masks[0], sample.mask.decode())
+    # echo: the word after <|seg|> is the expression's, so the <|seg|> state must carry the expression
+    from seganswer_cli.train.stage1 import echo_response
+
+    assert echo_response("the red star") == "It is <|seg|> red star."
+    (sequence,), _, _ = stage1_inputs(model, [sample], echo=True)
+    targets = model.tokenizer.decode(sequence.input_ids[sequence.target_mask])
+    assert targets.startswith("It is <|seg|> " + sample.expression.removeprefix("the "))
+
+    projector = train_stage1(stage1_config(train, None, phase="projector", model=str(standin), max_steps=2),
+                             tmp_path / "projector", quiet=True)
+    final = SegAnswerModel.from_pretrained(projector).state_dict()
+    encoder = [k for k in after if k.startswith("mask_decoder.sam.vision_encoder.")]
+    assert all(torch.equal(after[k], final[k]) for k in encoder)
+    assert not torch.equal(after["projector.fc1.weight"], final["projector.fc1.weight"])

@@ -89,6 +89,42 @@ def train_stage1(
     run_stage1(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)
 
 
+def pretrain_standin(
+    out: RunOutOpt,
+    model: Annotated[str, Opt("--model", "-m", help="Random-init preset to start from.")] = "shapes-base",
+    data: Annotated[list[str] | None, Opt("--data", help="Referring-segmentation or question set NAME=PATH[:weight]; "
+                                          "repeat to mix.")] = None,
+    val_data: Annotated[str | None, Opt("--val-data", help="Held-out referring-segmentation set for gIoU/cIoU.")] = None,
+    config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: standin-shapes.")] = None,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    max_steps: Annotated[int | None, Opt("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
+    epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture.")] = None,
+    lr: Annotated[float | None, Opt("--lr", help="Peak learning rate.")] = None,
+    batch_size: BatchSizeOpt = None,
+    grad_accum: GradAccumOpt = None,
+    save_every: SaveEveryOpt = None,
+    eval_every: Annotated[int | None, Opt("--eval-every", help="Validate every N steps (0: start and end).")] = None,
+    seed: Annotated[int | None, Opt("--seed", help="Seed of data order and initialisation.")] = None,
+    quiet: QuietOpt = False,
+    stop_after_step: StopAfterOpt = None,
+) -> None:
+    """The demo's stand-in for pretraining (not a paper stage): every weight of a random model trains on
+    shapes-world segmentation and questions, so that Stage 1 starts from a model that can see and segment."""
+    from seganswer_cli.config import Stage1Config
+
+    overrides = {
+        "model": model, "data": data or None, "val_data": val_data, "phase": "standin", "max_steps": max_steps,
+        "epochs": epochs, "optim.lr": lr, "batch_size": batch_size, "grad_accum": grad_accum,
+        "save_every": save_every, "eval_every": eval_every, "seed": seed,
+    }
+    cfg = checked_config(Stage1Config, config, overrides, out, resume=resume, overwrite=overwrite,
+                         what_data="training data")
+    from seganswer_cli.train.stage1 import train_stage1 as run_stage1
+
+    run_stage1(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)
+
+
 def merge_lora(
     run_dir: Annotated[Path, typer.Argument(help="A finished or checkpointed train-stage1 --phase lora run folder.")],
     out_dir: Annotated[Path, typer.Argument(help="Model folder to write (new or empty).")],

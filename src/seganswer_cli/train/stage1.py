@@ -51,7 +51,14 @@ from typing import Any
 import torch
 
 from seganswer_cli.config import Stage1Config, to_dict
-from seganswer_cli.data import SegSample, open_dataset, open_mixture, parse_data_spec, parse_data_specs
+from seganswer_cli.data import (
+    SegSample,
+    VQASample,
+    open_dataset,
+    open_mixture,
+    parse_data_spec,
+    parse_data_specs,
+)
 from seganswer_cli.errors import UsageError
 from seganswer_cli.train import runs
 from seganswer_cli.train.loop import (
@@ -102,14 +109,15 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
         mixed_precision=config.mixed_precision,
         gradient_accumulation_steps=config.grad_accum,
         # LoRA phase: SAM's prompt encoder has point/box/mask-prompt parts the <|seg|> prompt never uses
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.phase == "lora")],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.phase != "projector")],
     )
     set_seed(config.seed)  # python, numpy, torch (and CUDA)
 
     mixture, skipped = open_mixture(specs, on_error=config.on_error, seed=config.seed)
     for name, source in zip(mixture.names, mixture.sources):
-        if not isinstance(source[0], SegSample):
-            raise UsageError(f"--data {name}: Stage 1 needs referring-segmentation samples, got {type(source[0]).__name__}")
+        if not isinstance(source[0], SegSample) and not (config.phase == "standin" and isinstance(source[0], VQASample)):
+            raise UsageError(f"--data {name}: Stage 1 needs referring-segmentation samples, got {type(source[0]).__name__}"
+                             + ("" if config.phase == "standin" else " (questions train in phase standin only)"))
     val_samples = []
     if val_spec is not None:
         val_samples = open_dataset(val_spec.path, val_spec.format, on_error=config.on_error).take(config.val_limit)
@@ -138,7 +146,7 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     unwrapped = accelerator.unwrap_model(model)
 
     settings = {
-        "stage": STAGE,
+        "stage": stage_name(config),
         "config": to_dict(config),
         "processes": world,
         "global_batch": global_batch,
@@ -175,7 +183,7 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
         validate_and_log(unwrapped, val_samples, config, accelerator, log, step=0, show=show)
     model.train()
     keep_frozen_parts_in_eval(unwrapped)
-    progress = TrainProgress(total_steps, start_step, enabled=show, label="stage 1")
+    progress = TrainProgress(total_steps, start_step, enabled=show, label=stage_name(config).replace("stage1", "stage 1"))
     step_started = time.perf_counter()
     for step in range(start_step + 1, total_steps + 1):
         batch = [next(stream) for _ in range(global_batch)]  # identical on every process
@@ -185,7 +193,9 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
             start = (micro * world + accelerator.process_index) * config.batch_size
             local = batch[start : start + config.batch_size]  # this process's slice of the micro-step
             with accelerator.accumulate(model):
-                sequences, images, masks = stage1_inputs(unwrapped, local)
+                standin = config.phase == "standin"
+                sequences, images, masks = stage1_inputs(unwrapped, local, config.standin_expressions if standin else 0,
+                                                         echo=standin and config.standin_echo)
                 out = model(sequences, images, masks, weights=weights)
                 stop_if_not_finite(accelerator, out.loss.detach(), step, batch, last_checkpoint, "loss")
                 accelerator.backward(out.loss)
@@ -245,7 +255,12 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
 
 def config_for_resume(run: runs.RunFolder, given: Stage1Config) -> Stage1Config:
     """The run's own settings (``runs.resumed_config``)."""
-    return runs.resumed_config(run, given, stage=STAGE, defaults=Stage1Config(phase=given.phase))
+    return runs.resumed_config(run, given, stage=stage_name(given), defaults=Stage1Config(phase=given.phase))
+
+
+def stage_name(config: Stage1Config) -> str:
+    """What the run folder says it is: ``stage1``, or ``standin`` for the demo's stand-in pretraining."""
+    return "standin" if config.phase == "standin" else STAGE
 
 
 def load_starting_model(config: Stage1Config):
@@ -268,7 +283,7 @@ def setup_trainable(model, config: Stage1Config):
 
     Trainable parameters are cast to float32 (AdamW on half-precision weights loses the update).
     """
-    model.requires_grad_(False)
+    model.requires_grad_(config.phase == "standin")
     model.projector.requires_grad_(True)
     peft_model = None
     if config.phase == "lora":
@@ -310,12 +325,50 @@ def loss_weights(config: Stage1Config):
 # ---------------------------------------------------------------------- train helpers
 
 
-def stage1_inputs(model, samples: list[SegSample]):
-    """Prompt 1 / Response 1 sequences, the images and one ground-truth mask per ``<|seg|>``."""
+def stage1_inputs(model, samples: list[SegSample | VQASample], extra_expressions: int = 0, echo: bool = False):
+    """Prompt 1 / Response 1 sequences, the images and one ground-truth mask per ``<|seg|>``.
+
+    Phase ``standin`` only: a question becomes a plain exchange, image + question -> answer, with
+    no ``<|seg|>`` and no mask (the stand-in's vision-language pretraining); a shapes-world scene is
+    asked about ``extra_expressions`` more of its shapes in further turns of the same conversation;
+    ``echo`` answers with ``echo_response``.
+    """
+    from seganswer_cli.data.synthetic import more_expressions
+    from seganswer_cli.eval.multiple_choice import prompt_and_answer
+    from seganswer_cli.model import tokens
+
     images = [s.image.load() for s in samples]
-    sequences = [model.stage1_sequence(model.global_view(img), s.expression) for img, s in zip(images, samples)]
-    masks = [[s.mask.decode()] for s in samples]
+    sequences, masks = [], []
+    for image, sample in zip(images, samples):
+        if isinstance(sample, VQASample):
+            sequences.append(model.chat_sequence(model.global_view(image), *prompt_and_answer(sample)))
+            masks.append([])
+        elif extra_expressions and "scene" in sample.extra:
+            pairs = [(sample.expression, sample.mask.decode())] + more_expressions(
+                sample.extra["scene"], extra_expressions, seed=sample.id, exclude=sample.extra.get("target_ids"))
+            b = model.builder().system()
+            for turn, (expression, _) in enumerate(pairs):
+                b.user(tokens.stage1_prompt(expression), image=model.global_view(image) if turn == 0 else None)
+                b.assistant(tokens.STAGE1_RESPONSE if not echo else echo_response(expression))
+            sequences.append(b.build())
+            masks.append([mask for _, mask in pairs])
+        else:
+            response = tokens.STAGE1_RESPONSE if not echo else echo_response(sample.expression)
+            sequences.append(model.stage1_sequence(model.global_view(image), sample.expression, response))
+            masks.append([sample.mask.decode()])
     return sequences, images, masks
+
+
+def echo_response(expression: str) -> str:
+    """The stand-in's Response 1, ``It is <|seg|> red star.``: the token after ``<|seg|>`` is the
+    expression's first word, so the next-token loss makes the hidden state at ``<|seg|>`` depend
+    on the expression. With the paper's ``It is <|seg|>.`` a randomly initialised model learns one
+    state for every expression and SAM's decoder learns to ignore its prompt (a mask per image,
+    not per expression); a pretrained LLM has no such problem."""
+    from seganswer_cli.model import tokens
+
+    words = expression.strip().removesuffix(".")
+    return f"It is {tokens.SEG_TOKEN} {words.removeprefix('the ')}."
 
 
 def loss_components(out) -> dict[str, float]:
