@@ -1,6 +1,9 @@
-"""Pictures of what the model did: mask overlays and the segmented second look, side by side."""
+"""Pictures of what the model did: mask overlays and the segmented second look, side by side;
+contact sheets of many answered questions (``seganswer eval sheet``); training curves."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -56,13 +59,33 @@ def side_by_side(panels: list[Image.Image], captions: list[str], height: int = 3
     return canvas
 
 
+def overlay_steps(image: Image.Image, steps, *, max_side: int | None = None) -> Image.Image:
+    """``image`` with every ``<|seg|>`` step's mask and box (``reasoning.SegStep``), one colour per step.
+
+    ``max_side`` shrinks the image first (masks nearest-neighbour, boxes scaled), so outlines stay
+    one display pixel wide on a small tile instead of vanishing in the downscale.
+    """
+    out = image.convert("RGB")
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(out.size))
+    if scale < 1.0:
+        out = out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))),
+                         Image.Resampling.LANCZOS)
+    for i, step in enumerate(steps):
+        if step.mask is None:
+            continue
+        mask = np.asarray(step.mask, dtype=bool)
+        box = step.box
+        if scale < 1.0:
+            mask = np.asarray(Image.fromarray(mask).resize(out.size, Image.Resampling.NEAREST))
+            box = None if box is None else tuple(round(v * scale) for v in box)
+        out = overlay_mask(out, mask, MASK_COLOURS[i % len(MASK_COLOURS)], box=box)
+    return out
+
+
 def trajectory_figure(image: Image.Image, traj) -> Image.Image:
     """The original image with every step's mask, then each step's segmented view, and the answer."""
-    overlaid = image.convert("RGB")
+    overlaid = overlay_steps(image, traj.steps)
     panels, captions = [], []
-    for i, step in enumerate(traj.steps):
-        if step.mask is not None:
-            overlaid = overlay_mask(overlaid, step.mask, MASK_COLOURS[i % len(MASK_COLOURS)], box=step.box)
     answer = traj.answer if traj.answer is not None else "(no answer)"
     panels.append(overlaid)
     captions.append(f"answer: {answer}"[:80])
@@ -76,6 +99,126 @@ def trajectory_figure(image: Image.Image, traj) -> Image.Image:
 
 def segmentation_figure(image: Image.Image, mask: np.ndarray, expression: str) -> Image.Image:
     return side_by_side([image, overlay_mask(image, mask)], ["image", expression[:60]])
+
+
+# -- contact sheets ------------------------------------------------------------------------------
+
+#: Side of the square box each tile panel (image + mask, second look) is fitted into.
+TILE_PANEL = 256
+_PAD, _HEADER, _STRIP, _LINE, _TEXT_LINES, _BORDER = 6, 16, 18, 13, 4, 3
+#: (width, height) of one contact-sheet tile: two panels side by side, a header, four lines of text.
+TILE_SIZE = (2 * TILE_PANEL + 8 + 2 * _PAD, _PAD + _HEADER + TILE_PANEL + _STRIP + _TEXT_LINES * _LINE + _PAD)
+#: Space around and between tiles; height of the column titles of a comparison sheet.
+SHEET_GAP, SHEET_TITLE = 8, 20
+RIGHT_COLOUR, WRONG_COLOUR, PANEL_GREY = (30, 150, 60), (210, 40, 40), (236, 236, 236)
+
+
+@dataclass
+class TrajectoryTile:
+    """One answered question as a contact sheet shows it."""
+
+    image: Image.Image
+    """The question's image, as the model got it."""
+    steps: list
+    """The ``<|seg|>`` steps (``reasoning.SegStep``: mask, box, ...), drawn over the image."""
+    second_look: Image.Image | None
+    """What the model saw in its second turn (``kept_cells_view``); None when it did not look again."""
+    look_caption: str
+    """Caption of the second-look panel (tokens kept, fallback, or why there is none)."""
+    title: str
+    """Header: which run and item."""
+    question: str
+    gold: str
+    answer: str
+    correct: bool
+
+
+def fit_into(image: Image.Image, side: int, *, resample=Image.Resampling.NEAREST) -> Image.Image:
+    """``image`` scaled to fit a ``side`` x ``side`` square (aspect kept), centred on light grey."""
+    scale = side / max(image.size)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    box = Image.new("RGB", (side, side), PANEL_GREY)
+    box.paste(image.convert("RGB").resize((w, h), resample), ((side - w) // 2, (side - h) // 2))
+    return box
+
+
+def wrap_text(draw: ImageDraw.ImageDraw, text: str, width: int, max_lines: int) -> list[str]:
+    """``text`` broken into lines of at most ``width`` pixels, cut with ``...`` after ``max_lines``."""
+    lines: list[str] = []
+    words = text.split()
+    while words and len(lines) < max_lines:
+        line = words.pop(0)
+        while len(line) > 1 and draw.textlength(line) > width:  # one very long word: cut it
+            words.insert(0, line[len(line) // 2 :])
+            line = line[: len(line) // 2]
+        while words and draw.textlength(f"{line} {words[0]}") <= width:
+            line += " " + words.pop(0)
+        lines.append(line)
+    if words and lines:
+        last = lines[-1]
+        while last and draw.textlength(last + " ...") > width:
+            last = last[:-1]
+        lines[-1] = last.rstrip() + " ..."
+    return lines
+
+
+def _blank_panel(text: str) -> Image.Image:
+    panel = Image.new("RGB", (TILE_PANEL, TILE_PANEL), PANEL_GREY)
+    draw = ImageDraw.Draw(panel)
+    for i, line in enumerate(wrap_text(draw, text, TILE_PANEL - 20, 4)):
+        draw.text((10, TILE_PANEL // 2 - 20 + i * _LINE), line, fill=(110, 110, 110))
+    return panel
+
+
+def trajectory_tile(tile: TrajectoryTile) -> Image.Image:
+    """One tile of ``TILE_SIZE``: a header (run, item, RIGHT/WRONG), the image with the masks beside the
+    second look, then the question, the gold answer and the model's; framed green (right) or red (wrong)."""
+    colour = RIGHT_COLOUR if tile.correct else WRONG_COLOUR
+    image = fit_into(overlay_steps(tile.image, tile.steps, max_side=TILE_PANEL), TILE_PANEL)
+    look = (fit_into(tile.second_look, TILE_PANEL) if tile.second_look is not None
+            else _blank_panel(tile.look_caption))
+    first = "image + mask" if any(step.mask is not None for step in tile.steps) else "image"
+    caption = tile.look_caption[:48] if tile.second_look is not None else "second look"
+    panels = side_by_side([image, look], [first, caption], height=TILE_PANEL)
+
+    out = Image.new("RGB", TILE_SIZE, (255, 255, 255))
+    draw = ImageDraw.Draw(out)
+    width = TILE_SIZE[0] - 2 * _PAD
+    mark = "RIGHT" if tile.correct else "WRONG"
+    draw.text((_PAD, _PAD), "".join(wrap_text(draw, tile.title, width - 50, 1)), fill=(0, 0, 0))
+    draw.text((TILE_SIZE[0] - _PAD - draw.textlength(mark), _PAD), mark, fill=colour)
+    out.paste(panels, (_PAD, _PAD + _HEADER))
+    y = _PAD + _HEADER + panels.height
+    lines = [(line, (0, 0, 0)) for line in wrap_text(draw, f"Q: {tile.question}", width, _TEXT_LINES - 2)]
+    lines += [(line, (0, 0, 0)) for line in wrap_text(draw, f"gold: {tile.gold}", width, 1)]
+    lines += [(line, colour) for line in wrap_text(draw, f"model: {tile.answer}", width, 1)]
+    for i, (line, fill) in enumerate(lines):
+        draw.text((_PAD, y + i * _LINE), line, fill=fill)
+    draw.rectangle([0, 0, TILE_SIZE[0] - 1, TILE_SIZE[1] - 1], outline=colour, width=_BORDER)
+    return out
+
+
+def contact_sheet(rows: list[list[TrajectoryTile | None]], column_titles: list[str] | None = None) -> Image.Image:
+    """Tiles in rows (``None``: an empty cell, e.g. a question a run did not evaluate), under optional
+    column titles. Every tile is ``TILE_SIZE``; ``SHEET_GAP`` pixels around and between them."""
+    columns = max([len(row) for row in rows] + [len(column_titles or [])] + [1])
+    tile_w, tile_h = TILE_SIZE
+    top = SHEET_TITLE if column_titles else 0
+    sheet = Image.new("RGB", (columns * tile_w + (columns + 1) * SHEET_GAP,
+                              top + len(rows) * tile_h + (len(rows) + 1) * SHEET_GAP), (255, 255, 255))
+    draw = ImageDraw.Draw(sheet)
+    for c, title in enumerate(column_titles or []):
+        x = SHEET_GAP + c * (tile_w + SHEET_GAP)
+        draw.text((x + 2, SHEET_GAP + 2), "".join(wrap_text(draw, title, tile_w - 4, 1)), fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        for c, tile in enumerate(row):
+            x, y = SHEET_GAP + c * (tile_w + SHEET_GAP), top + SHEET_GAP + r * (tile_h + SHEET_GAP)
+            if tile is None:
+                draw.rectangle([x, y, x + tile_w - 1, y + tile_h - 1], fill=PANEL_GREY)
+                draw.text((x + 10, y + tile_h // 2), "not evaluated in this run", fill=(110, 110, 110))
+            else:
+                sheet.paste(trajectory_tile(tile), (x, y))
+    return sheet
 
 
 def moving_average(values: list[float], window: int) -> list[float]:

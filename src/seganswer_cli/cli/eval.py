@@ -1,8 +1,10 @@
-"""``seganswer eval BENCH``: a benchmark into a resumable run folder; ``eval report``: runs side by side.
+"""``seganswer eval BENCH``: a benchmark into a resumable run folder; ``eval report``: runs side by side;
+``eval sheet``: a contact sheet of right and wrong trajectories.
 
 ``seganswer eval vstar --data DIR --out RUN`` is short for ``seganswer eval run vstar ...``: a first
-word that is not one of the subcommands (``run``, ``report``, ``list``) is a benchmark name, so
-scripts type the benchmark right after ``eval``. Library code: ``seganswer_cli.eval.runner``.
+word that is not one of the subcommands (``run``, ``report``, ``sheet``, ``list``) is a benchmark name,
+so scripts type the benchmark right after ``eval``. Library code: ``seganswer_cli.eval.runner`` and
+``seganswer_cli.eval.sheet``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from seganswer_cli.cli.options import (
     QuietOpt,
     load_model,
 )
+from seganswer_cli.errors import UsageError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -46,7 +49,8 @@ app = typer.Typer(
     subcommand_metavar="BENCH [OPTIONS] | COMMAND [ARGS]...",
     help="Evaluate on a benchmark: [bold]seganswer eval BENCH --data PATH --out RUN_DIR[/] "
     "(BENCH is vstar, pope, refcoco, shapes-vqa, ...: see [bold]seganswer eval list[/]); "
-    "[bold]seganswer eval report RUN_DIR...[/] puts runs side by side.",
+    "[bold]seganswer eval report RUN_DIR...[/] puts runs side by side; "
+    "[bold]seganswer eval sheet RUN_DIR... --out sheet.png[/] draws right and wrong answers.",
 )
 
 
@@ -121,17 +125,56 @@ def run(
 
 @app.command("report")
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders written by seganswer eval.", show_default=False)],
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Run folders written by seganswer eval.",
+                                               show_default=False)],
     as_json: JsonOpt = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (to paste into "
+                                           "docs) instead of drawing it.")] = False,
 ) -> None:
     """Put several runs side by side (e.g. --roi mask vs bbox vs none): one column per run."""
     from seganswer_cli.eval.runner import load_summary
 
+    if as_json and markdown:
+        raise UsageError("--json and --markdown print different things; give one")
     summaries = [load_summary(run) for run in runs]
     if as_json:
         print(json.dumps({"runs": summaries}, ensure_ascii=False))
         return
-    console.print(_report_table(summaries))
+    header, rows = _report_rows(summaries)
+    if markdown:
+        print(_markdown_table(header, rows))
+        return
+    table = Table(*header, title="runs side by side", title_justify="left")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@app.command("sheet")
+def sheet(
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Question run folders written by "
+                                               "seganswer eval (e.g. one per --roi).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.", show_default=False)],
+    right: Annotated[int, typer.Option("--right", min=0, help="Correct answers to draw (the first in item "
+                                       "order).")] = 4,
+    wrong: Annotated[int, typer.Option("--wrong", min=0, help="Wrong answers to draw (the first in item "
+                                       "order).")] = 4,
+    columns: Annotated[int | None, typer.Option("--columns", min=1, help="Tiles per row of a plain grid. "
+                                                "Default: runs of the same questions side by side (one row "
+                                                "per question, one column per run), else 4.")] = None,
+) -> None:
+    """Draw a contact sheet of trajectories: per answered question, the image with the predicted mask, the
+    second look the model was shown, the question, the gold answer and the model's, marked right or wrong."""
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out must name a .png file, got {out}")
+    from seganswer_cli.eval.sheet import contact_sheet_of_runs
+
+    drawn = contact_sheet_of_runs(runs, right=right, wrong=wrong, columns=columns)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    drawn.image.save(out)
+    layout = "one row per question, one column per run" if drawn.layout == "compare" else "grid"
+    print(f"wrote {out}: {drawn.tiles} tiles, {drawn.rows} x {drawn.columns} ({layout}), "
+          f"{drawn.image.width}x{drawn.image.height} px")
 
 
 @app.command("list")
@@ -200,16 +243,30 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def _report_table(summaries: list[dict[str, Any]]) -> Table:
-    table = Table("", *[s["run"] for s in summaries], title="runs side by side", title_justify="left")
+def _report_rows(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the report: one column per run, one row per setting, metric, cost and count."""
+    header = ["", *[s["run"] for s in summaries]]
     columns = [dict(_rows(s)) for s in summaries]
-    for label, key in (("benchmark", "benchmark"), ("split", "split")):
-        table.add_row(label, *[str(s.get(key)) for s in summaries])
-    for label in ("model", "roi", "max_new_tokens"):
-        table.add_row(label, *[_fmt(s.get("settings", {}).get(label)) for s in summaries])
+    rows = [[label, *[str(s.get(key)) for s in summaries]] for label, key in (("benchmark", "benchmark"),
+                                                                              ("split", "split"))]
+    rows += [[label, *[_fmt(s.get("settings", {}).get(label)) for s in summaries]]
+             for label in ("model", "roi", "max_new_tokens")]
     labels: list[str] = []
     for column in columns:
         labels += [label for label in column if label not in labels]
-    for label in labels:
-        table.add_row(label, *[column.get(label, "-") for column in columns])
-    return table
+    rows += [[label, *[column.get(label, "-") for column in columns]] for label in labels]
+    return header, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub Markdown table (``|`` in cells escaped).
+
+    >>> print(_markdown_table(["", "run"], [["accuracy", "0.5 [0.1, 0.9]"]]))
+    |  | run |
+    |---|---|
+    | accuracy | 0.5 [0.1, 0.9] |
+    """
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *[line(row) for row in rows]])

@@ -345,18 +345,20 @@ def mask_figure(image, mask, item: EvalItem, result: SampleResult):
 # -- files -----------------------------------------------------------------------------------------
 
 
-def read_predictions(path: Path) -> dict[str, dict]:
+def read_predictions(path: Path, *, repair: bool = True) -> dict[str, dict]:
     """id -> record of every complete line of ``predictions.jsonl`` (empty when there is none).
 
-    A last line without its newline was cut by a kill: it is removed from the file (so the next append
-    starts on a fresh line) and that sample is evaluated again. A broken line elsewhere is an error.
+    A last line without its newline was cut by a kill: with ``repair`` it is removed from the file (so
+    the next append starts on a fresh line) and that sample is evaluated again; readers that only look
+    (``eval sheet``, maybe while the run goes on) pass ``repair=False`` and skip it. A broken line
+    elsewhere is an error.
     """
     path = Path(path)
     if not path.exists():
         return {}
     raw = path.read_bytes()
     complete = raw[: raw.rfind(b"\n") + 1]
-    if len(complete) != len(raw):
+    if repair and len(complete) != len(raw):
         with path.open("r+b") as handle:
             handle.truncate(len(complete))
     done: dict[str, dict] = {}

@@ -1,8 +1,9 @@
 """The shapes world as a benchmark source: generated from a held-out seed, or read from a synth folder.
 
 Shared by ``shapes_vqa.py`` and ``shapes_refseg.py``. Without ``--data`` the samples are generated
-on the fly from ``HELD_OUT_SEED`` and ``DEFAULT_CONFIG`` (V*-like: 1024 x 1024 canvases with a
-16-24 px target among up to a dozen shapes and grey clutter), so the whole harness runs offline.
+on the fly from ``HELD_OUT_SEED`` and ``DEFAULT_CONFIG`` (the demo world the shipped ``shapes`` model
+was trained on: 640 x 480 canvases with a 20-32 px target among 2-4 larger, similar shapes), so the
+whole harness runs offline.
 Sample ``i`` depends only on (seed, kind, i), and training folders made by ``seganswer data synth``
 use other seeds (0 by default), so the benchmark never shows a training scene.
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from seganswer_cli.data.samples import SegSample, VQASample
 from seganswer_cli.data.seganswer_format import MANIFEST, RECORDS, read_manifest, record_to_sample
-from seganswer_cli.data.synthetic import ShapesConfig, generate_samples
+from seganswer_cli.data.synthetic import WORLDS, generate_samples
 from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.items import MissingImage
 from seganswer_cli.eval.reading import locate
@@ -32,12 +33,10 @@ DEFAULT_SPLIT = "test"
 HELD_OUT_SEED = 100_003
 #: Samples generated per benchmark (V* has 191 questions).
 DEFAULT_N = 200
-#: V*-like scenes: a large canvas, a small target, clutter; the target is a handful of tokens at a low
-#: global pixel budget and readable once zoomed.
-DEFAULT_CONFIG = ShapesConfig(
-    width=1024, height=1024, min_objects=6, max_objects=12, min_size=16, max_size=96,
-    target_min_size=16, target_max_size=24, clutter=40,
-)
+#: The demo world (``data.synthetic.WORLDS["demo"]``): 640x480 scenes whose 20-32 px target is about
+#: one LLM token in the shapes model's global view and readable once zoomed, among shapes sharing its
+#: colour or kind. The shipped ``shapes`` model is trained on this world from other seeds.
+DEFAULT_CONFIG = WORLDS["demo"]
 
 
 def read_samples(
