@@ -12,6 +12,7 @@ from seganswer_cli.errors import UsageError
 
 #: What each stage's curves show by default (keys of metrics.jsonl records).
 DEFAULT_METRICS = {
+    "standin": ["loss", "lm", "focal", "dice", "val_giou", "val_ciou"],
     "stage1": ["loss", "lm", "focal", "dice", "val_giou", "val_ciou"],
     "stage2": ["loss", "grad_norm", "samples_per_s"],
     "stage3": ["reward", "accuracy", "format", "segment_rate", "view_tokens", "loss"],
