@@ -235,7 +235,8 @@ def test_standin_trains_every_weight_then_stage1_freezes_sam_encoder(shapes_spli
     from seganswer_cli.train.stage1 import stage1_inputs
 
     model = SegAnswerModel.from_pretrained(standin)
-    sample = next(s for s in open_dataset(train) if len(s.extra["scene"]["shapes"]) == 2)
+    sample = next(s for s in open_dataset(train) if len(s.extra["target_ids"]) == 1
+                  and len({shape["colour"] for shape in s.extra["scene"]["shapes"]}) == 2)
     (sequence,), _, (masks,) = stage1_inputs(model, [sample], extra_expressions=2)
     assert len(masks) == 2 and int((sequence.input_ids[sequence.target_mask] == model.token_ids.seg).sum()) == 2
     assert not np.array_equal(masks[0], masks[1]) and np.array_equal(masks[0], sample.mask.decode())
