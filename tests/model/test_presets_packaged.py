@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 
 import pytest
 import torch
 
 from seganswer_cli.errors import ModelFolderError, UsageError
 from seganswer_cli.model import SegAnswerModel, presets
+from test_cli_train import run_cli
 
 REINSTALL = "pip install --force-reinstall seganswer"
 
@@ -107,17 +107,6 @@ def test_damaged_folder_is_one_line_that_says_how_to_reinstall(assets, file, dam
     with pytest.raises(ModelFolderError) as e:
         SegAnswerModel.from_preset("shapes")
     assert_reinstall_line(e.value, what)
-
-
-def run_cli(monkeypatch, capsys, *args):
-    """``seganswer ARGS`` in this process (so the monkeypatched asset location holds): (code, stdout, stderr)."""
-    from seganswer_cli.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["seganswer", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def test_cli_defaults_to_shapes_and_a_missing_one_is_one_line(tmp_path, monkeypatch, capsys, noise_image):
