@@ -8,7 +8,7 @@ preset), ``save_pretrained`` writes it as one folder.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from pathlib import Path
 
@@ -72,6 +72,16 @@ SHAPES_MLLM = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, i
                    vision_depth=3, vision_hidden_size=64, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 36)
 SHAPES_VIEW = ViewConfig(zoom=True, zoom_min_pixels=28 * 28 * 16, zoom_max_pixels=28 * 28 * 36)
 
+SHAPES_BASE = Preset(
+    name="shapes-base",
+    description="Random-init architecture of the shipped demo model (recipes/shapes-demo.sh starts here).",
+    mllm=None,
+    sam=None,
+    tiny_mllm=SHAPES_MLLM,
+    tiny_sam=dict(image_size=256),
+    view=SHAPES_VIEW,
+)
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
@@ -82,23 +92,11 @@ PRESETS: dict[str, Preset] = {
         tiny_sam=dict(image_size=128),
         view=ViewConfig(zoom=True, zoom_max_pixels=28 * 28 * 64),
     ),
-    "shapes-base": Preset(
-        name="shapes-base",
-        description="Random-init architecture of the shipped demo model (recipes/shapes-demo.sh starts here).",
-        mllm=None,
-        sam=None,
-        tiny_mllm=SHAPES_MLLM,
-        tiny_sam=dict(image_size=256),
-        view=SHAPES_VIEW,
-    ),
-    "shapes": Preset(
+    "shapes-base": SHAPES_BASE,
+    "shapes": replace(
+        SHAPES_BASE,
         name="shapes",
         description="The shipped demo model: shapes-base trained through the whole pipeline on the shapes world.",
-        mllm=None,
-        sam=None,
-        tiny_mllm=SHAPES_MLLM,
-        tiny_sam=dict(image_size=256),
-        view=SHAPES_VIEW,
         packaged="shapes",
     ),
     "qwen2.5-vl-7b": Preset(
