@@ -254,3 +254,27 @@ def test_standin_trains_every_weight_then_stage1_freezes_sam_encoder(shapes_spli
     encoder = [k for k in after if k.startswith("mask_decoder.sam.vision_encoder.")]
     assert all(torch.equal(after[k], final[k]) for k in encoder)
     assert not torch.equal(after["projector.fc1.weight"], final["projector.fc1.weight"])
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="known: the tiny Stage 1 recipe learns salient-object masks that ignore the "
+                   "expression (docs/shapes-experiment.md, 'Where grounding is lost'); passes once grounding works")
+def test_masks_follow_the_expression(lora_run):
+    """Two expressions naming different shapes of one image must give different masks."""
+    from seganswer_cli.data import ShapesConfig
+    from seganswer_cli.data.synthetic import generate_samples, more_expressions
+    from seganswer_cli.model import SegAnswerModel
+
+    model = SegAnswerModel.from_pretrained(lora_run[1] / "model")
+    config = ShapesConfig(width=96, height=96, min_size=32, max_size=64, min_objects=2, max_objects=2)
+    same = total = 0
+    for sample in generate_samples("refseg", 30, config, seed=7):
+        other = more_expressions(sample.extra["scene"], 1, seed=1, exclude=sample.extra["target_ids"])
+        if len(sample.extra["target_ids"]) != 1 or not other:
+            continue
+        image = sample.image.load()
+        a, _, _ = model.segment(image, sample.expression)
+        b, _, _ = model.segment(image, other[0][0])
+        same += (a & b).sum() > 0.9 * max((a | b).sum(), 1)
+        total += 1
+    assert total >= 10 and same <= 0.2 * total, f"{same} of {total} images: one mask for both expressions"
