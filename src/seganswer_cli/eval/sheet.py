@@ -21,7 +21,6 @@ picks, right ones then wrong ones, fill a plain grid of ``columns`` tiles per ro
 
 from __future__ import annotations
 
-import inspect
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from seganswer_cli.errors import DataError, EmptyMaskError, UsageError
+from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval import get_benchmark
 from seganswer_cli.eval.items import EvalItem
 from seganswer_cli.eval.runner import PREDICTIONS, RUN_FILE, read_predictions
@@ -132,30 +131,13 @@ def image_processor_for(model: str, model_info: dict[str, Any]):
         if preset is None:
             return None
         if preset.mllm is None:
-            from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+            from seganswer_cli.model.mllm import build_tiny_image_processor
 
-            from seganswer_cli.model.mllm import build_tiny_mllm
-
-            # The pixel budget build_tiny_mllm gives build_tiny_processor.
-            defaults = inspect.signature(build_tiny_mllm).parameters
-            pixels = {k: preset.tiny_mllm.get(k, defaults[k].default) for k in ("min_pixels", "max_pixels")}
-            return Qwen2VLImageProcessor(**pixels)
+            pixels = {k: v for k, v in preset.tiny_mllm.items() if k in ("min_pixels", "max_pixels")}
+            return build_tiny_image_processor(**pixels)
         return AutoImageProcessor.from_pretrained(preset.mllm, local_files_only=True)
     except (OSError, ValueError):
         return None
-
-
-def rebuild_view(image: Image.Image, mask: np.ndarray, roi: str, image_processor, view_config):
-    """The second look ``SegAnswerModel.second_look`` builds for ``mask`` (``view_config``: the model's
-    ``ViewConfig``), from the image processor alone: an empty mask shows the whole image again."""
-    from seganswer_cli.model.sparse_patches import build_segmented_view
-
-    settings = asdict(view_config)
-    try:
-        return build_segmented_view(image, mask, image_processor, mode=roi, **settings)
-    except EmptyMaskError:
-        full = np.ones((image.height, image.width), dtype=bool)
-        return build_segmented_view(image, full, image_processor, mode="mask", **{**settings, "zoom": False})
 
 
 def _box_crop(image: Image.Image, step, roi: str, background) -> Image.Image:
@@ -173,6 +155,7 @@ def question_tile(run: QuestionRun, answered: Answered, image_processor):
     """The ``viz.TrajectoryTile`` of one answered question: image, masks, second look, question, answers."""
     from seganswer_cli.masks import decode_rle
     from seganswer_cli.model.presets import ViewConfig
+    from seganswer_cli.model.sparse_patches import second_look_view
     from seganswer_cli.reasoning import SegStep
     from seganswer_cli.viz import TrajectoryTile, kept_cells_view
 
@@ -205,7 +188,7 @@ def question_tile(run: QuestionRun, answered: Answered, image_processor):
             second_look = _box_crop(image, first, roi, view_config.background)
             caption += " (box crop)"
         else:
-            view = rebuild_view(image, first.mask, roi, image_processor, view_config)
+            view, _ = second_look_view(image, first.mask, image_processor, mode=roi, **asdict(view_config))
             second_look = kept_cells_view(view)
             if view.num_tokens != first.kept_tokens:
                 caption += f" (rebuilt: {view.num_tokens})"

@@ -146,13 +146,23 @@ def build_tiny_tokenizer(vocab_size: int = 480):
     return tokenizer
 
 
+#: The pixel budget of a tiny model when its preset does not set one.
+TINY_MIN_PIXELS, TINY_MAX_PIXELS = 28 * 28 * 4, 28 * 28 * 64
+
+
+def build_tiny_image_processor(*, min_pixels: int = TINY_MIN_PIXELS, max_pixels: int = TINY_MAX_PIXELS):
+    """The image processor of a tiny model: Qwen2.5-VL's stock one with the given pixel budget."""
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+    return Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+
+
 def build_tiny_processor(*, min_pixels: int, max_pixels: int, vocab_size: int = 480):
     """Qwen2.5-VL's stock processor around the tiny tokenizer, with the given pixel budget."""
     from transformers import Qwen2_5_VLProcessor
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
-    image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    image_processor = build_tiny_image_processor(min_pixels=min_pixels, max_pixels=max_pixels)
     video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     return Qwen2_5_VLProcessor(
         image_processor=image_processor,
@@ -171,8 +181,8 @@ def build_tiny_mllm(
     intermediate_size: int = 128,
     vision_depth: int = 2,
     vision_hidden_size: int = 32,
-    min_pixels: int = 28 * 28 * 4,
-    max_pixels: int = 28 * 28 * 64,
+    min_pixels: int = TINY_MIN_PIXELS,
+    max_pixels: int = TINY_MAX_PIXELS,
     vocab_size: int = 480,
     seed: int = 0,
 ):

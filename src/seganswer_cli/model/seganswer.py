@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 from seganswer_cli import __version__
-from seganswer_cli.errors import EmptyMaskError, ModelFolderError, SegTokenError, UsageError
+from seganswer_cli.errors import ModelFolderError, SegTokenError, UsageError
 from seganswer_cli.model import tokens
 from seganswer_cli.model.losses import LossWeights, mask_losses, total_loss
 from seganswer_cli.model.mask_decoder import ImageEmbeddings, MaskPrediction, SamMaskDecoder, upsample_logits
@@ -36,7 +36,13 @@ from seganswer_cli.model.mllm import TokenIds
 from seganswer_cli.model.presets import PRESETS, Preset, ViewConfig, get_preset, packaged_folder
 from seganswer_cli.model.projector import SegProjector
 from seganswer_cli.model.sequence import IGNORE_INDEX, Batch, Sequence, SequenceBuilder, collate
-from seganswer_cli.model.sparse_patches import DenseImage, SegmentedView, build_segmented_view, global_view
+from seganswer_cli.model.sparse_patches import (
+    DenseImage,
+    SegmentedView,
+    build_segmented_view,
+    global_view,
+    second_look_view,
+)
 
 FORMAT_NAME = "seganswer"
 FORMAT_VERSION = 1
@@ -249,17 +255,10 @@ class SegAnswerModel(nn.Module):
         return build_segmented_view(image, mask, self.image_processor, mode=mode, **cfg)
 
     def second_look(self, image: Image.Image, mask, *, mode: str = "mask") -> tuple[SegmentedView, str | None]:
-        """The segmented view the conversation continues with, and the fallback taken (if any).
-
-        An empty mask (or one that covers no cell) shows the original image again: a full-mask view
-        without zoom, i.e. the original tokens at their original positions (fallback ``empty_mask``).
-        The reasoning loop and Stage 2 both take this path, so they fall back the same way.
-        """
-        try:
-            return self.segmented_view(image, mask, mode=mode), None
-        except EmptyMaskError:
-            full = np.ones((image.height, image.width), dtype=bool)
-            return self.segmented_view(image, full, mode="mask", zoom=False), "empty_mask"
+        """The segmented view the conversation continues with, and the fallback taken (if any):
+        ``sparse_patches.second_look_view`` with this model's view settings (an empty mask shows the
+        original image again, fallback ``empty_mask``)."""
+        return second_look_view(image, mask, self.image_processor, mode=mode, **asdict(self.view_config))
 
     def builder(self) -> SequenceBuilder:
         return SequenceBuilder(self.tokenizer, self.token_ids)

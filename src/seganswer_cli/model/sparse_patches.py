@@ -282,3 +282,20 @@ def build_segmented_view(
         segmented_image=segmented,
         overlap=overlap,
     )
+
+
+def second_look_view(image: Image.Image, mask, image_processor, *, mode: RoiMode = "mask",
+                     **view_settings) -> tuple[SegmentedView | None, str | None]:
+    """The segmented view a conversation continues with, and the fallback taken (if any).
+
+    An empty mask (or one that covers no cell) shows the original image again: a full-mask view
+    without zoom, i.e. the original tokens at their original positions (fallback ``empty_mask``).
+    ``view_settings`` are ``ViewConfig``'s fields. The reasoning loop, Stage 2 and ``eval sheet``
+    all take this path, so they fall back the same way.
+    """
+    try:
+        return build_segmented_view(image, mask, image_processor, mode=mode, **view_settings), None
+    except EmptyMaskError:
+        full = np.ones((image.height, image.width), dtype=bool)
+        settings = {**view_settings, "zoom": False}
+        return build_segmented_view(image, full, image_processor, mode="mask", **settings), "empty_mask"

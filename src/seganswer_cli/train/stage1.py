@@ -183,7 +183,7 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
         validate_and_log(unwrapped, val_samples, config, accelerator, log, step=0, show=show)
     model.train()
     keep_frozen_parts_in_eval(unwrapped)
-    progress = TrainProgress(total_steps, start_step, enabled=show, label=stage_name(config).replace("stage1", "stage 1"))
+    progress = TrainProgress(total_steps, start_step, enabled=show, label="stand-in" if config.phase == "standin" else "stage 1")
     step_started = time.perf_counter()
     for step in range(start_step + 1, total_steps + 1):
         batch = [next(stream) for _ in range(global_batch)]  # identical on every process
