@@ -42,3 +42,15 @@ class ModelFolderError(SegAnswerError):
 
 class DataError(SegAnswerError):
     """A dataset file or record is missing or malformed (the message names file and record)."""
+
+
+def read_json(path, error: type[SegAnswerError] | None = None):
+    """The JSON value in the file ``path`` (UTF-8); a file that is not valid JSON (or not UTF-8)
+    raises ``error`` (default ``DataError``) as one line naming the file."""
+    import json
+    from pathlib import Path
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise (error or DataError)(f"{path}: not valid JSON: {e}") from None

@@ -12,7 +12,6 @@ the category name made readable: ``dog:leg`` -> ``the leg of the dog`` (PACO, PA
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 from seganswer_cli.data.locate import first_existing_dir
 from seganswer_cli.data.onerror import RecordErrors
 from seganswer_cli.data.samples import ImageRef, LazyMask, SegSample
-from seganswer_cli.errors import DataError
+from seganswer_cli.errors import DataError, read_json
 from seganswer_cli.masks import check_polygons_inside, decode_rle, segmentation_to_rle
 
 IMAGE_FOLDER_NAMES = ("images", "train2017", "val2017", "train2014", "JPEGImages", "")
@@ -79,11 +78,7 @@ def read_coco_classes(
     """Yield one ``SegSample`` per (image, category present)."""
     errors = errors or RecordErrors()
     ann_file = find_annotation_json(Path(path))
-    try:
-        with open(ann_file, encoding="utf-8") as f:
-            coco = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{ann_file}: not valid JSON: {e}") from None
+    coco = read_json(ann_file)
     for key in ("images", "annotations", "categories"):
         if not isinstance(coco.get(key), list):
             raise DataError(f"{ann_file}: missing the COCO list {key!r}")

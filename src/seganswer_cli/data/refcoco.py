@@ -27,7 +27,6 @@ at ``../images/...``); ``images=`` overrides where images are looked up.
 from __future__ import annotations
 
 import io
-import json
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,7 +36,7 @@ from PIL import Image
 from seganswer_cli.data.locate import find_file, first_existing_dir
 from seganswer_cli.data.onerror import RecordErrors
 from seganswer_cli.data.samples import ImageRef, LazyMask, SegSample
-from seganswer_cli.errors import DataError
+from seganswer_cli.errors import DataError, read_json
 from seganswer_cli.masks import check_polygons_inside, segmentation_to_rle
 
 #: Dataset folder names and their default split (the one LISA and the paper train with).
@@ -73,11 +72,7 @@ def load_refs_pickle(path: Path) -> list[dict]:
 
 def load_instances(path: Path) -> dict:
     """``instances.json`` checked for the three COCO lists the readers need."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            instances = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON: {e}") from None
+    instances = read_json(path)
     for key in ("images", "annotations"):
         if not isinstance(instances.get(key), list):
             raise DataError(f"{path}: missing the COCO list {key!r}")

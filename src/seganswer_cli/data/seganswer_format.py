@@ -35,7 +35,7 @@ from typing import Any
 
 from seganswer_cli.data.onerror import RecordErrors
 from seganswer_cli.data.samples import ImageRef, LazyMask, SegSample, VQASample
-from seganswer_cli.errors import DataError
+from seganswer_cli.errors import DataError, read_json
 
 FORMAT_NAME = "seganswer"
 FORMAT_VERSION = 1
@@ -56,10 +56,7 @@ def read_manifest(path: Path) -> dict:
     file = folder / MANIFEST
     if not file.is_file():
         raise DataError(f"not a seganswer dataset: {file} not found")
-    try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{file}: not valid JSON: {e}") from None
+    manifest = read_json(file)
     if manifest.get("format") != FORMAT_NAME:
         raise DataError(f"{file}: format is {manifest.get('format')!r}, expected {FORMAT_NAME!r}")
     if manifest.get("version", 0) > FORMAT_VERSION:

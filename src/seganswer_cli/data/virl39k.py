@@ -21,7 +21,7 @@ from pathlib import Path
 from seganswer_cli.data.onerror import RecordErrors
 from seganswer_cli.data.refcoco import embedded_image, iter_parquet_rows, parquet_columns
 from seganswer_cli.data.samples import ImageRef, VQASample
-from seganswer_cli.errors import DataError
+from seganswer_cli.errors import DataError, read_json
 
 _PASS_RATE_KEYS = ("PassRate_32BTrained", "PassRate_7BTrained")
 
@@ -109,10 +109,7 @@ def _rows(file: Path, errors: RecordErrors) -> Iterator[tuple[str, dict]]:
                     if row is not None:
                         yield f"line {line_no}", row
         return
-    try:
-        rows = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{file}: not valid JSON: {e}") from None
+    rows = read_json(file)
     if not isinstance(rows, list):
         raise DataError(f"{file}: expected a JSON list of records")
     for index, row in enumerate(rows):

@@ -40,7 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from seganswer_cli.errors import DataError, UsageError
+from seganswer_cli.errors import DataError, UsageError, read_json
 from seganswer_cli.eval import BenchmarkSpec
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 
@@ -385,10 +385,7 @@ def _check_run_file(folder: Path, settings: RunSettings) -> dict[str, Any]:
         folder.mkdir(parents=True, exist_ok=True)
         _write_json(run_file, info)
         return info
-    try:
-        info = json.loads(run_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{run_file}: not valid JSON: {e}") from None
+    info = read_json(run_file)
     differences = settings.differences(info.get("settings", {}))
     if differences:
         raise UsageError(f"{folder} holds a run with other settings ({'; '.join(differences)}); "

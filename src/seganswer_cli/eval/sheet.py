@@ -21,7 +21,6 @@ picks, right ones then wrong ones, fill a plain grid of ``columns`` tiles per ro
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from seganswer_cli.errors import DataError, UsageError
+from seganswer_cli.errors import DataError, UsageError, read_json
 from seganswer_cli.eval import get_benchmark
 from seganswer_cli.eval.items import EvalItem
 from seganswer_cli.eval.runner import PREDICTIONS, RUN_FILE, read_predictions
@@ -84,10 +83,7 @@ def open_question_run(folder: Path) -> QuestionRun:
     run_file = folder / RUN_FILE
     if not run_file.is_file():
         raise DataError(f"{folder}: not a seganswer eval run folder (no {RUN_FILE})")
-    try:
-        info = json.loads(run_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{run_file}: not valid JSON: {e}") from None
+    info = read_json(run_file)
     settings = info.get("settings") or {}
     spec = get_benchmark(str(settings.get("benchmark")))
     if spec.task != "qa":

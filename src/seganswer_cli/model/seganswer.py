@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 from seganswer_cli import __version__
-from seganswer_cli.errors import ModelFolderError, SegTokenError, UsageError
+from seganswer_cli.errors import ModelFolderError, SegTokenError, UsageError, read_json
 from seganswer_cli.model import tokens
 from seganswer_cli.model.losses import LossWeights, mask_losses, total_loss
 from seganswer_cli.model.mask_decoder import ImageEmbeddings, MaskPrediction, SamMaskDecoder, upsample_logits
@@ -156,10 +156,7 @@ class SegAnswerModel(nn.Module):
         card_path = folder / MODEL_CARD
         if not card_path.is_file():
             raise ModelFolderError(f"{folder} is not a seganswer model folder (no {MODEL_CARD})")
-        try:
-            info = json.loads(card_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelFolderError(f"{card_path} is not valid JSON: {e}") from None
+        info = read_json(card_path, ModelFolderError)
         if info.get("format") != FORMAT_NAME:
             raise ModelFolderError(f"{card_path} was not written by seganswer")
         if int(info.get("format_version", 0)) > FORMAT_VERSION:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from seganswer_cli.errors import SegAnswerError, UsageError
+from seganswer_cli.errors import SegAnswerError, UsageError, read_json
 
 SETTINGS = "settings.json"
 METRICS = "metrics.jsonl"
@@ -82,10 +82,7 @@ class RunFolder:
     def read_settings(self) -> dict[str, Any]:
         if not self.is_run:
             raise UsageError(f"{self.path} is not a run folder (no {SETTINGS})")
-        try:
-            return json.loads(self.settings_path.read_text())
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{self.settings_path} is not valid JSON: {e}") from None
+        return read_json(self.settings_path, UsageError)
 
     def checkpoints(self) -> list[Path]:
         """Complete checkpoints, oldest first (temporary folders of an interrupted write are ignored)."""

@@ -75,7 +75,7 @@ import torch
 
 from seganswer_cli.config import Stage2Config, to_dict
 from seganswer_cli.data import VQASample, open_mixture, parse_data_specs
-from seganswer_cli.errors import ImageReadError, ModelFolderError, UsageError
+from seganswer_cli.errors import ImageReadError, ModelFolderError, UsageError, read_json
 from seganswer_cli.eval.multiple_choice import prompt_and_answer
 from seganswer_cli.model import tokens
 from seganswer_cli.train import runs
@@ -307,10 +307,7 @@ def check_starting_model(config: Stage2Config) -> None:
     card = folder / MODEL_CARD
     if not card.is_file():
         raise ModelFolderError(f"{folder} is not a seganswer model folder (no {MODEL_CARD})")
-    try:
-        info = json.loads(card.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelFolderError(f"{card} is not valid JSON: {e}") from None
+    info = read_json(card, ModelFolderError)
     history = info.get("training_history") or ([info["training"]] if isinstance(info.get("training"), dict) else [])
     if not any(isinstance(h, dict) and h.get("stage") == "stage1" for h in history) and not config.allow_untrained_start:
         raise ModelFolderError(f"{folder} is not a Stage 1 output ({MODEL_CARD} has no stage1 training record): its "
