@@ -27,6 +27,10 @@ MixedPrecisionOpt = Annotated[str | None, Opt("--mixed-precision", help="no, bf1
 CheckpointingOpt = Annotated[bool | None, Opt("--gradient-checkpointing/--no-gradient-checkpointing",
                                               help="Recompute activations in backward.")]
 StopAfterOpt = Annotated[int | None, Opt("--stop-after-step", hidden=True, help="Testing: end as if killed after this step.")]
+MaxStepsOpt = Annotated[int | None, Opt("--max-steps", help="Optimizer steps (overrides --epochs).")]
+EvalEveryOpt = Annotated[int | None, Opt("--eval-every", help="Validate every N steps (0: start and end).")]
+SegValDataOpt = Annotated[str | None, Opt("--val-data", help="Held-out referring-segmentation set (PATH or NAME=PATH) "
+                                          "for gIoU/cIoU.")]
 
 
 def checked_config(cls, config: str | None, overrides: dict, out: Path, *, resume: bool, overwrite: bool,
@@ -48,23 +52,35 @@ def checked_config(cls, config: str | None, overrides: dict, out: Path, *, resum
     return cfg
 
 
+def run_stage1_command(config: str | None, overrides: dict, out: Path, *, resume: bool, overwrite: bool, quiet: bool,
+                       stop_after_step: int | None) -> None:
+    """train-stage1 and pretrain-standin: one Stage 1 run from flags over YAML over defaults."""
+    from seganswer_cli.config import Stage1Config
+
+    cfg = checked_config(Stage1Config, config, overrides, out, resume=resume, overwrite=overwrite,
+                         what_data="training data")
+    from seganswer_cli.train.stage1 import train_stage1 as run_stage1
+
+    run_stage1(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)
+
+
 def train_stage1(
     out: RunOutOpt,
     model: Annotated[str | None, Opt("--model", "-m", help="Starting model folder or preset (default: tiny). "
                                      "Phase lora: the model/ of the projector run.")] = None,
     data: Annotated[list[str] | None, Opt("--data", help="Training set NAME=PATH[:weight]; repeat to mix.")] = None,
-    val_data: Annotated[str | None, Opt("--val-data", help="Held-out set (PATH or NAME=PATH) for gIoU/cIoU.")] = None,
+    val_data: SegValDataOpt = None,
     phase: Annotated[str | None, Opt("--phase", help="projector (only the projector trains) or lora.")] = None,
     config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: stage1-tiny, stage1-7b.")] = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
-    max_steps: Annotated[int | None, Opt("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
+    max_steps: MaxStepsOpt = None,
     epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture (default: paper's 5 / 3).")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (default: paper's 1e-3 / 2e-5).")] = None,
     batch_size: BatchSizeOpt = None,
     grad_accum: GradAccumOpt = None,
     save_every: SaveEveryOpt = None,
-    eval_every: Annotated[int | None, Opt("--eval-every", help="Validate every N steps (0: start and end).")] = None,
+    eval_every: EvalEveryOpt = None,
     seed: Annotated[int | None, Opt("--seed", help="Seed of data order, LoRA init and dropout.")] = None,
     mixed_precision: MixedPrecisionOpt = None,
     gradient_checkpointing: CheckpointingOpt = None,
@@ -74,19 +90,14 @@ def train_stage1(
     stop_after_step: StopAfterOpt = None,
 ) -> None:
     """Stage 1 pixel grounding: train the projector (phase projector), then LoRA + projector + SAM decoder (phase lora)."""
-    from seganswer_cli.config import Stage1Config
-
     overrides = {
         "model": model, "data": data or None, "val_data": val_data, "phase": phase, "max_steps": max_steps,
         "epochs": epochs, "optim.lr": lr, "batch_size": batch_size, "grad_accum": grad_accum,
         "save_every": save_every, "eval_every": eval_every, "seed": seed, "mixed_precision": mixed_precision,
         "gradient_checkpointing": gradient_checkpointing, "mllm_path": mllm_path, "sam_path": sam_path,
     }
-    cfg = checked_config(Stage1Config, config, overrides, out, resume=resume, overwrite=overwrite,
-                         what_data="training data")
-    from seganswer_cli.train.stage1 import train_stage1 as run_stage1
-
-    run_stage1(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)
+    run_stage1_command(config, overrides, out, resume=resume, overwrite=overwrite, quiet=quiet,
+                       stop_after_step=stop_after_step)
 
 
 def pretrain_standin(
@@ -94,35 +105,30 @@ def pretrain_standin(
     model: Annotated[str, Opt("--model", "-m", help="Random-init preset to start from.")] = "shapes-base",
     data: Annotated[list[str] | None, Opt("--data", help="Referring-segmentation or question set NAME=PATH[:weight]; "
                                           "repeat to mix.")] = None,
-    val_data: Annotated[str | None, Opt("--val-data", help="Held-out referring-segmentation set for gIoU/cIoU.")] = None,
+    val_data: SegValDataOpt = None,
     config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: standin-shapes.")] = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
-    max_steps: Annotated[int | None, Opt("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
+    max_steps: MaxStepsOpt = None,
     epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture.")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Peak learning rate.")] = None,
     batch_size: BatchSizeOpt = None,
     grad_accum: GradAccumOpt = None,
     save_every: SaveEveryOpt = None,
-    eval_every: Annotated[int | None, Opt("--eval-every", help="Validate every N steps (0: start and end).")] = None,
+    eval_every: EvalEveryOpt = None,
     seed: Annotated[int | None, Opt("--seed", help="Seed of data order and initialisation.")] = None,
     quiet: QuietOpt = False,
     stop_after_step: StopAfterOpt = None,
 ) -> None:
     """The demo's stand-in for pretraining (not a paper stage): every weight of a random model trains on
     shapes-world segmentation and questions, so that Stage 1 starts from a model that can see and segment."""
-    from seganswer_cli.config import Stage1Config
-
     overrides = {
         "model": model, "data": data or None, "val_data": val_data, "phase": "standin", "max_steps": max_steps,
         "epochs": epochs, "optim.lr": lr, "batch_size": batch_size, "grad_accum": grad_accum,
         "save_every": save_every, "eval_every": eval_every, "seed": seed,
     }
-    cfg = checked_config(Stage1Config, config, overrides, out, resume=resume, overwrite=overwrite,
-                         what_data="training data")
-    from seganswer_cli.train.stage1 import train_stage1 as run_stage1
-
-    run_stage1(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)
+    run_stage1_command(config, overrides, out, resume=resume, overwrite=overwrite, quiet=quiet,
+                       stop_after_step=stop_after_step)
 
 
 def merge_lora(
@@ -205,7 +211,7 @@ def train_stage2(
                                                       help="Accept a starting model that is not a Stage 1 output.")] = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
-    max_steps: Annotated[int | None, Opt("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
+    max_steps: MaxStepsOpt = None,
     epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture (paper: 1).")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (paper: 2e-6).")] = None,
     batch_size: BatchSizeOpt = None,
