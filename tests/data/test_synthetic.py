@@ -173,6 +173,7 @@ def test_demo_world_asks_about_a_small_target_with_simple_or_superlative_descrip
         assert answer_question(sample.question, scene) == sample.answer
         types.add(sample.extra["question_type"])
     assert types == {"colour", "shape"}
+    assert all(not s.options for s in generate_samples("vqa", 30, config, seed=3))  # free text only
     assert world("demo", clutter=0).clutter == 0 and world("demo").clutter == 12  # overrides copy
     with pytest.raises(UsageError, match="unknown shapes world"):
         world("moon")
@@ -193,3 +194,26 @@ def test_qseg_pairs_a_question_with_the_mask_of_the_region_answering_it():
         scene = Scene.from_dict(sample.extra["scene"])
         answer_question(sample.expression, scene)  # a question of the world, answerable
         np.testing.assert_array_equal(sample.mask.decode(), visible_mask(scene, sample.extra["target_ids"]))
+
+
+def test_near_target_puts_a_distractor_next_to_the_target():
+    """``near_target``: the target's box lies within its own size of some distractor's box, so a
+    box crop around it holds part of that distractor."""
+    from seganswer_cli.data.synthetic import world
+
+    def gap(a, b):  # pixels between two boxes (0 when they overlap)
+        dx = max(0, max(a["x"], b["x"]) - min(a["x"] + a["size"], b["x"] + b["size"]))
+        dy = max(0, max(a["y"], b["y"]) - min(a["y"] + a["size"], b["y"] + b["size"]))
+        return max(dx, dy)
+
+    def near_share(config):
+        near = 0
+        for sample in generate_samples("vqa", 40, config, seed=8):
+            *others, target = sample.extra["scene"]["shapes"]
+            near += min(gap(target, o) for o in others) <= target["size"]
+        return near / 40
+
+    assert near_share(world("demo")) >= 0.75
+    assert near_share(world("demo", near_target=0.0)) <= 0.4
+    with pytest.raises(UsageError, match="near_target"):
+        ShapesConfig(near_target=1.5)

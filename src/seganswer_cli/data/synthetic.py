@@ -105,6 +105,10 @@ class ShapesConfig:
     """Fraction of referring expressions naming several objects (``all red shapes``, ``the A and the B``)."""
     multiple_choice: float = 0.5
     """Fraction of VQA questions posed as multiple choice (the rest are free text)."""
+    near_target: float = 0.0
+    """Fraction of small-target scenes (VQA/RL) whose target is placed next to a distractor, its box
+    within ``target size`` pixels of the distractor's: a box around the target then holds part of
+    the distractor too, a mask does not."""
     question_types: tuple[str, ...] = QUESTION_TYPES
     """VQA/RL question types to draw from (``count`` is asked in RL prompts only)."""
     expressions: tuple[str, ...] = EXPRESSION_FAMILIES
@@ -128,7 +132,7 @@ class ShapesConfig:
         lo, hi = self.target_size_range
         if not 4 <= lo <= hi <= min(self.width, self.height):
             raise UsageError(f"target size range {lo}..{hi} does not fit the canvas")
-        for name in ("distractor_similarity", "max_occlusion", "multi_object", "multiple_choice"):
+        for name in ("distractor_similarity", "max_occlusion", "multi_object", "multiple_choice", "near_target"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.size_margin < 1.0 or self.clutter < 0 or self.background_noise < 0:
@@ -293,11 +297,16 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def _place(shapes: list[Shape], kind: str, colour: str, size: int, config: ShapesConfig,
-           rng: np.random.Generator, attempts: int = 60) -> Shape | None:
-    """A new shape on top of ``shapes`` hiding at most ``max_occlusion`` of any of them, or None."""
+           rng: np.random.Generator, attempts: int = 60, near: Shape | None = None) -> Shape | None:
+    """A new shape on top of ``shapes`` hiding at most ``max_occlusion`` of any of them, or None;
+    with ``near``, its box at most ``size`` pixels from that shape's box."""
+    x_range, y_range = (0, config.width - size), (0, config.height - size)
+    if near is not None:
+        x_range = (max(0, near.x - 2 * size), min(config.width - size, near.x + near.size + size))
+        y_range = (max(0, near.y - 2 * size), min(config.height - size, near.y + near.size + size))
     for _ in range(attempts):
-        x = int(rng.integers(0, config.width - size + 1))
-        y = int(rng.integers(0, config.height - size + 1))
+        x = int(rng.integers(x_range[0], x_range[1] + 1))
+        y = int(rng.integers(y_range[0], y_range[1] + 1))
         candidate = Shape(id=len(shapes), kind=kind, colour=colour, size=size, x=x, y=y)
         trial = [*shapes, candidate]
         if all(vis.sum() >= (1.0 - config.max_occlusion) * shape_mask(s.kind, s.size).sum()
@@ -333,7 +342,10 @@ def generate_scene(config: ShapesConfig, rng: np.random.Generator, *, small_targ
                 shapes.append(placed)
         if small_target:
             lo, hi = config.target_size_range
-            placed = _place(shapes, *target_attrs, int(rng.integers(lo, hi + 1)), config, rng)
+            near = None
+            if config.near_target > 0 and shapes and rng.random() < config.near_target:
+                near = shapes[int(rng.integers(len(shapes)))]
+            placed = _place(shapes, *target_attrs, int(rng.integers(lo, hi + 1)), config, rng, near=near)
             if placed is not None:
                 shapes.append(placed)
             else:
@@ -734,7 +746,8 @@ def write_synthetic(out: Path, kind: str, n: int, config: ShapesConfig | None = 
 #: Named worlds for ``seganswer data synth --world NAME`` (explicit options override their settings).
 #: ``demo`` is the world the shipped ``shapes`` model is trained and evaluated on (docs/shapes-experiment.md):
 #: a 640x480 canvas whose 20-32 px target is about one LLM token in the global view, among 2-4
-#: larger shapes that share its colour or kind; ``closeup`` shows the same shapes large, one to three
+#: larger shapes that share its colour or kind, next to one of them in 8 scenes of 10, asked as free
+#: text (a 4 M-parameter model does not learn option letters in a CPU run); ``closeup`` shows the same shapes large, one to three
 #: per small canvas (the demo's stand-in vision-language pretraining reads kinds from it); ``vstar-like``
 #: hides a 16-24 px target among up to a dozen shapes and grey clutter on a 1024 x 1024 canvas.
 DEMO_KINDS = ("circle", "square", "triangle", "star")
@@ -744,13 +757,13 @@ WORLDS: dict[str, ShapesConfig] = {
     "demo": ShapesConfig(
         width=640, height=480, min_objects=3, max_objects=5, min_size=24, max_size=80,
         target_min_size=20, target_max_size=32, kinds=DEMO_KINDS, colours=DEMO_COLOURS,
-        distractor_similarity=0.7, clutter=12, multi_object=0.1,
+        distractor_similarity=0.7, clutter=12, multi_object=0.1, multiple_choice=0.0, near_target=0.8,
         question_types=("colour", "shape"), expressions=("simple", "superlative"),
     ),
     "closeup": ShapesConfig(
         width=160, height=120, min_objects=1, max_objects=3, min_size=28, max_size=72,
         target_min_size=28, target_max_size=72, kinds=DEMO_KINDS, colours=DEMO_COLOURS,
-        distractor_similarity=0.5, multi_object=0.1,
+        distractor_similarity=0.5, multi_object=0.1, multiple_choice=0.0,
         question_types=("colour", "shape"), expressions=("simple", "superlative"),
     ),
     "vstar-like": ShapesConfig(
