@@ -150,6 +150,20 @@ class Stage1Config:
     """Phase ``standin``: answer ``It is <|seg|> red star.`` (the expression after the token) instead
     of the paper's ``It is <|seg|>.``, so that the ``<|seg|>`` state learns to carry the expression
     (``stage1.echo_response``)."""
+    standin_looks: float = 0.0
+    """Phase ``standin``: share of the questions (those with a region mask) that train as the whole
+    reasoning conversation with the ground-truth region (Prompt 1 -> ``... observe <|seg|>.`` with the
+    region's mask as the ``<|seg|>`` target -> the region's view -> the answer) instead of a plain
+    exchange: the pretrained MLLM's ability to read a cut-out region, which a random model lacks."""
+    standin_look_modes: list[str] = field(default_factory=lambda: ["mask", "bbox"])
+    """Phase ``standin``: the view kinds those conversations show, taken in turn per sample (``mask``:
+    the segmented patches at their original positions; ``bbox``: the box crop, resized, new positions),
+    so that reading either kind of second look is pretrained alike."""
+    standin_points: bool = False
+    """Phase ``standin``: SAM 2.1's own promptable pretraining alongside: every ground-truth mask is
+    also predicted from one click inside it (SAM's point prompt), so that SAM's decoder learns to
+    follow its sparse prompt (a decoder trained from scratch on ``<|seg|>`` prompts alone learns one
+    mask per image whatever it is asked)."""
     max_steps: int | None = None
     """Optimizer steps to run; overrides ``epochs``."""
     batch_size: int = 1
@@ -200,6 +214,12 @@ class Stage1Config:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UsageError(f"{name} must be > 0, got {value}")
+        if not 0.0 <= self.standin_looks <= 1.0:
+            raise UsageError(f"standin_looks must be between 0 and 1, got {self.standin_looks}")
+        self.standin_look_modes = [str(m) for m in self.standin_look_modes]
+        bad = [m for m in self.standin_look_modes if m not in ("mask", "bbox")]
+        if bad or not self.standin_look_modes:
+            raise UsageError(f"standin_look_modes must name mask and/or bbox, got {self.standin_look_modes}")
         unknown = set(self.loss_weights) - set(LOSS_TERMS)
         if unknown:
             raise UsageError(f"unknown loss term(s) {sorted(unknown)}; expected {', '.join(LOSS_TERMS)}")

@@ -219,9 +219,10 @@ def test_standin_trains_every_weight_then_stage1_freezes_sam_encoder(shapes_spli
     write_synthetic(tmp_path / "qa", "vqa", 16, ShapesConfig(width=96, height=96, min_size=32, max_size=48,
                                                               min_objects=1, max_objects=2), seed=2)
     config = stage1_config(train, None, phase="standin", max_steps=3, data=[f"ref={train}", f"qa={tmp_path / 'qa'}"],
-                           batch_size=4)
+                           batch_size=4, standin_points=True)
     standin = train_stage1(config, tmp_path / "standin", quiet=True)
     assert runs.RunFolder(tmp_path / "standin").read_settings()["stage"] == "standin"
+    assert all(r["points"] > 0 for r in train_records(tmp_path / "standin"))  # SAM's click-prompted masks train too
     before = SegAnswerModel.from_preset("tiny").state_dict()
     after = SegAnswerModel.from_pretrained(standin).state_dict()
     for prefix in ("mask_decoder.sam.vision_encoder.", "mllm.model.visual.", "mllm.model.language_model.",
@@ -247,6 +248,19 @@ def test_standin_trains_every_weight_then_stage1_freezes_sam_encoder(shapes_spli
     (sequence,), _, _ = stage1_inputs(model, [sample], echo=True)
     targets = model.tokenizer.decode(sequence.input_ids[sequence.target_mask])
     assert targets.startswith("It is <|seg|> " + sample.expression.removeprefix("the "))
+
+    # a question either plainly answered or, with looks, the reasoning conversation through its region
+    question = next(iter(open_dataset(tmp_path / "qa")))
+    region = np.logical_or.reduce([m.decode() for m in question.region_masks])
+    (plain,), _, (no_masks,) = stage1_inputs(model, [question], looks=0.0)
+    assert no_masks == [] and model.token_ids.seg not in plain.input_ids.tolist() and len(plain.visuals) == 1
+    for mode in ("mask", "bbox"):
+        (look,), _, (look_masks,) = stage1_inputs(model, [question], looks=1.0, look_modes=(mode,))
+        assert len(look_masks) == 1 and np.array_equal(look_masks[0], region)
+        view, _ = model.second_look(question.image.load(), region, mode=mode)
+        assert len(look.visuals) == 2 and look.visuals[1].length == view.num_tokens
+        targets = model.tokenizer.decode(look.input_ids[look.target_mask])
+        assert "<|seg|>" in targets and targets.endswith(f"<answer> {question.answer_letter or question.answer} </answer>.<|im_end|>")
 
     projector = train_stage1(stage1_config(train, None, phase="projector", model=str(standin), max_steps=2),
                              tmp_path / "projector", quiet=True)
@@ -278,3 +292,33 @@ def test_masks_follow_the_expression(lora_run):
         same += (a & b).sum() > 0.9 * max((a | b).sum(), 1)
         total += 1
     assert total >= 10 and same <= 0.2 * total, f"{same} of {total} images: one mask for both expressions"
+
+
+def test_click_prompts_segment_through_sams_prompt_encoder():
+    """``click_points`` picks a pixel inside each mask; SAM's point prompt decodes one mask per click
+    and its losses reach SAM's prompt encoder (the stand-in's promptable pretraining)."""
+    from seganswer_cli.model import SegAnswerModel
+    from seganswer_cli.train.stage1 import click_points
+
+    mask = np.zeros((40, 60), dtype=bool)
+    mask[10:20, 30:45] = True
+    other = np.zeros_like(mask)
+    other[25:35, 5:15] = True
+    rng = np.random.default_rng(0)
+    clicks = click_points([[mask, other], [np.zeros_like(mask), mask], []], rng)
+    assert len(clicks[0]) == 2 and clicks[1] == [] and clicks[2] == []
+    (x0, y0), (x1, y1) = clicks[0]
+    assert mask[int(y0), int(x0)] and other[int(y1), int(x1)]
+
+    model = SegAnswerModel.from_preset("tiny")
+    model.train()
+    from PIL import Image
+
+    image = Image.new("RGB", (60, 40))
+    seq = model.stage1_sequence(model.global_view(image), "the red square")
+    out = model([seq], [image], [[mask]])
+    parts = model.point_prompt_losses(out, [[mask]], [clicks[0][:1]])
+    assert set(parts) == {"focal", "dice", "iou", "object_score"}
+    sum(parts.values()).backward()
+    grads = [p.grad for p in model.mask_decoder.sam.prompt_encoder.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)

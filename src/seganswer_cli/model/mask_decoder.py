@@ -97,15 +97,25 @@ class SamMaskDecoder(nn.Module):
         low = fpn[-1] + sam.no_memory_embedding.view(1, -1, 1, 1)  # (B, 256, h, w)
         return ImageEmbeddings(low, [s0, s1])
 
+    def point_prompts(self, points: torch.Tensor) -> torch.Tensor:
+        """SAM 2.1's own sparse prompt of one positive click per object: ``points`` ``(N, 2)`` as
+        (x, y) in pixels of SAM's square input -> ``(N, 2, prompt_dim)`` tokens (the click and
+        SAM's padding token), for ``decode``."""
+        n = points.shape[0]
+        labels = torch.ones(1, n, 1, dtype=torch.long, device=points.device)
+        sparse, _ = self.sam.prompt_encoder(points.view(1, n, 1, 2), labels, None, None)
+        return sparse[0]
+
     def decode(self, image: ImageEmbeddings, prompts: torch.Tensor) -> MaskPrediction:
-        """Masks for N prompts on ONE image. ``prompts``: ``(N, prompt_dim)``."""
+        """Masks for N prompts on ONE image. ``prompts``: ``(N, prompt_dim)`` (one token per object,
+        the projector's) or ``(N, T, prompt_dim)`` (``point_prompts``)."""
         sam = self.sam
         n = prompts.shape[0]
         if n == 0:
             h, w = image.embeddings.shape[-2:]
             empty = image.embeddings.new_zeros(0)
             return MaskPrediction(image.embeddings.new_zeros(0, 4 * h, 4 * w), empty, empty)
-        sparse = prompts.view(1, n, 1, -1).to(image.embeddings.dtype)  # (1, N objects, 1 token, 256)
+        sparse = prompts.view(1, n, -1, prompts.shape[-1]).to(image.embeddings.dtype)  # (1, N objects, T tokens, 256)
         dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
             1, -1, *image.embeddings.shape[-2:]
         )  # (1, 256, h, w)

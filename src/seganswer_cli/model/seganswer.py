@@ -63,6 +63,10 @@ class SegAnswerOutput:
     """Per sequence, the decoder's outputs for its ``<|seg|>`` tokens, in order."""
     hidden_states: torch.Tensor = field(repr=False)
     """``(B, S, D)`` last-layer hidden states."""
+    image_embeddings: ImageEmbeddings | None = field(default=None, repr=False)
+    """SAM's embeddings of the images of the rows that asked for a mask (``mask_rows``), in order."""
+    mask_rows: list[int] = field(default_factory=list)
+    """The rows whose ``<|seg|>`` tokens were decoded."""
 
 
 class SegAnswerModel(nn.Module):
@@ -389,8 +393,8 @@ class SegAnswerModel(nn.Module):
         if images is not None:
             seg_states = self.seg_hidden(hidden, batch.labels)
             rows = [b for b, states in enumerate(seg_states) if states.shape[0]]  # rows that ask for a mask
-            decoded = self.decode_masks(self.encode_for_masks([images[b] for b in rows]),
-                                        [seg_states[b] for b in rows]) if rows else []
+            embeddings = self.encode_for_masks([images[b] for b in rows]) if rows else None
+            decoded = self.decode_masks(embeddings, [seg_states[b] for b in rows]) if rows else []
             by_row = dict(zip(rows, decoded))
             masks = [by_row.get(b) for b in range(len(sequences))]
             if gt_masks is not None:
@@ -398,7 +402,24 @@ class SegAnswerModel(nn.Module):
         loss = total_loss(lm, parts, weights)
         if not torch.is_tensor(loss):
             raise ValueError("nothing to train on: no target tokens and no ground-truth masks in the batch")
-        return SegAnswerOutput(loss, lm, parts, masks, hidden)
+        return SegAnswerOutput(loss, lm, parts, masks, hidden, embeddings if images is not None else None,
+                               rows if images is not None else [])
+
+    def point_prompt_losses(self, out: SegAnswerOutput, gt_masks: list[list], points: list[list]) -> dict[str, torch.Tensor]:
+        """SAM 2.1's losses for masks prompted by clicks instead of ``<|seg|>`` states, on the image
+        embeddings ``out`` already holds: ``points[b][i]`` is an (x, y) pixel of the image of row ``b``
+        inside ``gt_masks[b][i]``. The stand-in uses it as SAM's promptable pretraining."""
+        S = self.mask_decoder.image_size
+        preds, targets = [], []
+        for i, b in enumerate(out.mask_rows):
+            if not points[b]:
+                continue
+            h, w = gt_masks[b][0].shape
+            xy = torch.tensor([[x * S / w, y * S / h] for x, y in points[b]], dtype=torch.float32,
+                              device=out.image_embeddings.embeddings.device)
+            preds.append(self.mask_decoder.decode(out.image_embeddings.select(i), self.mask_decoder.point_prompts(xy)))
+            targets.append(gt_masks[b][: len(points[b])])
+        return self._mask_losses(preds, targets) if preds else {}
 
     def _mask_losses(self, masks: list[MaskPrediction | None], gt_masks: list[list]) -> dict[str, torch.Tensor]:
         S = self.mask_decoder.image_size

@@ -43,11 +43,13 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from seganswer_cli.config import Stage1Config, to_dict
@@ -177,6 +179,7 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
 
     # ---------------------------------------------------------------- train
     weights = loss_weights(config)
+    from seganswer_cli.model.losses import total_loss
     stream = sample_stream(mixture, skip=start_step * global_batch)
     last_checkpoint = run.latest_checkpoint()
     if start_step == 0 and val_samples:
@@ -187,18 +190,25 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     step_started = time.perf_counter()
     for step in range(start_step + 1, total_steps + 1):
         batch = [next(stream) for _ in range(global_batch)]  # identical on every process
-        sums = {k: 0.0 for k in ("loss", "lm", *LOSS_PARTS)}
+        sums = {k: 0.0 for k in ("loss", "lm", *LOSS_PARTS, *(("points",) if config.phase == "standin" and config.standin_points else ()))}
         grad_norm = None
         for micro in range(config.grad_accum):
             start = (micro * world + accelerator.process_index) * config.batch_size
             local = batch[start : start + config.batch_size]  # this process's slice of the micro-step
             with accelerator.accumulate(model):
                 standin = config.phase == "standin"
-                sequences, images, masks = stage1_inputs(unwrapped, local, config.standin_expressions if standin else 0,
-                                                         echo=standin and config.standin_echo)
+                sequences, images, masks = stage1_inputs(
+                    unwrapped, local, config.standin_expressions if standin else 0, echo=standin and config.standin_echo,
+                    looks=config.standin_looks if standin else 0.0, look_modes=tuple(config.standin_look_modes))
                 out = model(sequences, images, masks, weights=weights)
-                stop_if_not_finite(accelerator, out.loss.detach(), step, batch, last_checkpoint, "loss")
-                accelerator.backward(out.loss)
+                loss = out.loss
+                if standin and config.standin_points:
+                    clicks = click_points(masks, np.random.default_rng([config.seed, step, micro, accelerator.process_index]))
+                    point_loss = total_loss(None, unwrapped.point_prompt_losses(out, masks, clicks), weights)
+                    loss = loss + point_loss
+                    sums["points"] += point_loss.detach().item() / config.grad_accum
+                stop_if_not_finite(accelerator, loss.detach(), step, batch, last_checkpoint, "loss")
+                accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     grad_norm = clip_gradients(accelerator, model, config.optim.max_grad_norm)
                     stop_if_not_finite(accelerator, grad_norm, step, batch, last_checkpoint, "gradient norm")
@@ -325,13 +335,15 @@ def loss_weights(config: Stage1Config):
 # ---------------------------------------------------------------------- train helpers
 
 
-def stage1_inputs(model, samples: list[SegSample | VQASample], extra_expressions: int = 0, echo: bool = False):
+def stage1_inputs(model, samples: list[SegSample | VQASample], extra_expressions: int = 0, echo: bool = False,
+                  looks: float = 0.0, look_modes: tuple[str, ...] = ("mask",)):
     """Prompt 1 / Response 1 sequences, the images and one ground-truth mask per ``<|seg|>``.
 
     Phase ``standin`` only: a question becomes a plain exchange, image + question -> answer, with
-    no ``<|seg|>`` and no mask (the stand-in's vision-language pretraining); a shapes-world scene is
-    asked about ``extra_expressions`` more of its shapes in further turns of the same conversation;
-    ``echo`` answers with ``echo_response``.
+    no ``<|seg|>`` and no mask (the stand-in's vision-language pretraining), or, for a ``looks``
+    share of the questions that have a region mask, ``look_sequence``'s whole reasoning
+    conversation; a shapes-world scene is asked about ``extra_expressions`` more of its shapes in
+    further turns of the same conversation; ``echo`` answers with ``echo_response``.
     """
     from seganswer_cli.data.synthetic import more_expressions
     from seganswer_cli.eval.multiple_choice import prompt_and_answer
@@ -341,6 +353,12 @@ def stage1_inputs(model, samples: list[SegSample | VQASample], extra_expressions
     sequences, masks = [], []
     for image, sample in zip(images, samples):
         if isinstance(sample, VQASample):
+            draw = random.Random(f"look:{sample.id}")
+            if sample.region_masks and draw.random() < looks:
+                sequence, region = look_sequence(model, image, sample, look_modes[draw.randrange(len(look_modes))])
+                sequences.append(sequence)
+                masks.append([region])
+                continue
             sequences.append(model.chat_sequence(model.global_view(image), *prompt_and_answer(sample)))
             masks.append([])
         elif extra_expressions and "scene" in sample.extra:
@@ -357,6 +375,38 @@ def stage1_inputs(model, samples: list[SegSample | VQASample], extra_expressions
             sequences.append(model.stage1_sequence(model.global_view(image), sample.expression, response))
             masks.append([sample.mask.decode()])
     return sequences, images, masks
+
+
+def look_sequence(model, image, sample: VQASample, mode: str):
+    """The stand-in's second-look conversation of a question and its ground-truth region (the union
+    of ``sample.region_masks``): the reasoning loop's turns as Stage 2 lays them out, with the region
+    as the ``<|seg|>`` target and its ``mode`` view (``mask`` or ``bbox``) as Prompt 2. Returns the
+    sequence and the region mask."""
+    import numpy as np
+
+    from seganswer_cli.eval.multiple_choice import prompt_and_answer
+
+    region = np.logical_or.reduce([m.decode() for m in sample.region_masks])
+    view, _ = model.second_look(image, region, mode=mode)
+    prompt, answer = prompt_and_answer(sample)
+    return model.stage2_sequence(model.global_view(image), prompt, answer, view=view), region
+
+
+def click_points(masks: list[list], rng) -> list[list[tuple[float, float]]]:
+    """One click per ground-truth mask: a random foreground pixel's centre ``(x, y)`` (SAM's point
+    prompt, as its interactive training samples them); an empty mask gets none, and the row's
+    clicks stop there (``point_prompt_losses`` pairs clicks with the row's first masks)."""
+    clicks = []
+    for row in masks:
+        picked = []
+        for mask in row:
+            ys, xs = np.nonzero(mask)
+            if len(xs) == 0:
+                break
+            i = int(rng.integers(len(xs)))
+            picked.append((float(xs[i]), float(ys[i])))
+        clicks.append(picked)
+    return clicks
 
 
 def echo_response(expression: str) -> str:
