@@ -2,7 +2,7 @@
 # Train the shipped `shapes` demo model from nothing, on CPU, with seganswer's own commands:
 #   shapes-world data -> stand-in pretraining -> Stage 1 (projector, then LoRA) -> merge-lora
 #   -> Stage 2 (interleaved SFT) -> Stage 3 (DAPO) -> final model folder.
-# About 45 minutes on 2 CPU cores. Seeded (data seeds SEED*100+1..9, training seed SEED); a rerun
+# About 40 minutes on 2 CPU cores. Seeded (data seeds SEED*100+1..9, training seed SEED); a rerun
 # from scratch on the same machine and thread count should retrace the run (not yet verified).
 # Resumable: rerun the same command after a kill; finished steps are skipped and an interrupted
 # stage continues from its last checkpoint.
@@ -16,10 +16,10 @@ set -euo pipefail
 
 OUT=${1:-runs/shapes-demo}
 SEED=${SEED:-0}                 # data seeds are SEED*100 + 1..9; the benchmark uses seed 100003
-STANDIN_STEPS=${STANDIN_STEPS:-3000}
+STANDIN_STEPS=${STANDIN_STEPS:-2400}
 PROJECTOR_STEPS=${PROJECTOR_STEPS:-200}
-LORA_STEPS=${LORA_STEPS:-600}
-STAGE2_STEPS=${STAGE2_STEPS:-600}
+LORA_STEPS=${LORA_STEPS:-400}
+STAGE2_STEPS=${STAGE2_STEPS:-800}
 STAGE3_STEPS=${STAGE3_STEPS:-60}
 DATA_DIV=${DATA_DIV:-1}         # divides every data set's size (a quick smoke run of the recipe)
 SEGANSWER=${SEGANSWER:-seganswer}
@@ -63,7 +63,7 @@ D="$OUT/data"
 # Not a stage of the paper: the stand-in for the pretrained Qwen2.5-VL and SAM 2.1 it starts from.
 run 0-standin pretrain-standin -c standin-shapes --model shapes-base --seed "$SEED" \
   --data ref="$D/standin-ref":3 --data closeup="$D/closeup-ref":1 \
-  --data qa="$D/standin-qa":2 --data closeup-qa="$D/closeup-qa":1 \
+  --data qa="$D/standin-qa":3 --data closeup-qa="$D/closeup-qa":1 \
   --val-data "$D/val-ref" --max-steps "$STANDIN_STEPS"
 
 # From here on, the paper's stages and freezing rules.

@@ -1,10 +1,11 @@
 """The shipped ``shapes`` model (``src/seganswer_cli/assets/shapes``) is trained, not random: on
-held-out shapes-world questions it answers in the trained format and beats its untrained
-architecture, and its masks overlap the referred shapes.
+held-out shapes-world questions it answers in the trained format, above the 0.25 of chance and far
+above its untrained architecture, and its masks overlap the referred shapes.
 
-This first model does NOT reach what issue 10 asks (accuracy well above the 0.25 of chance): its
-masks do not follow the question (docs/shapes-experiment.md, "Where grounding is lost"). The floors
-below are what it measures, with a margin, so that a worse model fails; raise them with a better one.
+What it does not do yet (docs/shapes-experiment.md): its masks do not follow the question (one mask
+per image, over several shapes), so its accuracy comes from colour questions and the second look
+adds nothing over no second look. The floors below are its measured level with a margin, so that a
+worse model fails; raise them with a better one.
 
 The numbers of the full experiment (200 questions, mask vs bbox vs none) are in
 docs/shapes-experiment.md; these tests rerun the mask column and the segmentation row.
@@ -22,9 +23,9 @@ from seganswer_cli.model.presets import packaged_folder
 
 runner = CliRunner()
 N = 200  # the whole generated sets: a few seconds each
-#: measured for the shipped model (docs/shapes-experiment.md): accuracy 0.235, cIoU 0.114
-ACCURACY_FLOOR = 0.15
-CIOU_FLOOR = 0.07
+#: measured for the shipped model (docs/shapes-experiment.md): accuracy 0.425 [0.359, 0.494], cIoU 0.121
+ACCURACY_FLOOR = 0.33  # chance is 0.25
+CIOU_FLOOR = 0.08
 
 
 def evaluate(*args) -> dict:
@@ -51,7 +52,7 @@ def test_shipped_model_answers_in_format_and_beats_its_untrained_architecture(tm
     accuracy, untrained = trained["metrics"]["accuracy"], vqa_untrained["metrics"]["accuracy"]
     print(f"\nshapes-vqa, {N} held-out questions: shapes {accuracy:.3f}, shapes-base {untrained:.3f}")
     # the untrained architecture never closes an <answer> tag; four candidate answers: chance is 0.25
-    assert accuracy >= ACCURACY_FLOOR and accuracy >= untrained + ACCURACY_FLOOR
+    assert accuracy >= ACCURACY_FLOOR and accuracy >= untrained + 0.25
     assert trained["cost"]["second_look_rate"] > 0.9  # it segments before answering
 
 
