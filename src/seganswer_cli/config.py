@@ -156,9 +156,9 @@ class Stage1Config:
     region's mask as the ``<|seg|>`` target -> the region's view -> the answer) instead of a plain
     exchange: the pretrained MLLM's ability to read a cut-out region, which a random model lacks."""
     standin_look_modes: list[str] = field(default_factory=lambda: ["mask", "bbox"])
-    """Phase ``standin``: the view kinds those conversations show, taken in turn per sample (``mask``:
-    the segmented patches at their original positions; ``bbox``: the box crop, resized, new positions),
-    so that reading either kind of second look is pretrained alike."""
+    """Phase ``standin``: the view kinds those conversations show, one drawn per sample, seeded by its
+    id (``mask``: the segmented patches at their original positions; ``bbox``: the box crop, resized,
+    new positions), so that reading either kind of second look is pretrained alike."""
     standin_points: bool = False
     """Phase ``standin``: SAM 2.1's own promptable pretraining alongside: every ground-truth mask is
     also predicted from one click inside it (SAM's point prompt), so that SAM's decoder learns to
