@@ -4,6 +4,9 @@ Library code raises these (never ``SystemExit``); ``cli.main`` turns them into o
 Set ``SEGANSWER_DEBUG=1`` to see the full traceback instead.
 """
 
+import json
+from pathlib import Path
+
 
 class SegAnswerError(Exception):
     """Base class of every error the CLI reports as one line."""
@@ -47,9 +50,6 @@ class DataError(SegAnswerError):
 def read_json(path, error: type[SegAnswerError] | None = None):
     """The JSON value in the file ``path`` (UTF-8); a file that is not valid JSON (or not UTF-8)
     raises ``error`` (default ``DataError``) as one line naming the file."""
-    import json
-    from pathlib import Path
-
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -747,8 +747,8 @@ def write_synthetic(out: Path, kind: str, n: int, config: ShapesConfig | None = 
 #: ``demo`` is the world the shipped ``shapes`` model is trained and evaluated on (docs/shapes-experiment.md):
 #: a 640x480 canvas whose 20-32 px target is about one LLM token in the global view, among 2-4
 #: larger shapes that share its colour or kind, next to one of them in 8 scenes of 10, asked as free
-#: text (a 4 M-parameter model does not learn option letters in a CPU run); ``closeup`` shows the same shapes large, one to three
-#: per small canvas (the demo's stand-in vision-language pretraining reads kinds from it); ``vstar-like``
+#: text (a 4 M-parameter model does not learn option letters in a CPU run); ``closeup`` shows the
+#: same shapes large, one to three per small canvas (the demo's stand-in vision-language pretraining reads kinds from it); ``vstar-like``
 #: hides a 16-24 px target among up to a dozen shapes and grey clutter on a 1024 x 1024 canvas.
 DEMO_KINDS = ("circle", "square", "triangle", "star")
 DEMO_COLOURS = ("red", "green", "blue", "yellow")

@@ -180,6 +180,8 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     # ---------------------------------------------------------------- train
     weights = loss_weights(config)
     from seganswer_cli.model.losses import total_loss
+    standin = config.phase == "standin"
+    clicks_train = standin and config.standin_points
     stream = sample_stream(mixture, skip=start_step * global_batch)
     last_checkpoint = run.latest_checkpoint()
     if start_step == 0 and val_samples:
@@ -190,19 +192,18 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     step_started = time.perf_counter()
     for step in range(start_step + 1, total_steps + 1):
         batch = [next(stream) for _ in range(global_batch)]  # identical on every process
-        sums = {k: 0.0 for k in ("loss", "lm", *LOSS_PARTS, *(("points",) if config.phase == "standin" and config.standin_points else ()))}
+        sums = {k: 0.0 for k in ("loss", "lm", *LOSS_PARTS, *(("points",) if clicks_train else ()))}
         grad_norm = None
         for micro in range(config.grad_accum):
             start = (micro * world + accelerator.process_index) * config.batch_size
             local = batch[start : start + config.batch_size]  # this process's slice of the micro-step
             with accelerator.accumulate(model):
-                standin = config.phase == "standin"
                 sequences, images, masks = stage1_inputs(
                     unwrapped, local, config.standin_expressions if standin else 0, echo=standin and config.standin_echo,
                     looks=config.standin_looks if standin else 0.0, look_modes=tuple(config.standin_look_modes))
                 out = model(sequences, images, masks, weights=weights)
                 loss = out.loss
-                if standin and config.standin_points:
+                if clicks_train:
                     clicks = click_points(masks, np.random.default_rng([config.seed, step, micro, accelerator.process_index]))
                     point_loss = total_loss(None, unwrapped.point_prompt_losses(out, masks, clicks), weights)
                     loss = loss + point_loss
