@@ -142,6 +142,11 @@ class Stage1Config:
     """Peak learning rate of phase ``standin`` (the demo's stand-in pretraining, not the paper's)."""
     standin_epochs: float = 1
     """Epochs of phase ``standin``."""
+    sam_lr: float | None = None
+    """Peak learning rate of SAM 2.1's trainable parameters (prompt encoder and mask decoder; in
+    phase ``standin`` the image encoder too); None: the phase's rate. The demo's stand-in needs a
+    lower one than its language model: a SAM trained from scratch at 1e-3 learns one mask per image
+    whatever its prompt says (docs/shapes-experiment.md)."""
     standin_expressions: int = 0
     """Phase ``standin``: further shapes of a shapes-world scene asked about in the same conversation
     (``Segment A`` -> ``<|seg|>``, ``Segment B`` -> ``<|seg|>``, ...), so that only the expressions
@@ -210,7 +215,7 @@ class Stage1Config:
         if self.max_steps is not None and self.max_steps < 1:
             raise UsageError(f"max_steps must be >= 1, got {self.max_steps}")
         for name in ("epochs", "projector_epochs", "lora_epochs", "projector_lr", "lora_lr", "standin_lr",
-                     "standin_epochs"):
+                     "standin_epochs", "sam_lr"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UsageError(f"{name} must be > 0, got {value}")

@@ -131,9 +131,8 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     peft_model = setup_trainable(model, config)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.mllm)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps,
-                                  weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.optim.lr, betas=config.optim.betas,
+                                  eps=config.optim.eps, weight_decay=config.optim.weight_decay)
 
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
@@ -157,7 +156,7 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
         "steps_per_epoch": steps_per_epoch,
         "total_steps": total_steps,
         "warmup_steps": warmup,
-        "trainable_parameters": sum(p.numel() for p in params),
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "versions": versions(),
     }
     start_step, log = 0, runs.MetricsLog(run.metrics_path)
@@ -305,6 +304,18 @@ def setup_trainable(model, config: Stage1Config):
         if p.requires_grad and p.dtype != torch.float32:
             p.data = p.data.float()
     return peft_model
+
+
+def param_groups(model, config: Stage1Config) -> list[dict]:
+    """The trainable parameters as AdamW groups: SAM 2.1's at ``config.sam_lr`` when it is set,
+    everything else at the phase's rate (``config.optim.lr``)."""
+    sam = {id(p) for p in model.mask_decoder.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if config.sam_lr is None:
+        return [{"params": trainable}]
+    groups = [{"params": [p for p in trainable if id(p) not in sam]},
+              {"params": [p for p in trainable if id(p) in sam], "lr": config.sam_lr}]
+    return [g for g in groups if g["params"]]
 
 
 def apply_lora(model, lora) -> Any:
@@ -481,7 +492,8 @@ def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, 
         "model": c["model"], "data": ", ".join(c["data"]), "validation": c["val_data"] or "none",
         "steps": f"{settings['total_steps']} ({settings['steps_per_epoch']}/epoch, warmup {settings['warmup_steps']})",
         "global batch": f"{settings['global_batch']} = {c['batch_size']} x {c['grad_accum']} accum x {settings['processes']} proc",
-        "lr": f"{c['optim']['lr']:g} ({c['optim']['schedule']})", "precision": f"{c['dtype']} weights, autocast {c['mixed_precision']}",
+        "lr": f"{c['optim']['lr']:g} ({c['optim']['schedule']})" + (f", SAM 2.1 {c['sam_lr']:g}" if c.get("sam_lr") else ""),
+        "precision": f"{c['dtype']} weights, autocast {c['mixed_precision']}",
         "trainable": f"{settings['trainable_parameters']:,} parameters",
     }
     if start_step:
