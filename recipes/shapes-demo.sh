@@ -2,7 +2,7 @@
 # Train the shipped `shapes` demo model from nothing, on CPU, with seganswer's own commands:
 #   shapes-world data -> stand-in pretraining -> Stage 1 (projector, then LoRA) -> merge-lora
 #   -> Stage 2 (interleaved SFT) -> Stage 3 (DAPO) -> final model folder.
-# About 40 minutes on 2 CPU cores. Seeded (data seeds SEED*100+1..9, training seed SEED); a rerun
+# About 45 minutes on 2 CPU cores. Seeded (data seeds SEED*100+1..9, training seed SEED); a rerun
 # from scratch on the same machine and thread count retraces the run (verified: same data, metrics, weights).
 # Resumable: rerun the same command after a kill; finished steps are skipped and an interrupted
 # stage continues from its last checkpoint.
@@ -19,7 +19,7 @@ SEED=${SEED:-0}                 # data seeds are SEED*100 + 1..9; the benchmark 
 STANDIN_STEPS=${STANDIN_STEPS:-2400}
 PROJECTOR_STEPS=${PROJECTOR_STEPS:-200}
 LORA_STEPS=${LORA_STEPS:-400}
-STAGE2_STEPS=${STAGE2_STEPS:-800}
+STAGE2_STEPS=${STAGE2_STEPS:-1600}
 STAGE3_STEPS=${STAGE3_STEPS:-60}
 DATA_DIV=${DATA_DIV:-1}         # divides every data set's size (a quick smoke run of the recipe)
 SEGANSWER=${SEGANSWER:-seganswer}
