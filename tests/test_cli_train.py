@@ -119,3 +119,21 @@ def test_finished_run_is_not_written_over(monkeypatch, capsys, tmp_path, shapes_
     code, _, err = run_cli(monkeypatch, capsys, *args, "--overwrite", "--seed", 3)
     assert code in (0, None), err
     assert '"seed": 3' in (run_dir / "settings.json").read_text()
+
+
+def test_sam_lr_flag(monkeypatch, capsys, tmp_path, shapes_dir):
+    """``--sam-lr`` sets SAM 2.1's own rate: recorded in settings.json, logged per step as ``lr_sam``."""
+    import json
+
+    from seganswer_cli.train import runs
+
+    run_dir = tmp_path / "run"
+    args = ["pretrain-standin", "--model", "tiny", "--data", f"s={shapes_dir}", "--out", run_dir, "--max-steps", 1,
+            "--quiet"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--sam-lr", 0)
+    assert_one_line_error(code, err, "sam_lr")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--lr", 1e-3, "--sam-lr", 2.5e-4)
+    assert code in (0, None), err
+    assert json.loads((run_dir / "settings.json").read_text())["config"]["sam_lr"] == 2.5e-4
+    (record,) = [r for r in runs.MetricsLog(run_dir / "metrics.jsonl").read() if r["kind"] == "train"]
+    assert record["lr_sam"] == pytest.approx(record["lr"] / 4)

@@ -20,6 +20,8 @@ Opt = typer.Option
 RunOutOpt = Annotated[Path, Opt("--out", "-o", help="Run folder (settings, metrics.jsonl, checkpoints/, model/).")]
 ResumeOpt = Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")]
 OverwriteOpt = Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")]
+SamLrOpt = Annotated[float | None, Opt("--sam-lr", help="Peak learning rate of SAM 2.1's trainable parameters "
+                                       "(default: the config's sam_lr, else --lr).")]
 BatchSizeOpt = Annotated[int | None, Opt("--batch-size", help="Samples per process per micro-step.")]
 GradAccumOpt = Annotated[int | None, Opt("--grad-accum", help="Micro-steps per optimizer step.")]
 SaveEveryOpt = Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps (0: at the end).")]
@@ -77,6 +79,7 @@ def train_stage1(
     max_steps: MaxStepsOpt = None,
     epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture (default: paper's 5 / 3).")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (default: paper's 1e-3 / 2e-5).")] = None,
+    sam_lr: SamLrOpt = None,
     batch_size: BatchSizeOpt = None,
     grad_accum: GradAccumOpt = None,
     save_every: SaveEveryOpt = None,
@@ -92,7 +95,7 @@ def train_stage1(
     """Stage 1 pixel grounding: train the projector (phase projector), then LoRA + projector + SAM decoder (phase lora)."""
     overrides = {
         "model": model, "data": data or None, "val_data": val_data, "phase": phase, "max_steps": max_steps,
-        "epochs": epochs, "optim.lr": lr, "batch_size": batch_size, "grad_accum": grad_accum,
+        "epochs": epochs, "optim.lr": lr, "sam_lr": sam_lr, "batch_size": batch_size, "grad_accum": grad_accum,
         "save_every": save_every, "eval_every": eval_every, "seed": seed, "mixed_precision": mixed_precision,
         "gradient_checkpointing": gradient_checkpointing, "mllm_path": mllm_path, "sam_path": sam_path,
     }
@@ -112,6 +115,7 @@ def pretrain_standin(
     max_steps: MaxStepsOpt = None,
     epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture.")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Peak learning rate.")] = None,
+    sam_lr: SamLrOpt = None,
     batch_size: BatchSizeOpt = None,
     grad_accum: GradAccumOpt = None,
     save_every: SaveEveryOpt = None,
@@ -124,7 +128,7 @@ def pretrain_standin(
     shapes-world segmentation and questions, so that Stage 1 starts from a model that can see and segment."""
     overrides = {
         "model": model, "data": data or None, "val_data": val_data, "phase": "standin", "max_steps": max_steps,
-        "epochs": epochs, "optim.lr": lr, "batch_size": batch_size, "grad_accum": grad_accum,
+        "epochs": epochs, "optim.lr": lr, "sam_lr": sam_lr, "batch_size": batch_size, "grad_accum": grad_accum,
         "save_every": save_every, "eval_every": eval_every, "seed": seed,
     }
     run_stage1_command(config, overrides, out, resume=resume, overwrite=overwrite, quiet=quiet,

@@ -216,14 +216,15 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
                 optimizer.zero_grad()
             for key, value in loss_components(out).items():
                 sums[key] += value / config.grad_accum
-        lr = scheduler.get_last_lr()[0]  # the rate this step used
+        rates = scheduler.get_last_lr()  # the rates this step used, one per AdamW group
+        lr = rates[0]
         scheduler.step()
 
         means = reduce_mean(accelerator, sums)  # averages over processes
         elapsed = time.perf_counter() - step_started
         if step % config.log_every == 0 or step == total_steps:
             record = {"kind": "train", "step": step, "epoch": round(step / steps_per_epoch, 4),
-                      "samples": step * global_batch, "lr": lr,
+                      "samples": step * global_batch, "lr": lr, **({"lr_sam": rates[1]} if len(rates) > 1 else {}),
                       "grad_norm": float(grad_norm), **means, "samples_per_s": global_batch / max(elapsed, 1e-9)}
             if accelerator.is_main_process:
                 log.append(record)
