@@ -78,13 +78,12 @@ def synth(
                                        max_size=max_size, clutter=clutter).items() if v is not None}
     if size is not None or world == "default":
         overrides["width"], overrides["height"] = parse_size(size or "256x256")
-    width, height = overrides.get("width", WORLDS[world].width), overrides.get("height", WORLDS[world].height)
     if world == "default" and "max_size" not in overrides:  # keep the default shape sizes inside small canvases
-        overrides["max_size"] = min(64, width, height)
+        overrides["max_size"] = min(64, overrides["width"], overrides["height"])
         overrides.setdefault("min_size", min(16, overrides["max_size"]))
     config = named_world(world, **overrides)
     if not json_out:
-        err_console.print(f"[bold]data synth[/] kind={kind.value} world={world} n={n} size={width}x{height} "
+        err_console.print(f"[bold]data synth[/] kind={kind.value} world={world} n={n} size={config.width}x{config.height} "
                           f"seed={seed} -> {out}")
         err_console.print(f"  shapes world: {asdict(config)}", highlight=False)
     write_synthetic(out, kind.value, n, config, seed=seed)
