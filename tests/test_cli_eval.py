@@ -142,6 +142,28 @@ def test_refuses_to_mix_settings_in_one_run_folder(tiny_cli, shapes_data, tmp_pa
     assert len(predictions(run)) == 1
 
 
+def test_ground_truth_masks_reach_the_reasoning_loop(tiny_cli, shapes_data, tmp_path, monkeypatch):
+    """``--masks gt``: each question's annotated region goes to the loop in place of SAM 2.1's mask."""
+    import numpy as np
+
+    from seganswer_cli.data.formats import open_dataset
+    from seganswer_cli.reasoning import ReasoningLoop
+
+    given = []
+    real_run = ReasoningLoop.run
+    monkeypatch.setattr(ReasoningLoop, "run", lambda self, images, questions, regions=None:
+                        given.extend(regions or [None] * len(images)) or real_run(self, images, questions, regions))
+    result = invoke("shapes-vqa", "--data", shapes_data["vqa"], "--out", tmp_path / "gt", "--masks", "gt",
+                    "--limit", 3, *QA)
+    assert result.exit_code == 0, result.output
+    samples = list(open_dataset(shapes_data["vqa"]))[:3]
+    assert len(given) == 3 and all(np.array_equal(g, s.region()) for g, s in zip(given, samples))
+    assert json.loads((tmp_path / "gt" / "summary.json").read_text())["settings"]["masks"] == "gt"
+    result = invoke("shapes-vqa", "--data", shapes_data["vqa"], "--out", tmp_path / "none", "--masks", "gt",
+                    "--roi", "none", *QA)
+    assert isinstance(result.exception, UsageError) and "--roi none has none" in str(result.exception)
+
+
 def test_report_puts_runs_side_by_side(tiny_cli, shapes_data, tmp_path):
     for roi in ("mask", "none"):
         result = invoke("shapes-vqa", "--data", shapes_data["vqa"], "--out", tmp_path / roi, "--roi", roi,

@@ -149,3 +149,28 @@ def test_empty_mask_falls_back_to_the_original_image(patterned_model, monkeypatc
     pads = torch.nonzero(traj.sequence.input_ids == model.token_ids.image_pad).flatten()
     first, second = pads[: dense.num_tokens], pads[dense.num_tokens :]
     assert torch.equal(traj.sequence.position_ids[:, first], traj.sequence.position_ids[:, second])
+
+
+def test_given_regions_replace_the_decoded_masks(patterned_model, monkeypatch):
+    """``run(..., regions=...)`` (``eval --masks gt``): the second look shows the given region, SAM 2.1
+    is not run for it, and the step says where its mask came from; rows without one decode as usual."""
+    from seganswer_cli.reasoning import trajectory_record
+
+    model, cases = patterned_model
+    (image, question, _, _), (image2, question2, _, _) = cases[:2]
+    region = np.zeros((image.height, image.width), dtype=bool)
+    region[40:90, 100:170] = True
+    expected = model.second_look(image, region)[0]
+    calls = []
+    real_encode = model.encode_for_masks
+    monkeypatch.setattr(model, "encode_for_masks", lambda images: calls.append(len(images)) or real_encode(images))
+    loop = ReasoningLoop(model, ReasoningSettings(max_new_tokens=80))
+    given, decoded = loop.run([image, image2], [question, question2], [region, None])
+    (step,) = given.steps
+    assert step.given and np.array_equal(step.mask, region) and (step.iou, step.object_score) == (1.0, 1.0)
+    assert step.kept_tokens == expected.num_tokens and step.box == expected.crop_box
+    assert calls == [1]  # only the row without a region ran SAM 2.1
+    assert not decoded.steps[0].given
+    assert [s["source"] for t in (given, decoded) for s in trajectory_record(t)["steps"]] == ["given", "model"]
+    with pytest.raises(ValueError, match="region mask has shape"):
+        loop.run([image], [question], [region[:-1]])

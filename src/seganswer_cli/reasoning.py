@@ -10,7 +10,9 @@ For each (image, question):
 3. Stop at ``</answer>``, ``<|im_end|>`` of a turn without ``<|seg|>``, EOS, or the token limit.
 
 An empty mask falls back to the original image (a full-mask view at the original positions) and
-is recorded on the step. Several questions run as one batch: every step feeds each active row a
+is recorded on the step. ``run(..., regions=...)`` replaces the decoded masks by given ones (the
+annotated region of each question: ``eval --masks gt``, the oracle-grounding ablation); the model
+still decides whether to look. Several questions run as one batch: every step feeds each active row a
 chunk (one token while decoding; a whole segmented turn when one is due), left-padded to one
 length; finished rows feed padding. Positions are explicit, so padding never shifts them.
 
@@ -77,6 +79,8 @@ class SegStep:
     """``(x0, y0, x1, y1)`` crop box in the original image's pixels."""
     fallback: str | None = None
     """``empty_mask`` when the mask was empty and the original image was shown again."""
+    given: bool = False
+    """The mask was given (``run(..., regions=...)``), not decoded from the ``<|seg|>`` state."""
     view: SegmentedView | None = field(default=None, repr=False)
 
 
@@ -118,6 +122,8 @@ class _Row:
     image: Image.Image
     question: str
     builder: SequenceBuilder
+    region: np.ndarray | None = None
+    """Bool ``(H, W)`` mask shown in place of the decoded one (oracle grounding); None: decode."""
     fed: int = 0
     """Tokens of ``builder`` already in the KV cache."""
     turn_start: int = 0
@@ -143,9 +149,16 @@ class ReasoningLoop:
         self.tokenizer = model.tokenizer
 
     @torch.no_grad()
-    def run(self, images: list[Image.Image], questions: list[str]) -> list[Trajectory]:
+    def run(self, images: list[Image.Image], questions: list[str],
+            regions: list[np.ndarray | None] | None = None) -> list[Trajectory]:
+        """The trajectories of ``questions`` about ``images``. ``regions[i]`` (bool ``(H, W)``), when
+        given, is the mask every ``<|seg|>`` of question ``i`` gets instead of SAM 2.1's (oracle
+        grounding); None entries decode as usual."""
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
+        regions = list(regions) if regions is not None else [None] * len(images)
+        if len(regions) != len(images):
+            raise ValueError(f"{len(images)} images but {len(regions)} regions")
         for q in questions:
             if not q or not q.strip():
                 raise UsageError("the question is empty")
@@ -157,10 +170,15 @@ class ReasoningLoop:
         timings = {"prefill": 0.0, "decode": 0.0, "mask": 0.0, "segmented_turn": 0.0}
 
         rows = []
-        for image, question in zip(images, questions):
+        for image, question, region in zip(images, questions, regions):
+            if region is not None:
+                region = np.asarray(region, dtype=bool)
+                if region.shape != (image.height, image.width):
+                    raise ValueError(f"region mask has shape {region.shape} but the image is "
+                                     f"{image.height}x{image.width} (H, W)")
             b = model.builder().system(s.system)
             b.user(tokens.reasoning_prompt(question), image=model.global_view(image))
-            rows.append(_Row(image=image, question=question, builder=b, turn_start=len(b)))
+            rows.append(_Row(image=image, question=question, builder=b, turn_start=len(b), region=region))
 
         cache = None
         attention = torch.zeros(len(rows), 0, dtype=torch.long)
@@ -263,7 +281,10 @@ class ReasoningLoop:
         row.turn_start = len(b)
 
     def _decode_mask(self, row: _Row, state: torch.Tensor, sam_cache: dict, index: int) -> tuple[np.ndarray, float, float]:
-        """Bool ``(H, W)`` mask, predicted IoU and object score from one ``<|seg|>`` state."""
+        """Bool ``(H, W)`` mask, predicted IoU and object score from one ``<|seg|>`` state (the row's
+        given region, with IoU and score 1, when it has one)."""
+        if row.region is not None:
+            return row.region, 1.0, 1.0
         model = self.model
         if index not in sam_cache:  # SAM's image encoder runs once per image, only when needed
             sam_cache[index] = model.encode_for_masks([row.image])
@@ -274,12 +295,13 @@ class ReasoningLoop:
     def _second_look(self, row: _Row, mask: np.ndarray, iou: float, obj: float) -> SegmentedView | None:
         """The segmented view of ``mask`` (recorded as a ``SegStep``); the original image when it is empty."""
         model, s = self.model, self.settings
+        given = row.region is not None
         if s.roi == "none":
-            row.steps.append(SegStep(mask, iou, obj, kept_tokens=0, box=None))
+            row.steps.append(SegStep(mask, iou, obj, kept_tokens=0, box=None, given=given))
             return None
         view, fallback = model.second_look(row.image, mask, mode=s.roi)
         row.steps.append(SegStep(mask, iou, obj, kept_tokens=view.num_tokens, box=view.crop_box,
-                                 fallback=fallback, view=view))
+                                 fallback=fallback, view=view, given=given))
         return view
 
     def _finish(self, row: _Row, turn_text: str, reason: str) -> None:
@@ -353,6 +375,7 @@ def trajectory_record(traj: Trajectory, **extra) -> dict:
                 "iou": round(step.iou, 4),
                 "object_score": round(step.object_score, 4),
                 "fallback": step.fallback,
+                "source": "given" if step.given else "model",  # given: oracle grounding (eval --masks gt)
             }
             for step in traj.steps
         ],

@@ -47,6 +47,33 @@ def test_settings_are_recorded_and_a_different_run_is_refused(tmp_path):
         EvalRun.open(spec, data, settings(roi="box"), tmp_path / "other")
 
 
+def test_ground_truth_masks_need_regions_and_a_second_look(tmp_path):
+    """``--masks gt`` (oracle grounding) is a setting of the run; it needs an annotated region on
+    every question and a second look to show it in. A folder written before the setting existed
+    ran with the model's masks."""
+    spec = get_benchmark("shapes-vqa")
+    with_regions = [EvalItem(**{**vars(item), "gt_rle": {"size": [2, 2], "counts": "04"}}) for item in items(2)]
+    EvalRun.open(spec, BenchmarkData(with_regions, source="x"), settings(masks="gt"), tmp_path / "gt")
+    assert json.loads((tmp_path / "gt" / "run.json").read_text())["settings"]["masks"] == "gt"
+    with pytest.raises(UsageError, match="masks: 'gt' there, 'model' now"):
+        EvalRun.open(spec, BenchmarkData(with_regions, source="x"), settings(), tmp_path / "gt")
+    mixed = BenchmarkData([*with_regions, EvalItem(**{**vars(items(1)[0]), "id": "q9"})], source="x")
+    with pytest.raises(UsageError, match="needs the region each question is about; shapes-vqa has none for 1 of 3"):
+        EvalRun.open(spec, mixed, settings(masks="gt"), tmp_path / "other")
+    with pytest.raises(UsageError, match="--roi none has none"):
+        EvalRun.open(spec, BenchmarkData(with_regions, source="x"), settings(masks="gt", roi="none"), tmp_path / "o")
+    with pytest.raises(UsageError, match="unknown --masks 'oracle'"):
+        EvalRun.open(spec, BenchmarkData(with_regions, source="x"), settings(masks="oracle"), tmp_path / "o")
+    old = tmp_path / "old"
+    EvalRun.open(spec, BenchmarkData(items(1), source="x"), settings(), old)
+    run_file = json.loads((old / "run.json").read_text())
+    del run_file["settings"]["masks"]
+    (old / "run.json").write_text(json.dumps(run_file))
+    EvalRun.open(spec, BenchmarkData(items(1), source="x"), settings(), old)  # resumes
+    with pytest.raises(UsageError, match="masks: None there, 'gt' now"):
+        EvalRun.open(spec, BenchmarkData(with_regions[:1], source="x"), settings(masks="gt"), old)
+
+
 def test_create_resolves_paths_and_drops_loop_settings_for_segmentation(tmp_path):
     model = tmp_path / "model"
     model.mkdir()

@@ -66,6 +66,9 @@ def run(
     model: ModelDefaultOpt = DEFAULT_MODEL,
     roi: Annotated[str, typer.Option("--roi", help="Second look: mask (sparse segmented patches), bbox (box "
                                      "crop), none (no second look).")] = "mask",
+    masks: Annotated[str, typer.Option("--masks", help="Mask of the second look: model (SAM 2.1, from the "
+                                       "<|seg|> state) or gt (the question's annotated region, where the "
+                                       "benchmark has one: the oracle-grounding ablation).")] = "model",
     max_seg_steps: Annotated[int, typer.Option(help="Most <|seg|> rounds per question.")] = 1,
     max_new_tokens: Annotated[int, typer.Option(help="Most generated tokens per question.")] = 256,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Samples run through the model together.")] = 8,
@@ -91,14 +94,15 @@ def run(
     read_kwargs = {"limit": limit} if data is None and spec.generates else {}
     bench_data = spec.read(data, split, **read_kwargs)
     settings = RunSettings.create(spec, bench_data, data_path=data, split=split, model=model, roi=roi,
-                                  max_seg_steps=max_seg_steps, max_new_tokens=max_new_tokens, dtype=dtype)
+                                  masks=masks, max_seg_steps=max_seg_steps, max_new_tokens=max_new_tokens, dtype=dtype)
     evaluation = EvalRun.open(spec, bench_data, settings, out, limit=limit, skip_missing=skip_missing)
     if bench_data.missing:
         err_console.print(f"[yellow]{len(bench_data.missing)} record(s) without an image left out[/] "
                           f"(--skip-missing); first: {bench_data.missing[0]}", highlight=False)
     todo = len(evaluation.todo)
     if chatty:
-        loop = f" · roi {settings.roi} · max {max_new_tokens} new tokens" if spec.task == "qa" else ""
+        oracle = " · ground-truth masks" if settings.masks == "gt" else ""
+        loop = f" · roi {settings.roi}{oracle} · max {max_new_tokens} new tokens" if spec.task == "qa" else ""
         err_console.print(f"[bold]eval {spec.name}[/] split {settings.split} · model {model}{loop}\n"
                           f"  data: {bench_data.source}\n"
                           f"  {len(evaluation.items)} items · {len(evaluation.items) - todo} already in "
@@ -236,6 +240,7 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
 def _summary_table(summary: dict[str, Any]) -> Table:
     settings = summary.get("settings", {})
     loop = f" · roi {settings['roi']}" if settings.get("roi") else ""
+    loop += " · ground-truth masks" if settings.get("masks") == "gt" else ""
     table = Table("metric", "value", title=f"{summary['benchmark']} · {summary['split']} · "
                   f"{Path(settings.get('model', '?')).name}{loop}", title_justify="left")
     for i, (label, value) in enumerate(_rows(summary)):
@@ -250,7 +255,7 @@ def _report_rows(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list[
     rows = [[label, *[str(s.get(key)) for s in summaries]] for label, key in (("benchmark", "benchmark"),
                                                                               ("split", "split"))]
     rows += [[label, *[_fmt(s.get("settings", {}).get(label)) for s in summaries]]
-             for label in ("model", "roi", "max_new_tokens")]
+             for label in ("model", "roi", "masks", "max_new_tokens")]
     labels: list[str] = []
     for column in columns:
         labels += [label for label in column if label not in labels]

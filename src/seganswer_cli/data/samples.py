@@ -200,6 +200,12 @@ class VQASample:
     extra: dict[str, Any] = field(default_factory=dict)
     """Format-specific fields (category, pass rates, raw answer, scene graph)."""
 
+    def region(self) -> np.ndarray | None:
+        """The bool ``(H, W)`` union of ``region_masks``; None when the question has none."""
+        if not self.region_masks:
+            return None
+        return np.logical_or.reduce([m.decode().astype(bool) for m in self.region_masks])
+
 
 Sample = SegSample | VQASample
 

@@ -62,7 +62,8 @@ class EvalItem:
     groups: dict[str, str] = field(default_factory=dict)
     """Keys grouped metrics need (category, circular group, HallusionBench ids, MMVP pair...)."""
     gt_rle: dict | None = None
-    """Ground-truth mask as COCO RLE (segmentation benchmarks)."""
+    """Ground-truth mask as COCO RLE: the target of a segmentation benchmark, or the region a question
+    is about (``shapes-vqa``), which ``eval --masks gt`` shows in place of the model's mask."""
     ignore_rle: dict | None = None
     """Pixels excluded from IoU (ReasonSeg ``ignore`` polygons), as COCO RLE."""
 

@@ -68,6 +68,9 @@ class RunSettings:
     """Most ``<|seg|>`` rounds per question (None for segmentation)."""
     max_new_tokens: int | None = 256
     """Most generated tokens per question (None for segmentation)."""
+    masks: str | None = "model"
+    """Where the second look's mask comes from: ``model`` (SAM 2.1, from the ``<|seg|>`` state) or
+    ``gt`` (the question's annotated region: the oracle-grounding ablation); None for segmentation."""
     dtype: str = "auto"
     """Weights dtype the model was loaded in."""
 
@@ -78,7 +81,7 @@ class RunSettings:
         ``loop`` (roi, max_seg_steps, max_new_tokens) is dropped for segmentation, which does not use it."""
         model_path = Path(model)
         if spec.task == "segmentation":
-            loop = {**loop, "roi": None, "max_seg_steps": None, "max_new_tokens": None}
+            loop = {**loop, "roi": None, "max_seg_steps": None, "max_new_tokens": None, "masks": None}
         return cls(
             benchmark=spec.name,
             split=split or spec.default_split,
@@ -88,12 +91,17 @@ class RunSettings:
         )
 
     def differences(self, recorded: dict[str, Any]) -> list[str]:
-        """``name: <recorded> there, <self> now`` for every setting that differs from ``recorded``."""
-        return [
-            f"{f.name}: {recorded.get(f.name)!r} there, {getattr(self, f.name)!r} now"
-            for f in fields(self)
-            if recorded.get(f.name) != getattr(self, f.name)
-        ]
+        """``name: <recorded> there, <self> now`` for every setting that differs from ``recorded``.
+        A setting the folder does not record (written before the setting existed) matches its default
+        and "not applicable" (None)."""
+        found = []
+        for f in fields(self):
+            now = getattr(self, f.name)
+            if f.name not in recorded and now in (f.default, None):
+                continue
+            if recorded.get(f.name) != now:
+                found.append(f"{f.name}: {recorded.get(f.name)!r} there, {now!r} now")
+        return found
 
 
 def versions() -> dict[str, str]:
@@ -156,6 +164,7 @@ class EvalRun:
 
             ReasoningSettings(roi=settings.roi, max_seg_steps=settings.max_seg_steps,
                               max_new_tokens=settings.max_new_tokens)  # validates them
+            check_mask_source(spec, settings, items)
         folder = Path(folder)
         run_info = _check_run_file(folder, settings)
         done = read_predictions(folder / PREDICTIONS)
@@ -205,7 +214,8 @@ class EvalRun:
         loop = ReasoningLoop(model, ReasoningSettings(roi=s.roi, max_seg_steps=s.max_seg_steps,
                                                       max_new_tokens=s.max_new_tokens))  # cheap: no state
         images = [item.load_image() for item in batch]
-        trajectories = loop.run(images, [item.prompt for item in batch])
+        regions = [item.load_gt_mask() for item in batch] if s.masks == "gt" else None
+        trajectories = loop.run(images, [item.prompt for item in batch], regions)
         for item, image, traj in zip(batch, images, trajectories, strict=True):
             result = self.spec.score(traj.text, item)
             figure = functools.partial(_trajectory_figure, image, traj) if want_vis else None
@@ -262,6 +272,24 @@ class EvalRun:
 
 
 # -- prediction records ----------------------------------------------------------------------------
+
+
+MASK_SOURCES = ("model", "gt")
+
+
+def check_mask_source(spec: BenchmarkSpec, settings: RunSettings, items: list[EvalItem]) -> None:
+    """``UsageError`` unless ``settings.masks`` can be honoured: ``gt`` needs a second look and an
+    annotated region on every question."""
+    if settings.masks not in MASK_SOURCES:
+        raise UsageError(f"unknown --masks {settings.masks!r}; expected one of {', '.join(MASK_SOURCES)}")
+    if settings.masks != "gt":
+        return
+    if settings.roi == "none":
+        raise UsageError("--masks gt shows the annotated region in the second look, and --roi none has none")
+    without = [item.id for item in items if item.gt_rle is None]
+    if without:
+        raise UsageError(f"--masks gt needs the region each question is about; {spec.name} has none for "
+                         f"{len(without)} of {len(items)} questions (first: {without[0]}); shapes-vqa has them")
 
 
 def qa_record(item: EvalItem, result: SampleResult, traj) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 from seganswer_cli.eval.metrics import accuracy_summary
 from seganswer_cli.eval.multiple_choice import lettered, prompt_and_answer
 from seganswer_cli.eval.shapes import DEFAULT_SPLIT, SPLITS, image_of, read_samples
+from seganswer_cli.masks import encode_rle
 
 NAME = "shapes-vqa"
 __all__ = ["DEFAULT_SPLIT", "SPLITS", "read", "score", "summarize"]
@@ -43,12 +44,15 @@ def _item(sample: VQASample, source: str) -> EvalItem:
             raise DataError(f"{source}: sample {sample.id} has answer letter {sample.answer_letter!r}, "
                             f"not one of its options {', '.join(options)}")
     prompt, answer = prompt_and_answer(sample)  # the same text Stage 2 trains on
+    region = sample.region()
     if sample.options:
         return EvalItem(id=sample.id, benchmark=NAME, image=image_of(sample), question=sample.question,
-                        prompt=prompt, answer=answer, answer_kind="choice", options=options, groups=groups)
+                        prompt=prompt, answer=answer, answer_kind="choice", options=options, groups=groups,
+                        gt_rle=None if region is None else encode_rle(region))
     kind = "number" if sample.answer_type == "number" else "text"
     return EvalItem(id=sample.id, benchmark=NAME, image=image_of(sample), question=sample.question,
-                    prompt=prompt, answer=answer, answer_kind=kind, groups=groups)
+                    prompt=prompt, answer=answer, answer_kind=kind, groups=groups,
+                    gt_rle=None if region is None else encode_rle(region))
 
 
 def summarize(results: Sequence[SampleResult]) -> dict[str, float]:

@@ -59,7 +59,8 @@ class QuestionRun:
 
     @property
     def label(self) -> str:
-        return f"{self.folder.name} (roi {self.settings.get('roi')})"
+        oracle = ", ground-truth masks" if self.settings.get("masks") == "gt" else ""
+        return f"{self.folder.name} (roi {self.settings.get('roi')}{oracle})"
 
     @property
     def questions(self) -> tuple:

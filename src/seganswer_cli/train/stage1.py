@@ -395,11 +395,9 @@ def look_sequence(model, image, sample: VQASample, mode: str):
     of ``sample.region_masks``): the reasoning loop's turns as Stage 2 lays them out, with the region
     as the ``<|seg|>`` target and its ``mode`` view (``mask`` or ``bbox``) as Prompt 2. Returns the
     sequence and the region mask."""
-    import numpy as np
-
     from seganswer_cli.eval.multiple_choice import prompt_and_answer
 
-    region = np.logical_or.reduce([m.decode() for m in sample.region_masks])
+    region = sample.region()
     view, _ = model.second_look(image, region, mode=mode)
     prompt, answer = prompt_and_answer(sample)
     return model.stage2_sequence(model.global_view(image), prompt, answer, view=view), region
