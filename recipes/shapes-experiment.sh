@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The miniature replication of the paper's claim (docs/shapes-experiment.md): the same model answers
 # the held-out shapes-vqa questions (seed 100003, never trained on) with a pixel-level second look
-# (--roi mask), a box crop (--roi bbox) and no second look (--roi none); shapes-refseg scores its
-# masks; the untrained architecture (shapes-base) is the floor. One table, the curves of every
-# training stage, and a contact sheet of trajectories.
+# (--roi mask), a box crop (--roi bbox) and no second look (--roi none); the same with the
+# questions' annotated regions in place of the model's masks (--masks gt: oracle grounding);
+# shapes-refseg scores its masks; the untrained architecture (shapes-base) is the floor. One table,
+# the curves of every training stage, and a contact sheet of trajectories. With the recipe's folder
+# (RUNS), the same comparison for the model after the stand-in and after Stage 2 (report-stages.md).
 #
 #   bash recipes/shapes-experiment.sh [MODEL] [OUT] [RUNS]
 #     MODEL  model folder or preset (default: shapes, the shipped model)
@@ -19,19 +21,36 @@ N=${N:-200}                     # questions per benchmark (the generated sets ho
 SEGANSWER=${SEGANSWER:-seganswer}
 mkdir -p "$OUT"
 
-for roi in mask bbox none; do
-  "$SEGANSWER" eval shapes-vqa --model "$MODEL" --roi "$roi" --limit "$N" --out "$OUT/vqa-$roi" -q
-done
+# questions MODEL OUT_PREFIX: shapes-vqa with every second look, the model's masks and the annotated regions
+questions() {
+  for roi in mask bbox none; do
+    "$SEGANSWER" eval shapes-vqa --model "$1" --roi "$roi" --limit "$N" --out "$2-$roi" -q
+  done
+  for roi in mask bbox; do
+    "$SEGANSWER" eval shapes-vqa --model "$1" --roi "$roi" --masks gt --limit "$N" --out "$2-$roi-gt" -q
+  done
+}
+
+questions "$MODEL" "$OUT/vqa"
 "$SEGANSWER" eval shapes-refseg --model "$MODEL" --limit "$N" --out "$OUT/refseg" -q
 "$SEGANSWER" eval shapes-vqa --model shapes-base --roi mask --limit "$N" --out "$OUT/vqa-untrained" -q
 
-"$SEGANSWER" eval report "$OUT/vqa-mask" "$OUT/vqa-bbox" "$OUT/vqa-none" "$OUT/vqa-untrained" --markdown \
-  > "$OUT/report-vqa.md"
+"$SEGANSWER" eval report "$OUT"/vqa-{mask,bbox,none,mask-gt,bbox-gt,untrained} --markdown > "$OUT/report-vqa.md"
 "$SEGANSWER" eval report "$OUT/refseg" --markdown > "$OUT/report-refseg.md"
 cat "$OUT/report-vqa.md" "$OUT/report-refseg.md"
 "$SEGANSWER" eval sheet "$OUT/vqa-mask" "$OUT/vqa-bbox" --out "$OUT/contact-sheet.png"
 
 if [[ -d "$RUNS" ]]; then
+  stages=()
+  for stage in 0-standin 3-stage2; do
+    if [[ -f "$RUNS/$stage/model/seganswer.json" ]]; then
+      questions "$RUNS/$stage/model" "$OUT/stages/$stage"
+      stages+=("$OUT/stages/$stage"-{mask,bbox,none,mask-gt,bbox-gt})
+    fi
+  done
+  if (( ${#stages[@]} )); then
+    "$SEGANSWER" eval report "${stages[@]}" --markdown > "$OUT/report-stages.md"
+  fi
   for run in 0-standin 1-stage1-projector 2-stage1-lora 3-stage2 4-stage3; do
     if [[ -f "$RUNS/$run/metrics.jsonl" ]]; then
       "$SEGANSWER" plot "$RUNS/$run" --out "$OUT/curves-$run.png"
