@@ -98,6 +98,26 @@ class LoraSettings:
             raise UsageError("LoRA needs at least one target module")
 
 
+def check_run_settings(config, *, at_least_one: tuple[str, ...], non_negative: tuple[str, ...]) -> None:
+    """The checks every stage's config shares (``UsageError`` naming the setting): ``dtype``,
+    ``mixed_precision``, ``on_error``, ``max_steps`` (None or >= 1), the ``at_least_one`` fields >= 1
+    and the ``non_negative`` ones >= 0."""
+    if config.dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {config.dtype!r}; expected one of {', '.join(DTYPES)}")
+    if config.mixed_precision not in MIXED_PRECISION:
+        raise UsageError(f"unknown mixed precision {config.mixed_precision!r}; expected {', '.join(MIXED_PRECISION)}")
+    if config.on_error not in ("stop", "skip"):
+        raise UsageError(f"on_error must be stop or skip, got {config.on_error!r}")
+    for name in at_least_one:
+        if getattr(config, name) < 1:
+            raise UsageError(f"{name} must be >= 1, got {getattr(config, name)}")
+    for name in non_negative:
+        if getattr(config, name) < 0:
+            raise UsageError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise UsageError(f"max_steps must be >= 1, got {config.max_steps}")
+
+
 @dataclass
 class Stage1Config:
     """Stage 1 pixel grounding (paper §3.1, §4.2): one phase, ``projector`` or ``lora``, per run."""
@@ -200,20 +220,8 @@ class Stage1Config:
     def __post_init__(self) -> None:
         if self.phase not in STAGE1_PHASES:
             raise UsageError(f"unknown phase {self.phase!r}; expected projector, lora or standin")
-        if self.dtype not in DTYPES:
-            raise UsageError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise UsageError(f"unknown mixed precision {self.mixed_precision!r}; expected {', '.join(MIXED_PRECISION)}")
-        if self.on_error not in ("stop", "skip"):
-            raise UsageError(f"on_error must be stop or skip, got {self.on_error!r}")
-        for name in ("batch_size", "grad_accum", "val_limit", "val_batch_size", "log_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_every", "eval_every"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError(f"max_steps must be >= 1, got {self.max_steps}")
+        check_run_settings(self, at_least_one=("batch_size", "grad_accum", "val_limit", "val_batch_size", "log_every",
+                                                "keep_checkpoints"), non_negative=("save_every", "eval_every"))
         for name in ("epochs", "projector_epochs", "lora_epochs", "projector_lr", "lora_lr", "standin_lr",
                      "standin_epochs", "sam_lr"):
             value = getattr(self, name)
@@ -301,25 +309,14 @@ class Stage2Config:
     """Optimizer and schedule (paper: lr 2e-6)."""
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise UsageError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise UsageError(f"unknown mixed precision {self.mixed_precision!r}; expected {', '.join(MIXED_PRECISION)}")
-        if self.on_error not in ("stop", "skip"):
-            raise UsageError(f"on_error must be stop or skip, got {self.on_error!r}")
+        check_run_settings(self, at_least_one=("batch_size", "grad_accum", "log_every", "keep_checkpoints", "max_length"),
+                           non_negative=("save_every",))
         if self.masks not in STAGE2_MASKS:
             raise UsageError(f"unknown masks {self.masks!r}; expected one of {', '.join(STAGE2_MASKS)}")
         if self.too_long not in STAGE2_TOO_LONG:
             raise UsageError(f"too_long must be one of {', '.join(STAGE2_TOO_LONG)}, got {self.too_long!r}")
         if not 0.0 <= self.direct_share <= 1.0:
             raise UsageError(f"direct_share must be in [0, 1], got {self.direct_share}")
-        for name in ("batch_size", "grad_accum", "log_every", "keep_checkpoints", "max_length"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.save_every < 0:
-            raise UsageError(f"save_every must be >= 0, got {self.save_every}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError(f"max_steps must be >= 1, got {self.max_steps}")
         if not self.epochs > 0:
             raise UsageError(f"epochs must be > 0, got {self.epochs}")
         if self.optim.lr is None:
@@ -509,27 +506,15 @@ class Stage3Config:
     """Optimizer and schedule (paper: lr 2e-5; constant after warmup, as DAPO)."""
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise UsageError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise UsageError(f"unknown mixed precision {self.mixed_precision!r}; expected {', '.join(MIXED_PRECISION)}")
-        if self.on_error not in ("stop", "skip"):
-            raise UsageError(f"on_error must be stop or skip, got {self.on_error!r}")
+        check_run_settings(self, at_least_one=("prompts_per_step", "rollout_batch_size", "max_new_tokens", "mini_batches",
+                                                "micro_batch_size", "log_every", "keep_checkpoints"),
+                           non_negative=("max_refills", "save_every", "max_seg_steps", "overlong_buffer"))
         if self.roi not in ROI_CHOICES:
             raise UsageError(f"unknown roi {self.roi!r}; expected one of {', '.join(ROI_CHOICES)}")
-        for name in ("prompts_per_step", "rollout_batch_size", "max_new_tokens", "mini_batches",
-                     "micro_batch_size", "log_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.rollouts_per_prompt < 2:
             raise UsageError(f"rollouts_per_prompt must be >= 2 (a group needs two rollouts), got {self.rollouts_per_prompt}")
-        for name in ("max_refills", "save_every", "max_seg_steps", "overlong_buffer"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.overlong_buffer >= self.max_new_tokens:
             raise UsageError(f"overlong_buffer ({self.overlong_buffer}) must be below max_new_tokens ({self.max_new_tokens})")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError(f"max_steps must be >= 1, got {self.max_steps}")
         if not self.epochs > 0:
             raise UsageError(f"epochs must be > 0, got {self.epochs}")
         if not self.temperature > 0 or not 0 < self.top_p <= 1:
