@@ -1,5 +1,6 @@
-"""Pieces every training stage's loop calls (Stage 1, Stage 2, Stage 3): schedules, the seeded
-sample stream, distributed reductions, the NaN stop, the progress bar, package versions.
+"""Pieces every training stage's loop calls (Stage 1, Stage 2, Stage 3): the data and accelerator
+set-up, AdamW and its schedule, the seeded sample stream, distributed reductions, the NaN stop, the
+progress bar, package versions.
 
 Stages call these rather than copying them; what a run folder holds is ``runs.py``'s.
 """
@@ -7,6 +8,7 @@ Stages call these rather than copying them; what a run folder holds is ``runs.py
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +16,50 @@ from pathlib import Path
 import torch
 
 from seganswer_cli import __version__
+from seganswer_cli.errors import UsageError
 from seganswer_cli.train import runs
+
+
+def data_specs(data: list[str], what: str = "training data") -> list:
+    """The ``--data NAME=PATH[:weight]`` specs of a run, every path checked (``UsageError`` naming
+    the first that does not exist, or saying that there are none)."""
+    from seganswer_cli.data import parse_data_specs
+
+    if not data:
+        raise UsageError(f"no {what}: give --data NAME=PATH[:weight] (or `data:` in the config)")
+    specs = parse_data_specs(data)
+    for spec in specs:
+        if not spec.path.exists():
+            raise UsageError(f"dataset path not found: {spec.path} (--data {spec.name}={spec.path})")
+    return specs
+
+
+def start_accelerator(config, **kwargs):
+    """accelerate's ``Accelerator`` for a run (its ``mixed_precision``; ``kwargs`` as accelerate
+    takes them), with python, numpy and torch seeded from ``config.seed``."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    accelerator = Accelerator(
+        # accelerate starts gloo data parallel on CPU-only machines only when told the CPU is meant
+        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
+        mixed_precision=config.mixed_precision,
+        **kwargs,
+    )
+    set_seed(config.seed)  # python, numpy, torch (and CUDA)
+    return accelerator
+
+
+def adamw_with_schedule(params, optim, total: int):
+    """AdamW on ``params`` (a list of tensors or of groups) with ``optim``'s settings, its
+    ``LambdaLR`` over ``total`` optimizer updates, and the warmup updates (``warmup_steps``, else
+    ``warmup_ratio`` of ``total``)."""
+    optimizer = torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, eps=optim.eps,
+                                  weight_decay=optim.weight_decay)
+    warmup = optim.warmup_steps if optim.warmup_steps is not None else round(optim.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(optim.schedule, warmup, total,
+                                                                         optim.min_lr_ratio))
+    return optimizer, scheduler, warmup
 
 
 def enable_activation_checkpointing(mllm) -> None:

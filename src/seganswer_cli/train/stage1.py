@@ -42,7 +42,6 @@ The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/trai
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 import warnings
@@ -59,19 +58,20 @@ from seganswer_cli.data import (
     open_dataset,
     open_mixture,
     parse_data_spec,
-    parse_data_specs,
 )
 from seganswer_cli.errors import UsageError
 from seganswer_cli.train import runs
 from seganswer_cli.train.loop import (
     TrainProgress,
+    adamw_with_schedule,
     clip_gradients,
+    data_specs,
     enable_activation_checkpointing,
     keep_frozen_parts_in_eval,
-    lr_schedule,
     quiet_transformers,
     reduce_mean,
     sample_stream,
+    start_accelerator,
     stop_if_not_finite,
     versions,
 )
@@ -87,33 +87,23 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     ``stop_after_step`` ends the process's work after that optimizer step as if it were killed
     (no final checkpoint, no model folder): how the tests interrupt a run before ``resume``.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from accelerate.utils import DistributedDataParallelKwargs
 
     # ---------------------------------------------------------------- setup: cheap checks first
     run = runs.check_run_folder(out, resume=resume, overwrite=overwrite)
     if resume:
         config = config_for_resume(run, config)
     config = config.resolved()
-    if not config.data:
-        raise UsageError("no training data: give --data NAME=PATH[:weight] (or `data:` in the config)")
-    specs = parse_data_specs(config.data)
-    for spec in specs:
-        if not spec.path.exists():
-            raise UsageError(f"dataset path not found: {spec.path} (--data {spec.name}={spec.path})")
+    specs = data_specs(config.data)
     val_spec = parse_data_spec(config.val_data) if config.val_data else None
     if val_spec is not None and not val_spec.path.exists():
         raise UsageError(f"validation dataset path not found: {val_spec.path}")
 
-    accelerator = Accelerator(
-        # accelerate starts gloo data parallel on CPU-only machines only when told the CPU is meant
-        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.grad_accum,
+    accelerator = start_accelerator(
+        config, gradient_accumulation_steps=config.grad_accum,
         # LoRA phase: SAM's prompt encoder has point/box/mask-prompt parts the <|seg|> prompt never uses
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.phase != "projector")],
     )
-    set_seed(config.seed)  # python, numpy, torch (and CUDA)
 
     mixture, skipped = open_mixture(specs, on_error=config.on_error, seed=config.seed)
     for name, source in zip(mixture.names, mixture.sources):
@@ -131,18 +121,13 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     peft_model = setup_trainable(model, config)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.mllm)
-    optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.optim.lr, betas=config.optim.betas,
-                                  eps=config.optim.eps, weight_decay=config.optim.weight_decay)
 
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
     dataset_size = sum(len(s) for s in mixture.sources)
     steps_per_epoch = math.ceil(dataset_size / global_batch)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else round(
-        config.optim.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule(config.optim.schedule, warmup, total_steps, config.optim.min_lr_ratio))
+    optimizer, scheduler, warmup = adamw_with_schedule(param_groups(model, config), config.optim, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 

@@ -61,7 +61,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from collections import Counter
@@ -74,20 +73,22 @@ import numpy as np
 import torch
 
 from seganswer_cli.config import Stage2Config, to_dict
-from seganswer_cli.data import VQASample, open_mixture, parse_data_specs
+from seganswer_cli.data import VQASample, open_mixture
 from seganswer_cli.errors import ImageReadError, ModelFolderError, UsageError, read_json
 from seganswer_cli.eval.multiple_choice import prompt_and_answer
 from seganswer_cli.model import tokens
 from seganswer_cli.train import runs
 from seganswer_cli.train.loop import (
     TrainProgress,
+    adamw_with_schedule,
     clip_gradients,
+    data_specs,
     enable_activation_checkpointing,
     keep_frozen_parts_in_eval,
-    lr_schedule,
     quiet_transformers,
     reduce_mean,
     sample_stream,
+    start_accelerator,
     stop_if_not_finite,
     versions,
 )
@@ -108,29 +109,15 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
     ``stop_after_step`` ends the process's work after that optimizer step as if it were killed
     (no final checkpoint, no model folder): how the tests interrupt a run before ``resume``.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     # ---------------------------------------------------------------- setup: cheap checks first
     run = runs.check_run_folder(out, resume=resume, overwrite=overwrite)
     if resume:
         config = config_for_resume(run, config)
     config = config.resolved()
-    if not config.data:
-        raise UsageError("no training data: give --data NAME=PATH[:weight] (or `data:` in the config)")
-    specs = parse_data_specs(config.data)
-    for spec in specs:
-        if not spec.path.exists():
-            raise UsageError(f"dataset path not found: {spec.path} (--data {spec.name}={spec.path})")
+    specs = data_specs(config.data)
     check_starting_model(config)
 
-    accelerator = Accelerator(
-        # accelerate starts gloo data parallel on CPU-only machines only when told the CPU is meant
-        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-        mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.grad_accum,
-    )
-    set_seed(config.seed)
+    accelerator = start_accelerator(config, gradient_accumulation_steps=config.grad_accum)
 
     mixture, skipped = open_mixture(specs, on_error=config.on_error, seed=config.seed)
     for name, source in zip(mixture.names, mixture.sources):
@@ -142,18 +129,13 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.mllm)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps,
-                                  weight_decay=config.optim.weight_decay)
 
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
     dataset_size = sum(len(s) for s in mixture.sources)
     steps_per_epoch = math.ceil(dataset_size / global_batch)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
-    warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else round(
-        config.optim.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule(config.optim.schedule, warmup, total_steps, config.optim.min_lr_ratio))
+    optimizer, scheduler, warmup = adamw_with_schedule(params, config.optim, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 

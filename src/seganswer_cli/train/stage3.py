@@ -74,7 +74,6 @@ The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/trai
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,19 +84,21 @@ import torch
 from torch import nn
 
 from seganswer_cli.config import Stage3Config, to_dict
-from seganswer_cli.data import VQASample, open_mixture, parse_data_specs
+from seganswer_cli.data import VQASample, open_mixture
 from seganswer_cli.errors import SegAnswerError, UsageError
 from seganswer_cli.eval.multiple_choice import prompt_and_answer
 from seganswer_cli.train import rewards, runs
 from seganswer_cli.train.loop import (
     TrainProgress,
+    adamw_with_schedule,
     clip_gradients,
+    data_specs,
     enable_activation_checkpointing,
     keep_frozen_parts_in_eval,
-    lr_schedule,
     quiet_transformers,
     reduce_mean,
     sample_stream,
+    start_accelerator,
     stop_if_not_finite,
     versions,
 )
@@ -374,29 +375,17 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     ``stop_after_step`` ends the process's work after that step as if it were killed (no final
     checkpoint, no model folder): how the tests interrupt a run before ``resume``.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     # ---------------------------------------------------------------- setup: cheap checks first
     run = runs.check_run_folder(out, resume=resume, overwrite=overwrite)
     if resume:
         config = config_for_resume(run, config)
     config = config.resolved()
-    if not config.data:
-        raise UsageError("no prompt data: give --data NAME=PATH[:weight] (or `data:` in the config)")
     unknown = sorted(set(config.reward_weights) - set(rewards.REWARDS))
     if unknown:
         raise UsageError(f"unknown reward(s) {unknown} in reward_weights; known: {', '.join(sorted(rewards.REWARDS))}")
-    specs = parse_data_specs(config.data)
-    for spec in specs:
-        if not spec.path.exists():
-            raise UsageError(f"dataset path not found: {spec.path} (--data {spec.name}={spec.path})")
+    specs = data_specs(config.data, "prompt data")
 
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1,
-        mixed_precision=config.mixed_precision,
-    )
-    set_seed(config.seed)
+    accelerator = start_accelerator(config)
     mixture, skipped = open_mixture(specs, on_error=config.on_error, seed=config.seed)
     mixture.sources = [verifiable_prompts(name, source) for name, source in zip(mixture.names, mixture.sources)]
 
@@ -406,17 +395,12 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.mllm)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=config.optim.betas, eps=config.optim.eps,
-                                  weight_decay=config.optim.weight_decay)
     world = accelerator.num_processes
     dataset_size = sum(len(s) for s in mixture.sources)
     steps_per_epoch = math.ceil(dataset_size / config.prompts_per_step)
     total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     total_updates = total_steps * config.mini_batches
-    warmup = config.optim.warmup_steps if config.optim.warmup_steps is not None else round(
-        config.optim.warmup_ratio * total_updates)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_schedule(config.optim.schedule, warmup, total_updates, config.optim.min_lr_ratio))
+    optimizer, scheduler, warmup = adamw_with_schedule(params, config.optim, total_updates)
     policy, optimizer = accelerator.prepare(Policy(model), optimizer)
     unwrapped = accelerator.unwrap_model(policy).model
 
