@@ -71,6 +71,7 @@ from seganswer_cli.train.loop import (
     quiet_transformers,
     reduce_mean,
     sample_stream,
+    save_trained_model,
     start_accelerator,
     stop_if_not_finite,
     versions,
@@ -230,20 +231,12 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     progress.close()
 
     # ---------------------------------------------------------------- save
-    if accelerator.is_main_process:
+    if accelerator.is_main_process and peft_model is not None:
         from seganswer_cli.train.merge import merge_lora
 
-        if peft_model is not None:
-            merge_lora(unwrapped, peft_model)
-        if config.dtype != "float32":  # trainable parts were kept in float32; save in the run's dtype
-            unwrapped.to(getattr(torch, config.dtype))
-        info = training_info(unwrapped, settings, run, total_steps)
-        with quiet_transformers():
-            runs.save_final_model(run, lambda folder: unwrapped.save_pretrained(folder, extra_info=info))
-        if show:
-            print(f"wrote {run.model_dir}")
-    accelerator.wait_for_everyone()
-    return run.model_dir
+        merge_lora(unwrapped, peft_model)
+    return save_trained_model(accelerator, run, unwrapped, config.dtype,
+                              lambda: training_info(unwrapped, settings, run, total_steps), show=show)
 
 
 # ---------------------------------------------------------------------- setup helpers

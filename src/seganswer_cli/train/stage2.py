@@ -88,6 +88,7 @@ from seganswer_cli.train.loop import (
     quiet_transformers,
     reduce_mean,
     sample_stream,
+    save_trained_model,
     start_accelerator,
     stop_if_not_finite,
     versions,
@@ -248,17 +249,9 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
 
     # ---------------------------------------------------------------- save
     problems = gathered_problems(accelerator, report)
-    if accelerator.is_main_process:
-        if config.dtype != "float32":  # trainable parts were kept in float32; save in the run's dtype
-            unwrapped.to(getattr(torch, config.dtype))
-        info = training_info(unwrapped, settings, run, total_steps, problems)
-        with quiet_transformers():
-            runs.save_final_model(run, lambda folder: unwrapped.save_pretrained(folder, extra_info=info))
-        if show:
-            report.print_summary(problems, settings["records_skipped_reading"])
-            print(f"wrote {run.model_dir}")
-    accelerator.wait_for_everyone()
-    return run.model_dir
+    return save_trained_model(accelerator, run, unwrapped, config.dtype,
+                              lambda: training_info(unwrapped, settings, run, total_steps, problems), show=show,
+                              before_print=lambda: report.print_summary(problems, settings["records_skipped_reading"]))
 
 
 # ---------------------------------------------------------------------- setup helpers

@@ -98,6 +98,7 @@ from seganswer_cli.train.loop import (
     quiet_transformers,
     reduce_mean,
     sample_stream,
+    save_trained_model,
     start_accelerator,
     stop_if_not_finite,
     versions,
@@ -490,16 +491,8 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     progress.close()
 
     # ---------------------------------------------------------------- save
-    if accelerator.is_main_process:
-        if config.dtype != "float32":
-            unwrapped.to(getattr(torch, config.dtype))
-        info = training_info(unwrapped, settings, run, total_steps)
-        with quiet_transformers():
-            runs.save_final_model(run, lambda folder: unwrapped.save_pretrained(folder, extra_info=info))
-        if show:
-            print(f"wrote {run.model_dir}")
-    accelerator.wait_for_everyone()
-    return run.model_dir
+    return save_trained_model(accelerator, run, unwrapped, config.dtype,
+                              lambda: training_info(unwrapped, settings, run, total_steps), show=show)
 
 
 # ---------------------------------------------------------------------- setup helpers
