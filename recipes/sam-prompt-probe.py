@@ -66,6 +66,11 @@ def centroid(mask: np.ndarray, size: int) -> list[float]:
     return [xs.mean() / w * size, ys.mean() / h * size]
 
 
+def iou(a: torch.Tensor, b: torch.Tensor) -> float:
+    """IoU of two bool masks of one size (0 when both are empty)."""
+    return float((a & b).sum() / max(int((a | b).sum()), 1))
+
+
 def scene_pairs(sample, extra: int) -> list[tuple[str, np.ndarray]]:
     """The sample's ``(expression, mask)`` and ``extra`` more of other shapes of its scene."""
     return [(sample.expression, sample.mask.decode().astype(bool))] + more_expressions(
@@ -116,12 +121,10 @@ def main() -> None:
             masks = upsample_logits(pred.low_res_logits, (size, size)) > 0  # (n, S, S)
             targets = resize_masks([m for _, m in pairs], size) > 0.5
             for i, (_, native) in enumerate(pairs):
-                iou = float((masks[i] & targets[i]).sum() / max(int((masks[i] | targets[i]).sum()), 1))
-                ious.append(iou)
+                ious.append(iou(masks[i], targets[i]))
                 if native.sum() < SMALL:
-                    small.append(iou)
-            for i in range(1, len(pairs)):
-                overlap.append(float((masks[0] & masks[i]).sum() / max(int((masks[0] | masks[i]).sum()), 1)))
+                    small.append(ious[-1])
+            overlap += [iou(masks[0], masks[i]) for i in range(1, len(pairs))]
         sam.train()
         row = {"step": step, "val_iou": round(float(np.mean(ious)), 4),
                "val_iou_small": round(float(np.mean(small)), 4) if small else None, "small_targets": len(small),

@@ -69,6 +69,7 @@ def test_shipped_models_masks_follow_the_expression():
     """Two expressions naming different shapes of one held-out image give different masks (the
     first shipped models gave one mask per image whatever they were asked)."""
     from seganswer_cli.data.synthetic import generate_samples, more_expressions, world
+    from seganswer_cli.masks import mask_iou
     from seganswer_cli.model import SegAnswerModel
 
     model = SegAnswerModel.from_preset("shapes")
@@ -79,13 +80,9 @@ def test_shipped_models_masks_follow_the_expression():
         if not other:
             continue
         (a, _, _), (b, _, _) = model.segment_batch([sample.image.load()] * 2, [sample.expression, other[0][0]])
-        same += iou(a, b) > 0.9
+        same += mask_iou(a, b) > 0.9
         total += 1
-        ious += [iou(a, sample.mask.decode()), iou(b, other[0][1])]
+        ious += [mask_iou(a, sample.mask.decode()), mask_iou(b, other[0][1])]
     mean_iou = sum(ious) / len(ious)
     print(f"\n{total} held-out images, two expressions each: one mask for both in {same}, mean IoU {mean_iou:.3f}")
     assert total >= 30 and same <= SAME_MASK_CEILING * total and mean_iou >= MEAN_IOU_FLOOR
-
-
-def iou(a, b) -> float:
-    return float((a & b).sum() / max((a | b).sum(), 1))

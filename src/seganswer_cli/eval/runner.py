@@ -78,7 +78,7 @@ class RunSettings:
     def create(cls, spec: BenchmarkSpec, data: BenchmarkData, *, data_path: Path | None, split: str | None,
                model: str, **loop: Any) -> RunSettings:
         """Settings with paths made absolute (so a rerun from another folder matches) and the split resolved;
-        ``loop`` (roi, max_seg_steps, max_new_tokens) is dropped for segmentation, which does not use it."""
+        ``loop`` (roi, masks, max_seg_steps, max_new_tokens) is dropped for segmentation, which does not use it."""
         model_path = Path(model)
         if spec.task == "segmentation":
             loop = {**loop, "roi": None, "max_seg_steps": None, "max_new_tokens": None, "masks": None}

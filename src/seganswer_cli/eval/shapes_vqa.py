@@ -44,15 +44,23 @@ def _item(sample: VQASample, source: str) -> EvalItem:
             raise DataError(f"{source}: sample {sample.id} has answer letter {sample.answer_letter!r}, "
                             f"not one of its options {', '.join(options)}")
     prompt, answer = prompt_and_answer(sample)  # the same text Stage 2 trains on
-    region = sample.region()
+    region = region_rle(sample)
     if sample.options:
         return EvalItem(id=sample.id, benchmark=NAME, image=image_of(sample), question=sample.question,
                         prompt=prompt, answer=answer, answer_kind="choice", options=options, groups=groups,
-                        gt_rle=None if region is None else encode_rle(region))
+                        gt_rle=region)
     kind = "number" if sample.answer_type == "number" else "text"
     return EvalItem(id=sample.id, benchmark=NAME, image=image_of(sample), question=sample.question,
-                    prompt=prompt, answer=answer, answer_kind=kind, groups=groups,
-                    gt_rle=None if region is None else encode_rle(region))
+                    prompt=prompt, answer=answer, answer_kind=kind, groups=groups, gt_rle=region)
+
+
+def region_rle(sample: VQASample) -> dict | None:
+    """The question's region as COCO RLE (``eval --masks gt``): its one mask as stored, or the union
+    of several; None without one. Reading a benchmark decodes nothing for the usual one mask."""
+    if len(sample.region_masks) == 1:
+        return sample.region_masks[0].to_rle()
+    region = sample.region()
+    return None if region is None else encode_rle(region)
 
 
 def summarize(results: Sequence[SampleResult]) -> dict[str, float]:

@@ -190,11 +190,11 @@ class TrainProgress:
             self.enabled = False
 
 
-def save_trained_model(accelerator, run, model, dtype: str, info, *, show: bool, before_print=None) -> Path:
+def save_trained_model(accelerator, run, model, dtype: str, info, *, show: bool) -> Path:
     """The end of every stage: on the main process, cast ``model`` to the run's ``dtype`` (its
     trainable parts were kept in float32), write it with ``info()`` as its training record into
-    ``run``'s ``model/`` (atomically: ``runs.save_final_model``) and say so (after ``before_print()``,
-    when ``show``); every process then waits. Returns the model folder."""
+    ``run``'s ``model/`` (atomically: ``runs.save_final_model``) and say so when ``show``; every
+    process then waits. Returns the model folder."""
     if accelerator.is_main_process:
         if dtype != "float32":
             model.to(getattr(torch, dtype))
@@ -202,8 +202,6 @@ def save_trained_model(accelerator, run, model, dtype: str, info, *, show: bool,
         with quiet_transformers():
             runs.save_final_model(run, lambda folder: model.save_pretrained(folder, extra_info=extra))
         if show:
-            if before_print is not None:
-                before_print()
             print(f"wrote {run.model_dir}")
     accelerator.wait_for_everyone()
     return run.model_dir

@@ -249,9 +249,10 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
 
     # ---------------------------------------------------------------- save
     problems = gathered_problems(accelerator, report)
+    if show and accelerator.is_main_process:
+        report.print_summary(problems, settings["records_skipped_reading"])
     return save_trained_model(accelerator, run, unwrapped, config.dtype,
-                              lambda: training_info(unwrapped, settings, run, total_steps, problems), show=show,
-                              before_print=lambda: report.print_summary(problems, settings["records_skipped_reading"]))
+                              lambda: training_info(unwrapped, settings, run, total_steps, problems), show=show)
 
 
 # ---------------------------------------------------------------------- setup helpers
