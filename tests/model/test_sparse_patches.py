@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from seganswer_cli.errors import EmptyMaskError, MaskShapeError
 from seganswer_cli.model import tokens
@@ -151,3 +152,57 @@ def test_bad_masks_raise_clear_errors(tiny_model, noise_image):
     with pytest.raises(ValueError, match="roi mode"):
         build_segmented_view(noise_image, np.ones((180, 240), bool), tiny_model.image_processor, mode="box")
     assert tiny_model.segmented_view(noise_image, np.ones((180, 240), bool), mode="none") is None
+
+
+def _square_scene(h=180, w=240, box=(100, 60, 112, 72)):
+    """Grey image with one red square (``box`` = x0, y0, x1, y1) and its mask."""
+    pixels = np.full((h, w, 3), 128, np.uint8)
+    x0, y0, x1, y1 = box
+    pixels[y0:y1, x0:x1] = (255, 0, 0)
+    mask = np.zeros((h, w), bool)
+    mask[y0:y1, x0:x1] = True
+    return Image.fromarray(pixels), mask
+
+
+def test_box_crop_zooms_on_the_mask_and_keeps_original_positions(tiny_model):
+    image, mask = _square_scene()
+    settings = dict(zoom=True, zoom_min_pixels=28 * 28 * 16, zoom_max_pixels=28 * 28 * 16)
+    cells = tiny_model.segmented_view(image, mask, mode="bbox", **settings)
+    box = tiny_model.segmented_view(image, mask, mode="bbox", crop="box", crop_margin=0.25, **settings)
+    assert box.crop_box == (97, 57, 115, 75)  # the 12-px square grown by ceil(0.25 * 12) = 3 px
+    red = lambda view: (np.asarray(view.segmented_image)[..., 1] < 60).mean()  # noqa: E731
+    assert red(box) > 0.35 > 0.1 > red(cells)  # the target fills the zoomed box, not the cells' corner
+    view = tiny_model.segmented_view(image, mask, crop="box", crop_margin=0.25, **settings)
+    rows, cols = view.crop.grid
+    H, W = image.height, image.width
+    grows, gcols = tiny_model.global_view(image).grid
+    # kept cells' centres, mapped to the global grid (cell centres at integers), lie inside the box
+    x0, y0, x1, y1 = view.crop_box
+    h, w = view.positions[1], view.positions[2]
+    assert (h >= y0 * grows / H - 0.5).all() and (h <= y1 * grows / H - 0.5).all()
+    assert (w >= x0 * gcols / W - 0.5).all() and (w <= x1 * gcols / W - 0.5).all()
+    first = int(view.keep[0])
+    i, j = divmod(first, cols)
+    assert h[0].item() == pytest.approx((y0 + (i + 0.5) * (y1 - y0) / rows) * grows / H - 0.5, abs=1e-4)
+    assert w[0].item() == pytest.approx((x0 + (j + 0.5) * (x1 - x0) / cols) * gcols / W - 0.5, abs=1e-4)
+
+
+def test_box_crop_stays_inside_the_image_and_is_ignored_without_zoom(tiny_model):
+    image, mask = _square_scene(box=(0, 170, 10, 180))  # bottom-left corner
+    view = tiny_model.segmented_view(image, mask, zoom=True, crop="box", crop_margin=1.0)
+    assert view.crop_box == (0, 160, 20, 180)
+    plain = tiny_model.segmented_view(image, mask, zoom=False)
+    boxed = tiny_model.segmented_view(image, mask, zoom=False, crop="box")
+    assert boxed.crop_box == plain.crop_box and torch.equal(boxed.positions, plain.positions)
+    with pytest.raises(ValueError, match="crop"):
+        tiny_model.segmented_view(image, mask, crop="cell")
+
+
+def test_view_config_checks_its_crop_settings():
+    from seganswer_cli.model import ViewConfig
+
+    assert ViewConfig.from_dict({"zoom": True}).crop == "cells"  # folders written before the setting
+    with pytest.raises(ValueError, match="crop must be"):
+        ViewConfig(crop="tight")
+    with pytest.raises(ValueError, match="crop_margin"):
+        ViewConfig(crop="box", crop_margin=-0.1)

@@ -29,6 +29,12 @@ class ViewConfig:
     """Largest encoded size of the crop in pixels (None: the processor's ``max_pixels``)."""
     background: tuple[int, int, int] = (0, 0, 0)
     """RGB colour painted over pixels outside the mask before encoding."""
+    crop: str = "cells"
+    """What the zoom re-encodes: ``cells``, the global view's cells that cover the mask's box (at a
+    high global resolution, the mask's box to the nearest 28 px); ``box``, the mask's box grown by
+    ``crop_margin``, for a global view so coarse that a small region is a corner of one cell."""
+    crop_margin: float = 0.25
+    """With ``crop="box"``: the margin on every side, as a fraction of the box's longer side."""
 
     def __post_init__(self):
         if not 0.0 <= self.min_overlap < 1.0:
@@ -36,6 +42,10 @@ class ViewConfig:
         self.background = tuple(int(c) for c in self.background)
         if len(self.background) != 3 or not all(0 <= c <= 255 for c in self.background):
             raise ValueError(f"background must be an RGB triple in 0..255, got {self.background}")
+        if self.crop not in ("cells", "box"):
+            raise ValueError(f"crop must be 'cells' or 'box', got {self.crop!r}")
+        if not 0.0 <= self.crop_margin <= 4.0:
+            raise ValueError(f"crop_margin must be in [0, 4], got {self.crop_margin}")
 
     @classmethod
     def from_dict(cls, d: dict) -> ViewConfig:
@@ -67,10 +77,11 @@ class Preset:
 
 
 #: The demo architecture: a global view of at most 36 LLM tokens (a 640x480 scene at ~0.3x, so a
-#: 20-32 px target is about one token) and a zoomed second look of 16-36 tokens.
+#: 20-32 px target is under one token) and a second look of 36 tokens' worth of pixels cut around
+#: the mask's box (margin 0.25 of its longer side), where a 20-32 px target is ~110 px across.
 SHAPES_MLLM = dict(hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384,
                    vision_depth=3, vision_hidden_size=64, min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 36)
-SHAPES_VIEW = ViewConfig(zoom=True, zoom_min_pixels=28 * 28 * 16, zoom_max_pixels=28 * 28 * 36)
+SHAPES_VIEW = ViewConfig(zoom=True, zoom_min_pixels=28 * 28 * 36, zoom_max_pixels=28 * 28 * 36, crop="box", crop_margin=0.25)
 
 SHAPES_BASE = Preset(
     name="shapes-base",

@@ -41,6 +41,8 @@ from seganswer_cli.errors import EmptyMaskError, MaskShapeError
 
 RoiMode = Literal["mask", "bbox", "none"]
 ROI_MODES: tuple[str, ...] = ("mask", "bbox", "none")
+CropMode = Literal["cells", "box"]
+CROP_MODES: tuple[str, ...] = ("cells", "box")
 
 
 @dataclass
@@ -186,17 +188,24 @@ def build_segmented_view(
     zoom_min_pixels: int | None = None,
     zoom_max_pixels: int | None = None,
     background: tuple[int, int, int] = (0, 0, 0),
+    crop: CropMode = "cells",
+    crop_margin: float = 0.25,
 ) -> SegmentedView | None:
     """Build the segmented second look of ``image`` under ``mask`` (bool ``(H, W)``).
 
     ``zoom_min_pixels`` / ``zoom_max_pixels`` bound the crop's encoded size (default: the
-    processor's own budget). Raises ``EmptyMaskError`` for an empty mask (the reasoning loop then
+    processor's own budget). ``crop`` picks the region that is zoomed: ``cells``, the global view's
+    cells that cover the mask's bounding box; ``box``, the mask's bounding box grown by
+    ``crop_margin`` of its longer side on every side (zoom only: without zoom the crop is always
+    the global view's own cells). Raises ``EmptyMaskError`` for an empty mask (the reasoning loop then
     falls back to the original image) and ``MaskShapeError`` when the mask is not ``(H, W)``.
     """
     if mode not in ROI_MODES:
         raise ValueError(f"unknown roi mode {mode!r}; expected one of {', '.join(ROI_MODES)}")
     if mode == "none":
         return None
+    if crop not in CROP_MODES:
+        raise ValueError(f"unknown crop {crop!r}; expected one of {', '.join(CROP_MODES)}")
     H, W = image.height, image.width
     mask_np = _as_bool_mask(mask, (H, W))
     x0, y0, x1, y1 = mask_bbox(mask_np)
@@ -223,10 +232,17 @@ def build_segmented_view(
     # Native pixel box of those cells (rounded to whole pixels for cropping).
     ny0, ny1 = round(r0 * H / rows), round(r1 * H / rows)
     nx0, nx1 = round(c0 * W / cols), round(c1 * W / cols)
+    if zoom and crop == "box":
+        # The mask's own box with a margin: a small region fills the zoomed crop instead of
+        # sitting in a corner of the (possibly much larger) global cells around it.
+        pad = max(1, math.ceil(crop_margin * max(x1 - x0, y1 - y0)))
+        nx0, ny0, nx1, ny1 = max(0, x0 - pad), max(0, y0 - pad), min(W, x1 + pad), min(H, y1 + pad)
 
     pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W)
     resample = getattr(image_processor, "resample", None)
     no_zoom_hw = ((r1 - r0) * factor, (c1 - c0) * factor)
+    if zoom and crop == "box":  # the box's size in the global view's pixels, in whole cells
+        no_zoom_hw = (math.ceil((ny1 - ny0) * rows / H) * factor, math.ceil((nx1 - nx0) * cols / W) * factor)
     if zoom:
         out_h, out_w = zoom_size((ny1 - ny0, nx1 - nx0), no_zoom_hw, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
         crop = _resize_uint8(pixels[:, ny0:ny1, nx0:nx1], (out_h, out_w), resample)  # (3, out_h, out_w)
