@@ -206,3 +206,31 @@ def test_view_config_checks_its_crop_settings():
         ViewConfig(crop="tight")
     with pytest.raises(ValueError, match="crop_margin"):
         ViewConfig(crop="box", crop_margin=-0.1)
+
+
+def test_shapes_preset_second_look_magnifies_a_small_target():
+    """The demo world's premise: a 24-px disc on a 640x480 scene is under one token of the global
+    view and ~100 px across in the second look, where the cells around it would leave it ~25 px."""
+    from dataclasses import asdict
+
+    from seganswer_cli.model.mllm import build_tiny_processor
+    from seganswer_cli.model.presets import SHAPES_MLLM, SHAPES_VIEW
+
+    processor = build_tiny_processor(min_pixels=SHAPES_MLLM["min_pixels"], max_pixels=SHAPES_MLLM["max_pixels"])
+    image_processor = processor.image_processor
+    yy, xx = np.mgrid[:480, :640]
+    disc = (yy - 200) ** 2 + (xx - 300) ** 2 < 12**2
+    pixels = np.full((480, 640, 3), 128, np.uint8)
+    pixels[disc] = (40, 70, 220)
+    image = Image.fromarray(pixels)
+
+    def disc_width(view):
+        blue = np.asarray(view.segmented_image)[..., 2] > 180
+        return np.flatnonzero(blue.any(axis=0)).size
+
+    settings = asdict(SHAPES_VIEW)
+    boxed = build_segmented_view(image, disc, image_processor, mode="bbox", **settings)
+    cells = build_segmented_view(image, disc, image_processor, mode="bbox", **{**settings, "crop": "cells"})
+    assert disc_width(boxed) >= 90 and disc_width(cells) <= 40
+    sparse = build_segmented_view(image, disc, image_processor, mode="mask", **settings)
+    assert sparse.num_tokens < boxed.num_tokens
