@@ -1,4 +1,4 @@
-"""The scripts under ``recipes/`` (the shipped model's recipe, its experiment, the SAM-alone probe)
+"""The scripts under ``recipes/`` (the shipped model's recipe, its experiment, the SAM-alone and reading probes)
 parse, and the probe runs: they are documentation a user executes."""
 
 from __future__ import annotations
@@ -33,3 +33,18 @@ def test_sam_prompt_probe_runs_and_reports_what_the_docs_quote():
     for row in rows:
         assert 0.0 <= row["val_iou"] <= 1.0 and 0.0 <= row["overlap_between_expressions"] <= 1.0
         assert row["small_targets"] >= 0
+
+
+def test_reading_probe_runs_and_reports_accuracy_per_question_type():
+    result = subprocess.run(
+        [sys.executable, str(RECIPES / "reading-probe.py"), "--question", "both", "--steps", "2", "--batch", "2",
+         "--val", "6", "--eval-every", "1", "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert set(row) >= {"kind_accuracy", "colour_accuracy", "loss"}
+        assert 0.0 <= row["kind_accuracy"] <= 1.0 and 0.0 <= row["colour_accuracy"] <= 1.0
+    bad = subprocess.run([sys.executable, str(RECIPES / "reading-probe.py"), "--size-min", "300"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--size-min" in bad.stderr
