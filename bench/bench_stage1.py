@@ -19,14 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _training import device_name, peak_memory, report, run_worker, train_records
 
 RESULTS = Path(__file__).parent / "results" / "stage1.json"
 
@@ -36,7 +34,6 @@ def worker(spec: dict) -> dict:
     import torch
 
     from seganswer_cli.config import Stage1Config, load_config
-    from seganswer_cli.train.runs import MetricsLog
     from seganswer_cli.train.stage1 import train_stage1
 
     cfg = load_config(Stage1Config, spec["config"], spec["overrides"])
@@ -45,26 +42,15 @@ def worker(spec: dict) -> dict:
     started = time.perf_counter()
     train_stage1(cfg, spec["out"], quiet=True)
     wall = time.perf_counter() - started
-    records = [r for r in MetricsLog(Path(spec["out"]) / "metrics.jsonl").read() if r["kind"] == "train"]
+    records = train_records(spec["out"])
     rates = [r["samples_per_s"] for r in records[1:]] or [records[0]["samples_per_s"]]  # step 1 warms up
-    cuda = torch.cuda.is_available()
     return {
         "samples_per_s": statistics.median(rates),
-        "peak_memory_mb": (torch.cuda.max_memory_allocated() if cuda else
-                           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20,
-        "memory_kind": "cuda allocated" if cuda else "process RSS",
+        **peak_memory(),
         "steps": len(records),
         "wall_s": wall,
         "final_loss": records[-1]["loss"],
     }
-
-
-def run_worker(name: str, config: str, overrides: dict, root: Path) -> dict:
-    spec = {"config": config, "overrides": overrides, "out": str(root / name.replace(" ", "_"))}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
-    return {"name": name, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
 def main() -> None:
@@ -80,12 +66,9 @@ def main() -> None:
         return
 
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from seganswer_cli.data import ShapesConfig, write_synthetic
 
-    console = Console()
     cuda = torch.cuda.is_available()
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,12 +77,12 @@ def main() -> None:
         write_synthetic(root / "shapes", "refseg", 64, shapes, seed=0)
         base = {"data": [f"shapes={root / 'shapes'}"], "phase": "lora", "model": "tiny", "max_steps": args.steps,
                 "save_every": 0, "val_data": None}
-        rows.append(run_worker("tiny lora batch 1", "stage1-tiny", {**base, "batch_size": 1}, root))
-        rows.append(run_worker("tiny lora batch 4", "stage1-tiny", {**base, "batch_size": 4}, root))
-        rows.append(run_worker("tiny lora batch 4 + grad ckpt", "stage1-tiny",
+        rows.append(run_worker(__file__, "tiny lora batch 1", "stage1-tiny", {**base, "batch_size": 1}, root))
+        rows.append(run_worker(__file__, "tiny lora batch 4", "stage1-tiny", {**base, "batch_size": 4}, root))
+        rows.append(run_worker(__file__, "tiny lora batch 4 + grad ckpt", "stage1-tiny",
                                {**base, "batch_size": 4, "gradient_checkpointing": True}, root))
         if cuda:
-            rows.append(run_worker("tiny lora batch 4 bf16", "stage1-tiny",
+            rows.append(run_worker(__file__, "tiny lora batch 4 bf16", "stage1-tiny",
                                    {**base, "batch_size": 4, "dtype": "bfloat16", "mixed_precision": "bf16"}, root))
         seven_b = None
         if not cuda:
@@ -108,7 +91,7 @@ def main() -> None:
             notes.append("7B recipe skipped: give local weights with --mllm-path/--sam-path "
                          "(or SEGANSWER_QWEN_PATH/SEGANSWER_SAM_PATH)")
         else:
-            seven_b = run_worker("7b lora batch 1", "stage1-7b",
+            seven_b = run_worker(__file__, "7b lora batch 1", "stage1-7b",
                                  {**base, "model": "qwen2.5-vl-7b", "mllm_path": args.mllm_path, "sam_path": args.sam_path,
                                   "max_steps": args.steps_7b, "batch_size": 1, "grad_accum": 1}, root)
             rows.append(seven_b)
@@ -120,24 +103,12 @@ def main() -> None:
         "peak memory grad ckpt / none (batch 4)": ckpt["peak_memory_mb"] / b4["peak_memory_mb"],
         "throughput grad ckpt / none (batch 4)": ckpt["samples_per_s"] / b4["samples_per_s"],
     }
-    table = Table(title=f"Stage 1 training ({'CUDA: ' + torch.cuda.get_device_name() if cuda else 'CPU'})")
-    for column in ("configuration", "samples/s", "peak memory (MB)", "steps", "final loss"):
-        table.add_column(column, justify="left" if column == "configuration" else "right")
-    for r in rows:
-        table.add_row(r["name"], f"{r['samples_per_s']:.2f}", f"{r['peak_memory_mb']:.0f}", str(r["steps"]),
-                      f"{r['final_loss']:.3f}")
-    console.print(table)
-    for name, value in ratios.items():
-        console.print(f"{name}: {value:.2f}")
-    for note in notes:
-        console.print(note)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "device": torch.cuda.get_device_name() if cuda else "cpu"},
-        "steps": args.steps, "rows": rows, "ratios": ratios, "notes": notes,
-    }, indent=2) + "\n")
-    console.print(f"wrote {RESULTS}")
+    report(f"Stage 1 training ({'CUDA: ' + device_name() if cuda else 'CPU'})", {
+        "samples/s": lambda r: f"{r['samples_per_s']:.2f}",
+        "peak memory (MB)": lambda r: f"{r['peak_memory_mb']:.0f}",
+        "steps": lambda r: str(r["steps"]),
+        "final loss": lambda r: f"{r['final_loss']:.3f}",
+    }, rows, ratios, notes, RESULTS, args.steps)
 
 
 if __name__ == "__main__":

@@ -22,14 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _training import device_name, peak_memory, report, run_worker, train_records
 
 RESULTS = Path(__file__).parent / "results" / "stage2.json"
 
@@ -39,7 +37,6 @@ def worker(spec: dict) -> dict:
     import torch
 
     from seganswer_cli.config import Stage2Config, load_config
-    from seganswer_cli.train.runs import MetricsLog
     from seganswer_cli.train.stage2 import train_stage2
 
     cfg = load_config(Stage2Config, spec["config"], spec["overrides"])
@@ -48,29 +45,18 @@ def worker(spec: dict) -> dict:
     started = time.perf_counter()
     train_stage2(cfg, spec["out"], quiet=True)
     wall = time.perf_counter() - started
-    records = [r for r in MetricsLog(Path(spec["out"]) / "metrics.jsonl").read() if r["kind"] == "train"]
+    records = train_records(spec["out"])
     timed = records[1:] or records  # step 1 warms up
     step_s = [spec["overrides"]["batch_size"] / r["samples_per_s"] for r in timed]
-    cuda = torch.cuda.is_available()
     return {
         "samples_per_s": statistics.median(r["samples_per_s"] for r in timed),
         "pass1_s_per_step": statistics.median(r["pass1_s"] for r in timed),
         "pass1_share_of_step": statistics.median(r["pass1_s"] / s for r, s in zip(timed, step_s)),
-        "peak_memory_mb": (torch.cuda.max_memory_allocated() if cuda else
-                           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20,
-        "memory_kind": "cuda allocated" if cuda else "process RSS",
+        **peak_memory(),
         "steps": len(records),
         "wall_s": wall,
         "final_loss": records[-1]["loss"],
     }
-
-
-def run_worker(name: str, config: str, overrides: dict, root: Path) -> dict:
-    spec = {"config": config, "overrides": overrides, "out": str(root / name.replace(" ", "_"))}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
-    return {"name": name, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
 def main() -> None:
@@ -86,13 +72,10 @@ def main() -> None:
         return
 
     import torch
-    from rich.console import Console
-    from rich.table import Table
 
     from seganswer_cli.data import ShapesConfig, write_synthetic
     from seganswer_cli.model import SegAnswerModel
 
-    console = Console()
     cuda = torch.cuda.is_available()
     rows, notes = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -102,16 +85,16 @@ def main() -> None:
         SegAnswerModel.from_preset("tiny").save_pretrained(root / "tiny")
         base = {"data": [f"shapes={root / 'vqa'}"], "model": str(root / "tiny"), "allow_untrained_start": True,
                 "max_steps": args.steps, "save_every": 0, "batch_size": 4, "direct_share": 0.0}
-        rows.append(run_worker("tiny online", "stage2-tiny", {**base, "masks": "online"}, root))
-        rows.append(run_worker("tiny precomputed", "stage2-tiny", {**base, "masks": "precomputed"}, root))
-        rows.append(run_worker("tiny online + grad ckpt", "stage2-tiny",
+        rows.append(run_worker(__file__, "tiny online", "stage2-tiny", {**base, "masks": "online"}, root))
+        rows.append(run_worker(__file__, "tiny precomputed", "stage2-tiny", {**base, "masks": "precomputed"}, root))
+        rows.append(run_worker(__file__, "tiny online + grad ckpt", "stage2-tiny",
                                {**base, "masks": "online", "gradient_checkpointing": True}, root))
         if not cuda:
             notes.append("7B recipe skipped: no CUDA device")
         elif not (args.model_7b and Path(args.model_7b).is_dir()):
             notes.append("7B recipe skipped: give a 7B Stage 1 model folder with --model-7b (or SEGANSWER_STAGE1_7B)")
         else:
-            rows.append(run_worker("7b online batch 1", "stage2-7b",
+            rows.append(run_worker(__file__, "7b online batch 1", "stage2-7b",
                                    {**base, "model": args.model_7b, "allow_untrained_start": False,
                                     "max_steps": args.steps_7b, "batch_size": 1, "grad_accum": 1}, root))
 
@@ -123,24 +106,13 @@ def main() -> None:
         "peak memory grad ckpt / none": ckpt["peak_memory_mb"] / online["peak_memory_mb"],
         "throughput grad ckpt / none": ckpt["samples_per_s"] / online["samples_per_s"],
     }
-    table = Table(title=f"Stage 2 training ({'CUDA: ' + torch.cuda.get_device_name() if cuda else 'CPU'}), batch 4")
-    for column in ("configuration", "samples/s", "pass 1 s/step", "pass 1 share", "peak memory (MB)", "final loss"):
-        table.add_column(column, justify="left" if column == "configuration" else "right")
-    for r in rows:
-        table.add_row(r["name"], f"{r['samples_per_s']:.2f}", f"{r['pass1_s_per_step']:.3f}",
-                      f"{r['pass1_share_of_step']:.0%}", f"{r['peak_memory_mb']:.0f}", f"{r['final_loss']:.3f}")
-    console.print(table)
-    for name, value in ratios.items():
-        console.print(f"{name}: {value:.2f}")
-    for note in notes:
-        console.print(note)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "device": torch.cuda.get_device_name() if cuda else "cpu"},
-        "steps": args.steps, "rows": rows, "ratios": ratios, "notes": notes,
-    }, indent=2) + "\n")
-    console.print(f"wrote {RESULTS}")
+    report(f"Stage 2 training ({'CUDA: ' + device_name() if cuda else 'CPU'}), batch 4", {
+        "samples/s": lambda r: f"{r['samples_per_s']:.2f}",
+        "pass 1 s/step": lambda r: f"{r['pass1_s_per_step']:.3f}",
+        "pass 1 share": lambda r: f"{r['pass1_share_of_step']:.0%}",
+        "peak memory (MB)": lambda r: f"{r['peak_memory_mb']:.0f}",
+        "final loss": lambda r: f"{r['final_loss']:.3f}",
+    }, rows, ratios, notes, RESULTS, args.steps)
 
 
 if __name__ == "__main__":

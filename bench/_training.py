@@ -1,0 +1,73 @@
+"""What the training benchmarks (bench_stage1.py, bench_stage2.py) share: one configuration per
+process, its training records and peak memory, and the printed table + results file."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+
+def train_records(out: str | Path) -> list[dict]:
+    """The ``kind: train`` records of a run folder's metrics.jsonl."""
+    from seganswer_cli.train.runs import MetricsLog
+
+    return [r for r in MetricsLog(Path(out) / "metrics.jsonl").read() if r["kind"] == "train"]
+
+
+def peak_memory() -> dict:
+    """This process's peak memory: ``torch.cuda.max_memory_allocated`` on CUDA, resident set on CPU."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    used = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"peak_memory_mb": used / 2**20, "memory_kind": "cuda allocated" if cuda else "process RSS"}
+
+
+def run_worker(script: str, name: str, config: str, overrides: dict, root: Path) -> dict:
+    """Run ``script --worker SPEC`` in its own process (so its peak memory is its own); its last
+    stdout line is the JSON row."""
+    spec = {"config": config, "overrides": overrides, "out": str(root / name.replace(" ", "_"))}
+    proc = subprocess.run([sys.executable, script, "--worker", json.dumps(spec)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stderr[-4000:]}")
+    return {"name": name, **json.loads(proc.stdout.strip().splitlines()[-1])}
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def report(title: str, columns: dict, rows: list[dict], ratios: dict, notes: list[str], results: Path,
+           steps: int) -> None:
+    """Print the rows (``columns``: header -> cell formatter of a row), the ratios and notes, and
+    write them with the machine's facts to ``results``."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=title)
+    table.add_column("configuration")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(r["name"], *(cell(r) for cell in columns.values()))
+    console.print(table)
+    for name, value in ratios.items():
+        console.print(f"{name}: {value:.2f}")
+    for note in notes:
+        console.print(note)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps({
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                    "device": device_name()},
+        "steps": steps, "rows": rows, "ratios": ratios, "notes": notes,
+    }, indent=2) + "\n")
+    console.print(f"wrote {results}")
