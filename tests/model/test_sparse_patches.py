@@ -183,6 +183,8 @@ def test_box_crop_zooms_on_the_mask_and_keeps_original_positions(tiny_model):
     assert (w >= x0 * gcols / W - 0.5).all() and (w <= x1 * gcols / W - 0.5).all()
     first = int(view.keep[0])
     i, j = divmod(first, cols)
+    r0, c0, r1, c1 = view.cell_box  # the global cells under the crop
+    assert (h > r0 - 0.5).all() and (h < r1 - 0.5).all() and (w > c0 - 0.5).all() and (w < c1 - 0.5).all()
     assert h[0].item() == pytest.approx((y0 + (i + 0.5) * (y1 - y0) / rows) * grows / H - 0.5, abs=1e-4)
     assert w[0].item() == pytest.approx((x0 + (j + 0.5) * (x1 - x0) / cols) * gcols / W - 0.5, abs=1e-4)
 

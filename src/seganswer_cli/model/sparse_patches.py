@@ -237,6 +237,8 @@ def build_segmented_view(
         # sitting in a corner of the (possibly much larger) global cells around it.
         pad = max(1, math.ceil(crop_margin * max(x1 - x0, y1 - y0)))
         nx0, ny0, nx1, ny1 = max(0, x0 - pad), max(0, y0 - pad), min(W, x1 + pad), min(H, y1 + pad)
+        r0, r1 = math.floor(ny0 * rows / H), max(math.floor(ny0 * rows / H) + 1, math.ceil(ny1 * rows / H))
+        c0, c1 = math.floor(nx0 * cols / W), max(math.floor(nx0 * cols / W) + 1, math.ceil(nx1 * cols / W))
 
     pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W)
     resample = getattr(image_processor, "resample", None)
