@@ -48,3 +48,13 @@ def test_reading_probe_runs_and_reports_accuracy_per_question_type():
     bad = subprocess.run([sys.executable, str(RECIPES / "reading-probe.py"), "--size-min", "300"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--size-min" in bad.stderr
+
+
+def test_answer_scores_reads_every_look_of_the_annotated_region():
+    result = subprocess.run([sys.executable, str(RECIPES / "answer-scores.py"), "tiny", "--n", "2", "--threads", "1"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout.splitlines()[-1])
+    assert row["n"] == 2 and set(row) >= {"mask", "bbox", "direct"}
+    for look in ("mask", "bbox", "direct"):
+        assert 0.0 <= row[look]["all"] <= 1.0

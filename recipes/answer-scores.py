@@ -1,0 +1,70 @@
+"""How well does a model read the answer from each kind of look, grounding aside? (docs/shapes-experiment.md)
+
+Teacher-forced over the four candidate answers (summed log-likelihood of the answer turn), on the
+held-out shapes-vqa questions (seed 100003, the benchmark's), the model is shown the question's
+*annotated* region as the sparse mask view (``mask``), as the box crop (``bbox``), or answers
+directly from the first look in the direct-answer format Stage 2 trains (``direct``: no
+``<|seg|>``, no second look). Unlike ``eval --roi none`` (an empty turn after ``<|seg|>``, which a
+model that always looks may not answer), ``direct`` is a no-second-look baseline for any model
+Stage 2 trained.
+
+    python recipes/answer-scores.py runs/shapes-demo/0-standin/model
+    python recipes/answer-scores.py shapes --n 100
+
+Prints one JSON line: accuracy per look and question type. Deterministic (no sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from seganswer_cli.data.synthetic import DEMO_COLOURS, DEMO_KINDS, generate_samples
+from seganswer_cli.eval.multiple_choice import prompt_and_answer
+from seganswer_cli.eval.shapes import DEFAULT_CONFIG, HELD_OUT_SEED
+from seganswer_cli.model import SegAnswerModel
+from seganswer_cli.model.sequence import IGNORE_INDEX
+
+LOOKS = ("mask", "bbox", "direct")
+
+
+def best_candidate(model: SegAnswerModel, sample, look: str, candidates) -> str:
+    image = sample.image.load()
+    prompt, _ = prompt_and_answer(sample)
+    view = None if look == "direct" else model.second_look(image, sample.region(), mode=look)[0]
+    global_view = model.global_view(image)
+    batch = model.collate([model.stage2_sequence(global_view, prompt, c, view=view) for c in candidates])
+    hidden = model.language_model(model.embed(batch), batch.position_ids, batch.attention_mask).last_hidden_state
+    logits = model.logits(hidden[:, :-1]).float()
+    targets = batch.labels[:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
+    return candidates[int((-(ce * (targets != IGNORE_INDEX)).sum(1)).argmax())]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", help="model folder or preset")
+    parser.add_argument("--n", type=int, default=100, help="held-out questions (the first N)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.n < 1:
+        parser.error("--n must be at least 1")
+    torch.set_num_threads(args.threads)
+    model = SegAnswerModel.from_pretrained(args.model).eval()  # a folder or a preset name
+    right = {look: {"colour": [], "shape": []} for look in LOOKS}
+    with torch.no_grad():
+        for sample in generate_samples("vqa", args.n, DEFAULT_CONFIG, seed=HELD_OUT_SEED):
+            question_type = sample.extra["question_type"]
+            candidates = list(DEMO_COLOURS if question_type == "colour" else DEMO_KINDS)
+            for look in LOOKS:
+                right[look][question_type].append(best_candidate(model, sample, look, candidates) == sample.answer)
+    summary = {look: {q: round(float(np.mean(v)), 3) for q, v in r.items() if v}
+               | {"all": round(float(np.mean(r["colour"] + r["shape"])), 3)} for look, r in right.items()}
+    print(json.dumps({"model": args.model, "n": args.n, **summary}))
+
+
+if __name__ == "__main__":
+    main()
