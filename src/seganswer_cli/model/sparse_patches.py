@@ -247,11 +247,11 @@ def build_segmented_view(
         no_zoom_hw = (math.ceil((ny1 - ny0) * rows / H) * factor, math.ceil((nx1 - nx0) * cols / W) * factor)
     if zoom:
         out_h, out_w = zoom_size((ny1 - ny0, nx1 - nx0), no_zoom_hw, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-        crop = _resize_uint8(pixels[:, ny0:ny1, nx0:nx1], (out_h, out_w), resample)  # (3, out_h, out_w)
+        pixels_crop = _resize_uint8(pixels[:, ny0:ny1, nx0:nx1], (out_h, out_w), resample)  # (3, out_h, out_w)
     else:
         # Cut the cells out of the global view itself, so they are pixel-identical to it.
         full = _resize_uint8(pixels, (gh_px, gw_px), resample)  # (3, gh_px, gw_px)
-        crop = full[:, r0 * factor : r1 * factor, c0 * factor : c1 * factor]
+        pixels_crop = full[:, r0 * factor : r1 * factor, c0 * factor : c1 * factor]
         out_h, out_w = no_zoom_hw
     crop_rows, crop_cols = out_h // factor, out_w // factor
 
@@ -264,11 +264,11 @@ def build_segmented_view(
         # Paint the background so kept cells carry only the object's pixels.
         pixel_mask = F.interpolate(mask_crop[None, None].float(), size=(out_h, out_w), mode="nearest")[0, 0] > 0.5
         fill = torch.tensor(background, dtype=torch.uint8)[:, None, None]
-        crop = torch.where(pixel_mask[None], crop, fill)
+        pixels_crop = torch.where(pixel_mask[None], pixels_crop, fill)
     else:
         keep_grid = torch.ones(crop_rows, crop_cols, dtype=torch.bool)
 
-    encoded = image_processor(images=[crop], do_resize=False, return_tensors="pt")
+    encoded = image_processor(images=[pixels_crop], do_resize=False, return_tensors="pt")
     dense = DenseImage(
         pixel_values=encoded["pixel_values"],
         grid_thw=encoded["image_grid_thw"][0],
@@ -289,7 +289,7 @@ def build_segmented_view(
             h, w = i + r0, j + c0
         positions = torch.stack([torch.zeros_like(h), h, w]).float()  # (3, K)
 
-    segmented = Image.fromarray(crop.permute(1, 2, 0).numpy())
+    segmented = Image.fromarray(pixels_crop.permute(1, 2, 0).numpy())
     return SegmentedView(
         mode=mode,
         crop=dense,
