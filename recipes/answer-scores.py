@@ -26,7 +26,6 @@ from seganswer_cli.data.synthetic import DEMO_COLOURS, DEMO_KINDS, generate_samp
 from seganswer_cli.eval.multiple_choice import prompt_and_answer
 from seganswer_cli.eval.shapes import DEFAULT_CONFIG, HELD_OUT_SEED
 from seganswer_cli.model import SegAnswerModel
-from seganswer_cli.model.sequence import IGNORE_INDEX
 
 LOOKS = ("mask", "bbox", "direct")
 
@@ -36,12 +35,8 @@ def best_candidate(model: SegAnswerModel, sample, look: str, candidates) -> str:
     prompt, _ = prompt_and_answer(sample)
     view = None if look == "direct" else model.second_look(image, sample.region(), mode=look)[0]
     global_view = model.global_view(image)
-    batch = model.collate([model.stage2_sequence(global_view, prompt, c, view=view) for c in candidates])
-    hidden = model.language_model(model.embed(batch), batch.position_ids, batch.attention_mask).last_hidden_state
-    logits = model.logits(hidden[:, :-1]).float()
-    targets = batch.labels[:, 1:]
-    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
-    return candidates[int((-(ce * (targets != IGNORE_INDEX)).sum(1)).argmax())]
+    scores = model.token_logprobs([model.stage2_sequence(global_view, prompt, c, view=view) for c in candidates])
+    return candidates[int(torch.stack([s.sum() for s in scores]).argmax())]
 
 
 def main() -> None:

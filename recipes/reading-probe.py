@@ -27,7 +27,6 @@ from PIL import Image
 
 from seganswer_cli.data.synthetic import COLOURS, shape_mask
 from seganswer_cli.model import SegAnswerModel
-from seganswer_cli.model.sequence import IGNORE_INDEX
 
 KINDS = ("circle", "square", "triangle", "star")
 COLOUR_NAMES = ("red", "green", "blue", "yellow")
@@ -51,13 +50,9 @@ def sample(rng: np.random.Generator, args) -> tuple[Image.Image, str, str]:
 def answer_scores(model: SegAnswerModel, image: Image.Image, question: str, candidates) -> torch.Tensor:
     """Summed log-likelihood of each candidate's answer turn."""
     view = model.global_view(image)
-    batch = model.collate([model.chat_sequence(view, QUESTIONS[question], f"<answer> {c} </answer>.")
-                           for c in candidates])
-    hidden = model.language_model(model.embed(batch), batch.position_ids, batch.attention_mask).last_hidden_state
-    logits = model.logits(hidden[:, :-1]).float()
-    targets = batch.labels[:, 1:]
-    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
-    return -(ce * (targets != IGNORE_INDEX)).sum(1)
+    scores = model.token_logprobs([model.chat_sequence(view, QUESTIONS[question], f"<answer> {c} </answer>.")
+                                   for c in candidates])
+    return torch.stack([s.sum() for s in scores])
 
 
 def evaluate(model: SegAnswerModel, args) -> dict:

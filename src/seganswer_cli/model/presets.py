@@ -14,6 +14,9 @@ from pathlib import Path
 
 from seganswer_cli.errors import UsageError
 
+CROP_MODES: tuple[str, ...] = ("cells", "box")
+"""What a zoomed second look cuts out (``ViewConfig.crop``)."""
+
 
 @dataclass
 class ViewConfig:
@@ -42,8 +45,8 @@ class ViewConfig:
         self.background = tuple(int(c) for c in self.background)
         if len(self.background) != 3 or not all(0 <= c <= 255 for c in self.background):
             raise ValueError(f"background must be an RGB triple in 0..255, got {self.background}")
-        if self.crop not in ("cells", "box"):
-            raise ValueError(f"crop must be 'cells' or 'box', got {self.crop!r}")
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"crop must be one of {', '.join(CROP_MODES)}, got {self.crop!r}")
         if not 0.0 <= self.crop_margin <= 4.0:
             raise ValueError(f"crop_margin must be in [0, 4], got {self.crop_margin}")
 

@@ -38,11 +38,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from seganswer_cli.errors import EmptyMaskError, MaskShapeError
+from seganswer_cli.model.presets import CROP_MODES
 
 RoiMode = Literal["mask", "bbox", "none"]
 ROI_MODES: tuple[str, ...] = ("mask", "bbox", "none")
 CropMode = Literal["cells", "box"]
-CROP_MODES: tuple[str, ...] = ("cells", "box")
 
 
 @dataclass
@@ -134,6 +134,13 @@ def cell_coverage(mask: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
     return F.adaptive_avg_pool2d(mask[None, None].float(), (rows, cols))[0, 0]  # (rows, cols)
 
 
+def _covering_cells(lo: int, hi: int, cells: int, size: int) -> tuple[int, int]:
+    """First and last-plus-one of ``cells`` equal cells over ``size`` native pixels (cell r spans
+    ``[r*size/cells, (r+1)*size/cells)``) that cover pixels ``[lo, hi)``; at least one cell."""
+    first = math.floor(lo * cells / size)
+    return first, max(first + 1, math.ceil(hi * cells / size))
+
+
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
     """``(x0, y0, x1, y1)`` of the foreground (exclusive ends); ``EmptyMaskError`` when there is none."""
     ys = np.flatnonzero(mask.any(axis=1))
@@ -223,28 +230,23 @@ def build_segmented_view(
     gh_px, gw_px = smart_resize(H, W, factor=factor, min_pixels=size["shortest_edge"], max_pixels=size["longest_edge"])
     rows, cols = gh_px // factor, gw_px // factor
 
-    # The box of global cells that covers the mask's bounding box (cell r spans native rows
-    # [r*H/rows, (r+1)*H/rows)).
-    r0 = math.floor(y0 * rows / H)
-    r1 = max(r0 + 1, math.ceil(y1 * rows / H))
-    c0 = math.floor(x0 * cols / W)
-    c1 = max(c0 + 1, math.ceil(x1 * cols / W))
+    # The box of global cells that covers the mask's bounding box.
+    (r0, r1), (c0, c1) = _covering_cells(y0, y1, rows, H), _covering_cells(x0, x1, cols, W)
     # Native pixel box of those cells (rounded to whole pixels for cropping).
     ny0, ny1 = round(r0 * H / rows), round(r1 * H / rows)
     nx0, nx1 = round(c0 * W / cols), round(c1 * W / cols)
+    no_zoom_hw = ((r1 - r0) * factor, (c1 - c0) * factor)
     if zoom and crop == "box":
         # The mask's own box with a margin: a small region fills the zoomed crop instead of
         # sitting in a corner of the (possibly much larger) global cells around it.
         pad = max(1, math.ceil(crop_margin * max(x1 - x0, y1 - y0)))
         nx0, ny0, nx1, ny1 = max(0, x0 - pad), max(0, y0 - pad), min(W, x1 + pad), min(H, y1 + pad)
-        r0, r1 = math.floor(ny0 * rows / H), max(math.floor(ny0 * rows / H) + 1, math.ceil(ny1 * rows / H))
-        c0, c1 = math.floor(nx0 * cols / W), max(math.floor(nx0 * cols / W) + 1, math.ceil(nx1 * cols / W))
+        (r0, r1), (c0, c1) = _covering_cells(ny0, ny1, rows, H), _covering_cells(nx0, nx1, cols, W)
+        # the box's size in the global view's pixels, in whole cells
+        no_zoom_hw = (math.ceil((ny1 - ny0) * rows / H) * factor, math.ceil((nx1 - nx0) * cols / W) * factor)
 
     pixels = torch.from_numpy(np.array(image.convert("RGB"), dtype=np.uint8)).permute(2, 0, 1)  # (3, H, W)
     resample = getattr(image_processor, "resample", None)
-    no_zoom_hw = ((r1 - r0) * factor, (c1 - c0) * factor)
-    if zoom and crop == "box":  # the box's size in the global view's pixels, in whole cells
-        no_zoom_hw = (math.ceil((ny1 - ny0) * rows / H) * factor, math.ceil((nx1 - nx0) * cols / W) * factor)
     if zoom:
         out_h, out_w = zoom_size((ny1 - ny0, nx1 - nx0), no_zoom_hw, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
         pixels_crop = _resize_uint8(pixels[:, ny0:ny1, nx0:nx1], (out_h, out_w), resample)  # (3, out_h, out_w)
