@@ -4,9 +4,9 @@ Teacher-forced over the four candidate answers (summed log-likelihood of the ans
 held-out shapes-vqa questions (seed 100003, the benchmark's), the model is shown the question's
 *annotated* region as the sparse mask view (``mask``), as the box crop (``bbox``), or answers
 directly from the first look in the direct-answer format Stage 2 trains (``direct``: no
-``<|seg|>``, no second look). Unlike ``eval --roi none`` (an empty turn after ``<|seg|>``, which a
-model that always looks may not answer), ``direct`` is a no-second-look baseline for any model
-Stage 2 trained.
+``<|seg|>``, no second look). ``direct`` is the teacher-forced counterpart of the generated
+``eval shapes-vqa --roi none`` (same format: the answer turn opens with ``<answer>``); ``mask`` and
+``bbox`` those of ``eval shapes-vqa --roi mask|bbox --masks gt``.
 
     python recipes/answer-scores.py runs/shapes-demo/0-standin/model
     python recipes/answer-scores.py shapes --n 100

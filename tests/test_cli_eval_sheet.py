@@ -54,14 +54,16 @@ def give_steps(run: Path, model) -> None:
     path = run / "predictions.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines()]
     for k, (item, record) in enumerate(zip(items[:3], records)):
+        record["correct"] = k == 0
+        if roi == "none":  # answered directly: never a step
+            continue
         image = item.load_image()
         mask = disc(image, k)
-        view = None if roi == "none" else model.second_look(image, mask, mode=roi)[0]
+        view = model.second_look(image, mask, mode=roi)[0]
         record["steps"] = [{"mask": encode_rle(mask), "mask_area": int(mask.sum()),
-                            "crop_box": list(view.crop_box) if view else None,
-                            "kept_tokens": view.num_tokens if view else 0, "iou": 0.8, "object_score": 0.9,
-                            "fallback": None}]
-        record["kept_tokens"], record["correct"] = record["steps"][0]["kept_tokens"], k == 0
+                            "crop_box": list(view.crop_box), "kept_tokens": view.num_tokens, "iou": 0.8,
+                            "object_score": 0.9, "fallback": None}]
+        record["kept_tokens"] = view.num_tokens
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
@@ -123,9 +125,10 @@ def test_tiles_redraw_what_the_model_saw(qa_runs, tiny_model, tmp_path):
     assert crop.second_look.size == (x1 - x0, y1 - y0) and "(box crop)" in crop.look_caption
 
     none = open_question_run(qa_runs["none"])
-    tile = question_tile(none, none.answered[0], processor)
-    assert tile.second_look is None and tile.look_caption == "no second look (--roi none)"
-    tile = question_tile(none, none.answered[3], processor)  # never segmented
+    for answered in none.answered:
+        tile = question_tile(none, answered, processor)
+        assert tile.second_look is None and tile.steps == [] and tile.look_caption == "no second look (--roi none)"
+    tile = question_tile(run, run.answered[3], processor)  # the mask run's fourth question never segmented
     assert tile.second_look is None and tile.steps == [] and "answered from the first look" in tile.look_caption
 
 

@@ -77,20 +77,43 @@ def test_batched_greedy_equals_one_by_one(patterned_model):
         torch.testing.assert_close(alone.logprobs, traj.logprobs, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("roi", ["bbox", "none"])
-def test_other_roi_modes(patterned_model, roi):
+def test_box_crop_second_look(patterned_model):
     model, cases = patterned_model
     image, question, _, _ = cases[0]
-    traj = run(model, image, question, ReasoningSettings(roi=roi, max_new_tokens=80))
+    traj = run(model, image, question, ReasoningSettings(roi="bbox", max_new_tokens=80))
     (step,) = traj.steps
     pads = int((traj.sequence.input_ids == model.token_ids.image_pad).sum())
-    dense = model.global_view(image).num_tokens
-    if roi == "none":
-        assert step.kept_tokens == 0 and pads == dense
-    else:
-        assert step.kept_tokens > 0 and pads == dense + step.kept_tokens
+    assert step.kept_tokens > 0 and pads == model.global_view(image).num_tokens + step.kept_tokens
     (recomputed,) = model.token_logprobs([traj.sequence])
     torch.testing.assert_close(recomputed, traj.logprobs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_no_second_look_answers_directly_from_the_first_look(patterned_model, sample):
+    """``--roi none``: the turn opens with ``<answer>`` (given, not generated) and ``<|seg|>`` is never
+    chosen, though this model always asks for it; log-probs are those of the unmasked distribution."""
+    model, cases = patterned_model
+    image, question, _, _ = cases[0]
+    settings = ReasoningSettings(roi="none", max_new_tokens=30, sample=sample, temperature=1.5, seed=0)
+    free = run(model, image, question, ReasoningSettings(max_new_tokens=30, sample=sample, temperature=1.5, seed=0))
+    assert tokens.SEG_TOKEN in free.text  # left alone, it segments
+    traj = run(model, image, question, settings)
+    seq = traj.sequence
+    assert traj.steps == [] and tokens.SEG_TOKEN not in traj.text and traj.text.startswith(tokens.ANSWER_OPEN)
+    assert int((seq.input_ids == model.token_ids.image_pad).sum()) == model.global_view(image).num_tokens
+    prompt = model.builder().system().user(tokens.reasoning_prompt(question), image=model.global_view(image))
+    given = prompt.text(tokens.ANSWER_OPEN).build()
+    assert torch.equal(seq.input_ids[: len(given)], given.input_ids) and not seq.target_mask[: len(given)].any()
+    assert seq.target_mask[len(given):].all()
+    (recomputed,) = model.token_logprobs([seq], temperature=1.5 if sample else 1.0)
+    torch.testing.assert_close(recomputed, traj.logprobs, atol=1e-4, rtol=1e-4)
+    if not sample:  # greedy: the best token other than <|seg|>
+        with torch.no_grad():
+            batch = model.collate([seq])
+            logits = model.logits(model.language_model(model.embed(batch), batch.position_ids).last_hidden_state[0, :-1])
+        logits[:, model.token_ids.seg] = float("-inf")
+        generated = torch.nonzero(seq.target_mask).flatten()
+        assert torch.equal(logits[generated - 1].argmax(-1), seq.input_ids[generated])
 
 
 def test_token_limit_and_missing_answer(tiny_model, noise_image):

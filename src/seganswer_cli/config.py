@@ -466,7 +466,8 @@ class Stage3Config:
     max_seg_steps: int = 1
     """Most ``<|seg|>`` rounds per rollout."""
     roi: str = "mask"
-    """Second look of the rollouts: ``mask`` (the paper's sparse segmented view), ``bbox`` or ``none``."""
+    """Second look of the rollouts: ``mask`` (the paper's sparse segmented view), ``bbox`` or ``none``
+    (direct answers from the first look: a no-second-look ablation of Stage 3)."""
     max_refills: int = 4
     """Dynamic sampling: extra rounds of prompts drawn in one step to replace groups whose rewards
     are all equal. A step that still has no group left after them stops the run."""

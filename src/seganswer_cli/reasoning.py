@@ -4,9 +4,12 @@ For each (image, question):
 1. Turn 1: the paper's reasoning prompt with the image; the model generates (greedy or sampled).
 2. When a turn of the model contains ``<|seg|>``: the hidden state computed when ``<|seg|>`` is fed
    back in (the same position training reads, see ``model.seganswer``) goes through the projector
-   and SAM 2.1; the mask becomes the sparse-position segmented view (``--roi mask``; ``bbox`` and
-   ``none`` for comparison), which is appended as the next user turn. The KV cache is continued:
+   and SAM 2.1; the mask becomes the sparse-position segmented view (``--roi mask``; ``bbox``, a box
+   crop, for comparison), which is appended as the next user turn. The KV cache is continued:
    the original image is never prefilled twice. At most ``max_seg_steps`` such rounds.
+   ``--roi none`` is the no-second-look baseline: the model's turn opens with ``<answer>`` (the
+   direct-answer format Stage 2 trains beside the segmenting one) and ``<|seg|>`` is never chosen
+   (its logit is masked out), so it answers from the first look.
 3. Stop at ``</answer>``, ``<|im_end|>`` of a turn without ``<|seg|>``, EOS, or the token limit.
 
 An empty mask falls back to the original image (a full-mask view at the original positions) and
@@ -43,7 +46,10 @@ class ReasoningSettings:
 
     roi: str = "mask"
     """Second look: ``mask`` (sparse segmented patches at original positions), ``bbox`` (box crop,
-    fresh positions), ``none`` (no second look: an empty user turn)."""
+    fresh positions), ``none`` (no second look: the turn opens with ``<answer>``, given, not
+    generated, and ``<|seg|>`` is masked out of every choice, so the model answers from the first
+    look; the recorded log-probabilities stay those of the unmasked distribution, as with top-p, so
+    a teacher-forced pass over the trajectory reproduces them)."""
     max_seg_steps: int = 1
     """Most ``<|seg|>`` rounds per question; a turn that asks for more ends the trajectory."""
     max_new_tokens: int = 256
@@ -70,11 +76,11 @@ class SegStep:
     """One ``<|seg|>`` round."""
 
     mask: np.ndarray | None
-    """Bool ``(H, W)`` mask decoded from the ``<|seg|>`` state (None with ``--roi none``)."""
+    """Bool ``(H, W)`` mask decoded from the ``<|seg|>`` state."""
     iou: float
     object_score: float
     kept_tokens: int
-    """Visual tokens of the second look (0 with ``--roi none``)."""
+    """Visual tokens of the second look."""
     box: tuple[int, int, int, int] | None
     """``(x0, y0, x1, y1)`` crop box in the original image's pixels."""
     fallback: str | None = None
@@ -178,7 +184,10 @@ class ReasoningLoop:
                                      f"{image.height}x{image.width} (H, W)")
             b = model.builder().system(s.system)
             b.user(tokens.reasoning_prompt(question), image=model.global_view(image))
-            rows.append(_Row(image=image, question=question, builder=b, turn_start=len(b), region=region))
+            turn_start = len(b)
+            if s.roi == "none":
+                b.text(tokens.ANSWER_OPEN)  # the direct-answer format, so the turn reads <answer> ... </answer>
+            rows.append(_Row(image=image, question=question, builder=b, turn_start=turn_start, region=region))
 
         cache = None
         attention = torch.zeros(len(rows), 0, dtype=torch.long)
@@ -237,10 +246,13 @@ class ReasoningLoop:
         s = self.settings
         scaled = logits / (s.temperature if s.sample else 1.0)
         logp = torch.log_softmax(scaled, dim=-1)
+        if s.roi == "none":  # no second look: <|seg|> is never chosen
+            scaled = scaled.clone()
+            scaled[self.model.token_ids.seg] = float("-inf")
         if not s.sample:
-            token = int(torch.argmax(logits))
+            token = int(torch.argmax(scaled))
         else:
-            probs = logp.exp()
+            probs = torch.softmax(scaled, dim=-1)
             if s.top_p < 1.0:
                 sorted_p, order = torch.sort(probs, descending=True)
                 keep = torch.cumsum(sorted_p, 0) - sorted_p < s.top_p  # always keeps the top token
@@ -277,7 +289,7 @@ class ReasoningLoop:
         timings["segmented_turn"] += time.perf_counter() - t0 - mask_seconds
         row.pending_seg.clear()
         # The newline that closes the model's turn, then Prompt 2: the segmented region(s).
-        b = row.builder.text("\n").user("", view=[v for v in views if v is not None])
+        b = row.builder.text("\n").user("", view=views)
         row.turn_start = len(b)
 
     def _decode_mask(self, row: _Row, state: torch.Tensor, sam_cache: dict, index: int) -> tuple[np.ndarray, float, float]:
@@ -292,16 +304,11 @@ class ReasoningLoop:
         logits = upsample_logits(pred.low_res_logits[:1], (row.image.height, row.image.width))[0]
         return (logits > 0).cpu().numpy(), float(pred.iou[0]), float(torch.sigmoid(pred.object_logits[0]))
 
-    def _second_look(self, row: _Row, mask: np.ndarray, iou: float, obj: float) -> SegmentedView | None:
+    def _second_look(self, row: _Row, mask: np.ndarray, iou: float, obj: float) -> SegmentedView:
         """The segmented view of ``mask`` (recorded as a ``SegStep``); the original image when it is empty."""
-        model, s = self.model, self.settings
-        given = row.region is not None
-        if s.roi == "none":
-            row.steps.append(SegStep(mask, iou, obj, kept_tokens=0, box=None, given=given))
-            return None
-        view, fallback = model.second_look(row.image, mask, mode=s.roi)
+        view, fallback = self.model.second_look(row.image, mask, mode=self.settings.roi)
         row.steps.append(SegStep(mask, iou, obj, kept_tokens=view.num_tokens, box=view.crop_box,
-                                 fallback=fallback, view=view, given=given))
+                                 fallback=fallback, view=view, given=row.region is not None))
         return view
 
     def _finish(self, row: _Row, turn_text: str, reason: str) -> None:

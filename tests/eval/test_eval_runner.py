@@ -74,6 +74,28 @@ def test_ground_truth_masks_need_regions_and_a_second_look(tmp_path):
         EvalRun.open(spec, BenchmarkData(with_regions[:1], source="x"), settings(masks="gt"), old)
 
 
+
+def test_a_no_second_look_run_records_its_protocol(tmp_path):
+    """``--roi none`` answers directly now; a folder from before (an empty user turn after ``<|seg|>``,
+    nothing recorded) is not resumed with it, while old ``mask`` folders still are."""
+    spec = get_benchmark("shapes-vqa")
+    data = BenchmarkData(items(1), source="x")
+    assert settings(roi="none").no_look == "direct" and settings().no_look is None
+    EvalRun.open(spec, data, settings(roi="none"), tmp_path / "none")
+    assert json.loads((tmp_path / "none" / "run.json").read_text())["settings"]["no_look"] == "direct"
+    EvalRun.open(spec, data, settings(roi="none"), tmp_path / "none")  # resumes
+    for roi in ("none", "mask"):
+        old = tmp_path / f"old-{roi}"
+        EvalRun.open(spec, data, settings(roi=roi), old)
+        run_file = json.loads((old / "run.json").read_text())
+        del run_file["settings"]["no_look"]
+        (old / "run.json").write_text(json.dumps(run_file))
+        if roi == "mask":
+            EvalRun.open(spec, data, settings(roi=roi), old)
+        else:
+            with pytest.raises(UsageError, match="no_look: None there, 'direct' now"):
+                EvalRun.open(spec, data, settings(roi=roi), old)
+
 def test_create_resolves_paths_and_drops_loop_settings_for_segmentation(tmp_path):
     model = tmp_path / "model"
     model.mkdir()

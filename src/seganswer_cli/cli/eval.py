@@ -65,7 +65,7 @@ def run(
     split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default: the benchmark's).")] = None,
     model: ModelDefaultOpt = DEFAULT_MODEL,
     roi: Annotated[str, typer.Option("--roi", help="Second look: mask (sparse segmented patches), bbox (box "
-                                     "crop), none (no second look).")] = "mask",
+                                     "crop), none (no second look: the model answers directly from the first look).")] = "mask",
     masks: Annotated[str, typer.Option("--masks", help="Mask of the second look: model (SAM 2.1, from the "
                                        "<|seg|> state) or gt (the question's annotated region, where the "
                                        "benchmark has one: the oracle-grounding ablation).")] = "model",

@@ -26,7 +26,7 @@ from seganswer_cli.errors import DataError, SegAnswerError, UsageError
 console = Console()
 err_console = Console(stderr=True)
 
-RoiOpt = Annotated[str, typer.Option("--roi", help="Second look: mask (sparse segmented patches), bbox (box crop), none.")]
+RoiOpt = Annotated[str, typer.Option("--roi", help="Second look: mask (sparse segmented patches), bbox (box crop), none (answer directly from the first look).")]
 
 
 def infer(

@@ -45,6 +45,8 @@ from seganswer_cli.eval import BenchmarkSpec
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 
 RUN_FILE = "run.json"
+NO_LOOK = "direct"
+"""``RunSettings.no_look`` of ``--roi none`` runs: what ``reasoning.ReasoningSettings.roi == "none"`` does."""
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
 VIS_DIR = "vis"
@@ -73,6 +75,14 @@ class RunSettings:
     ``gt`` (the question's annotated region: the oracle-grounding ablation); None for segmentation."""
     dtype: str = "auto"
     """Weights dtype the model was loaded in."""
+    no_look: str | None = None
+    """How ``--roi none`` answers: ``direct`` (the turn opens with ``<answer>`` and ``<|seg|>`` is masked
+    out: the answer from the first look); None for the other modes. Folders written before this
+    setting ran ``--roi none`` as an empty user turn after ``<|seg|>`` and are not resumed."""
+
+    def __post_init__(self):
+        if self.roi == "none" and self.no_look is None:
+            object.__setattr__(self, "no_look", NO_LOOK)
 
     @classmethod
     def create(cls, spec: BenchmarkSpec, data: BenchmarkData, *, data_path: Path | None, split: str | None,

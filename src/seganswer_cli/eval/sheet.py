@@ -173,7 +173,7 @@ def question_tile(run: QuestionRun, answered: Answered, image_processor):
 
     roi = run.settings.get("roi")
     second_look, caption = None, "no <|seg|>: answered from the first look"
-    if steps and roi == "none":
+    if roi == "none":
         caption = "no second look (--roi none)"
     elif steps and steps[0].mask is not None:
         first = steps[0]
