@@ -87,6 +87,16 @@ def test_answer_span_without_tag_is_whole_output():
     assert answer_span("  just B  ") == ("just B", "untagged")
 
 
+def test_chat_special_tokens_are_not_part_of_the_answer():
+    """The reasoning loop's output keeps the special tokens it generated; an answer whose tag was not
+    closed before ``<|im_end|>`` still scores by its words."""
+    assert answer_span("<answer> star.<|im_end|>") == ("star.", "tag")
+    assert answer_span("It is <|seg|> red.<|im_end|>") == ("It is   red.", "untagged")
+    assert score_answer("<answer> blue<|im_end|>", item("text", "blue")) == 1.0
+    assert score_answer("<answer> (C)<|im_end|>", item("choice", "C", OPTIONS)) == 1.0
+    assert score_answer("<answer> blue</answer>.<|im_end|>", item("text", "blue")) == 1.0
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [("The Red Car.", "red car"), ("  an  apple!", "apple"), ("Dark-Blue", "dark blue"), ("", "")],

@@ -32,6 +32,7 @@ from seganswer_cli.eval.items import EvalItem, SampleResult
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
 _OPEN_TAG = re.compile(r"<answer>", re.IGNORECASE)
+_CHAT_TOKEN = re.compile(r"<\|[a-z_]+\|>")
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,17 @@ class Extraction:
 
 def answer_span(text: str) -> tuple[str, str]:
     """(text to extract from, source): the last ``<answer>`` content and ``"tag"``, or the whole
-    output and ``"untagged"``.
+    output and ``"untagged"``. Chat special tokens (``<|im_end|>``, ``<|seg|>``...) are never part of
+    an answer: they are dropped first.
 
     >>> answer_span("<think>A?</think><answer>B</answer>")
     ('B', 'tag')
     >>> answer_span("<answer>A</answer> wait <answer> C")
     ('C', 'tag')
+    >>> answer_span("<answer> star.<|im_end|>")
+    ('star.', 'tag')
     """
+    text = _CHAT_TOKEN.sub(" ", text)
     closed = list(_ANSWER_TAG.finditer(text))
     opens = list(_OPEN_TAG.finditer(text))
     if opens and (not closed or opens[-1].start() > closed[-1].start()):
