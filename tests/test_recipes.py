@@ -58,3 +58,12 @@ def test_answer_scores_reads_every_look_of_the_annotated_region():
     assert row["n"] == 2 and set(row) >= {"mask", "bbox", "direct"}
     for look in ("mask", "bbox", "direct"):
         assert 0.0 <= row[look]["all"] <= 1.0
+
+
+def test_question_grounding_scores_the_masks_of_question_targets():
+    result = subprocess.run([sys.executable, str(RECIPES / "question-grounding.py"), "tiny", "tiny", "--n", "3",
+                             "--threads", "1"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 2 and rows[0] == rows[1]  # deterministic
+    assert rows[0]["n"] == 3 and 0.0 <= rows[0]["iou"] <= rows[0]["coverage"] <= 1.0

@@ -1,0 +1,63 @@
+"""How well do a model's own masks find the shape a question is about? (docs/shapes-experiment.md)
+
+On the held-out shapes-vqa questions (seed 100003, the benchmark's), each model runs the prefix
+Stage 2's pass 1 runs (the question, then ``To find the answer, it should first observe <|seg|>.``)
+and its ``<|seg|>`` state goes through the projector and SAM 2.1: the mask its second look would
+show. Scored against the question's annotated region: mean IoU, the share with IoU >= 0.5, the
+share of the target the mask covers, and the mask's area over the target's (median).
+
+    python recipes/question-grounding.py runs/shapes-demo/2-merged runs/shapes-demo/3-stage2/model shapes
+
+Prints one JSON line per model. Deterministic (no sampling).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from seganswer_cli.data.synthetic import generate_samples
+from seganswer_cli.eval.multiple_choice import prompt_and_answer
+from seganswer_cli.eval.shapes import DEFAULT_CONFIG, HELD_OUT_SEED
+from seganswer_cli.model import SegAnswerModel
+from seganswer_cli.train.stage2 import own_masks, seg_prefix
+
+BATCH = 10
+
+
+def scores(model: SegAnswerModel, samples) -> dict[str, float]:
+    iou, coverage, area = [], [], []
+    for start in range(0, len(samples), BATCH):
+        chunk = samples[start : start + BATCH]
+        images = [s.image.load() for s in chunk]
+        prefixes = [seg_prefix(model, model.global_view(image), prompt_and_answer(s)[0]) for s, image in zip(chunk, images)]
+        for sample, mask in zip(chunk, own_masks(model, images, prefixes)):
+            target = sample.region()
+            inter, union, size = (mask & target).sum(), (mask | target).sum(), max(int(target.sum()), 1)
+            iou.append(inter / max(union, 1))
+            coverage.append(inter / size)
+            area.append(mask.sum() / size)
+    return {"iou": round(float(np.mean(iou)), 3), "iou>=0.5": round(float(np.mean(np.array(iou) >= 0.5)), 3),
+            "coverage": round(float(np.mean(coverage)), 3), "area/target": round(float(np.median(area)), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("models", nargs="+", help="model folders or presets")
+    parser.add_argument("--n", type=int, default=100, help="held-out questions (the first N)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if args.n < 1:
+        parser.error("--n must be at least 1")
+    torch.set_num_threads(args.threads)
+    samples = list(generate_samples("vqa", args.n, DEFAULT_CONFIG, seed=HELD_OUT_SEED))
+    for name in args.models:
+        model = SegAnswerModel.from_pretrained(name).eval()
+        print(json.dumps({"model": name, "n": args.n, **scores(model, samples)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
