@@ -16,15 +16,14 @@ Prints one JSON line: accuracy per look and question type. Deterministic (no sam
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
 import torch
+from heldout import parse_args, questions
 
-from seganswer_cli.data.synthetic import DEMO_COLOURS, DEMO_KINDS, generate_samples
+from seganswer_cli.data.synthetic import DEMO_COLOURS, DEMO_KINDS
 from seganswer_cli.eval.multiple_choice import prompt_and_answer
-from seganswer_cli.eval.shapes import DEFAULT_CONFIG, HELD_OUT_SEED
 from seganswer_cli.model import SegAnswerModel
 
 LOOKS = ("mask", "bbox", "direct")
@@ -40,18 +39,11 @@ def best_candidate(model: SegAnswerModel, sample, look: str, candidates) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="model folder or preset")
-    parser.add_argument("--n", type=int, default=100, help="held-out questions (the first N)")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    if args.n < 1:
-        parser.error("--n must be at least 1")
-    torch.set_num_threads(args.threads)
+    args = parse_args(__doc__, many_models=False)
     model = SegAnswerModel.from_pretrained(args.model).eval()  # a folder or a preset name
     right = {look: {"colour": [], "shape": []} for look in LOOKS}
     with torch.no_grad():
-        for sample in generate_samples("vqa", args.n, DEFAULT_CONFIG, seed=HELD_OUT_SEED):
+        for sample in questions(args.n):
             question_type = sample.extra["question_type"]
             candidates = list(DEMO_COLOURS if question_type == "colour" else DEMO_KINDS)
             for look in LOOKS:

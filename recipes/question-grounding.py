@@ -13,15 +13,12 @@ Prints one JSON line per model. Deterministic (no sampling).
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import numpy as np
-import torch
+from heldout import parse_args, questions
 
-from seganswer_cli.data.synthetic import generate_samples
 from seganswer_cli.eval.multiple_choice import prompt_and_answer
-from seganswer_cli.eval.shapes import DEFAULT_CONFIG, HELD_OUT_SEED
 from seganswer_cli.model import SegAnswerModel
 from seganswer_cli.train.stage2 import own_masks, seg_prefix
 
@@ -45,15 +42,8 @@ def scores(model: SegAnswerModel, samples) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", help="model folders or presets")
-    parser.add_argument("--n", type=int, default=100, help="held-out questions (the first N)")
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
-    if args.n < 1:
-        parser.error("--n must be at least 1")
-    torch.set_num_threads(args.threads)
-    samples = list(generate_samples("vqa", args.n, DEFAULT_CONFIG, seed=HELD_OUT_SEED))
+    args = parse_args(__doc__, many_models=True)
+    samples = questions(args.n)
     for name in args.models:
         model = SegAnswerModel.from_pretrained(name).eval()
         print(json.dumps({"model": name, "n": args.n, **scores(model, samples)}), flush=True)
