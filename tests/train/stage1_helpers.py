@@ -1,4 +1,4 @@
-"""Helpers of the Stage 1 tests (imported by the test modules, as tests/data does with builders.py)."""
+"""Helpers of the training tests (imported by the test modules, as tests/data does with builders.py)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,23 @@ def train_records(run_dir):
 
     records = MetricsLog(run_dir / "metrics.jsonl").read()
     return [{k: v for k, v in r.items() if k != "samples_per_s"} for r in records if r["kind"] == "train"]
+
+
+def assert_resume_refused(train, config, run_dir, match: str, **state) -> None:
+    """``train(config, run_dir, resume=True)`` stops with a ``UsageError`` matching ``match`` when the
+    latest checkpoint's trainer state says ``state`` (a launch unlike the run's); the state is put back."""
+    import json
+
+    import pytest
+
+    from seganswer_cli.errors import UsageError
+    from seganswer_cli.train import runs
+
+    state_file = runs.RunFolder(run_dir).latest_checkpoint() / runs.TRAINER_STATE
+    saved = state_file.read_text()
+    state_file.write_text(json.dumps({**json.loads(saved), **state}))
+    try:
+        with pytest.raises(UsageError, match=match):
+            train(config, run_dir, resume=True, quiet=True)
+    finally:
+        state_file.write_text(saved)

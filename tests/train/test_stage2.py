@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from stage1_helpers import stage1_config
+from stage1_helpers import assert_resume_refused, stage1_config
 
 from seganswer_cli.config import Stage2Config, load_config
 from seganswer_cli.data import ShapesConfig, VQASample, write_synthetic
@@ -211,6 +211,9 @@ def test_resume_after_kill_equals_uninterrupted_run(stage1_model, vqa_split, tmp
     train_stage2(cfg, tmp_path / "full", quiet=True)
     train_stage2(cfg, tmp_path / "killed", quiet=True, stop_after_step=3)  # checkpoint at 2, killed after 3
     assert not (tmp_path / "killed" / "model").exists()
+    if masks == "online":  # a launch with another global batch is refused
+        assert_resume_refused(train_stage2, cfg, tmp_path / "killed", "the run used a global batch of 16; this "
+                              "launch gives 4 ", global_batch=16)
     train_stage2(cfg, tmp_path / "killed", resume=True, quiet=True)
     full = load_file(runs.RunFolder(tmp_path / "full").latest_checkpoint() / runs.TRAINABLE)
     resumed = load_file(runs.RunFolder(tmp_path / "killed").latest_checkpoint() / runs.TRAINABLE)

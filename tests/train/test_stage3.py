@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from stage1_helpers import assert_resume_refused
 
 from seganswer_cli.config import OptimizerConfig, Stage3Config, load_config
 from seganswer_cli.errors import UsageError
@@ -192,6 +193,8 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(stage3_setup, tmp_path)
     train_stage3(config, tmp_path / "full", quiet=True)
     train_stage3(config, tmp_path / "killed", quiet=True, stop_after_step=1)
     assert not (tmp_path / "killed" / "model").exists()
+    assert_resume_refused(train_stage3, config, tmp_path / "killed", "the run used a process count of 2; this "
+                          "launch gives 1 ", processes=2)
     train_stage3(config, tmp_path / "killed", resume=True, quiet=True)
     full = load_file(runs.RunFolder(tmp_path / "full").latest_checkpoint() / runs.TRAINABLE)
     resumed = load_file(runs.RunFolder(tmp_path / "killed").latest_checkpoint() / runs.TRAINABLE)

@@ -50,6 +50,41 @@ def start_accelerator(config, **kwargs):
     return accelerator
 
 
+def planned_steps(config, dataset_size: int, samples_per_step: int) -> tuple[int, int]:
+    """``(steps_per_epoch, total_steps)`` of a run: ``max_steps`` when set, else ``epochs`` passes over
+    ``dataset_size`` samples (or prompts) at ``samples_per_step`` per step (at least 1)."""
+    steps_per_epoch = math.ceil(dataset_size / samples_per_step)
+    return steps_per_epoch, config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+
+
+#: Trainer-state keys a resumed launch must match, and how the error names them.
+_LAUNCH_KEYS = {"global_batch": "a global batch of", "processes": "a process count of"}
+
+
+def start_or_resume(run, accelerator, settings: dict, *, resume: bool, overwrite: bool, model, optimizer,
+                    scheduler, launch_key: str) -> tuple[dict, runs.MetricsLog]:
+    """Begin a run's training: with ``resume``, load the latest checkpoint into ``model``, ``optimizer``
+    and ``scheduler``, refuse a launch whose ``settings[launch_key]`` (``global_batch`` or ``processes``)
+    differs from the run's, and drop metrics lines after the checkpoint's step; otherwise write the
+    run folder's ``settings.json``. Returns the checkpoint's trainer state (empty for a new run) and
+    the metrics log."""
+    log = runs.MetricsLog(run.metrics_path)
+    state: dict = {}
+    if resume:
+        state = runs.load_checkpoint(run.latest_checkpoint(), accelerator, model=model, optimizer=optimizer,
+                                     scheduler=scheduler)
+        if state[launch_key] != settings[launch_key]:
+            raise UsageError(f"the run used {_LAUNCH_KEYS[launch_key]} {state[launch_key]}; this launch gives "
+                             f"{settings[launch_key]} ({accelerator.num_processes} process(es)); resume with "
+                             "the same number of processes")
+        if accelerator.is_main_process:
+            log.truncate_after(state["step"])
+    elif accelerator.is_main_process:
+        runs.start_run(run, settings, overwrite=overwrite)
+    accelerator.wait_for_everyone()
+    return state, log
+
+
 def adamw_with_schedule(params, optim, total: int):
     """AdamW on ``params`` (a list of tensors or of groups) with ``optim``'s settings, its
     ``LambdaLR`` over ``total`` optimizer updates, and the warmup updates (``warmup_steps``, else

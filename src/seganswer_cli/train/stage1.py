@@ -41,7 +41,6 @@ The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/trai
 
 from __future__ import annotations
 
-import math
 import random
 import time
 import warnings
@@ -68,11 +67,13 @@ from seganswer_cli.train.loop import (
     data_specs,
     enable_activation_checkpointing,
     keep_frozen_parts_in_eval,
+    planned_steps,
     quiet_transformers,
     reduce_mean,
     sample_stream,
     save_trained_model,
     start_accelerator,
+    start_or_resume,
     stop_if_not_finite,
     versions,
 )
@@ -126,8 +127,7 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
     dataset_size = sum(len(s) for s in mixture.sources)
-    steps_per_epoch = math.ceil(dataset_size / global_batch)
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    steps_per_epoch, total_steps = planned_steps(config, dataset_size, global_batch)
     optimizer, scheduler, warmup = adamw_with_schedule(param_groups(model, config), config.optim, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
@@ -145,19 +145,9 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "versions": versions(),
     }
-    start_step, log = 0, runs.MetricsLog(run.metrics_path)
-    if resume:
-        checkpoint = run.latest_checkpoint()
-        state = runs.load_checkpoint(checkpoint, accelerator, model=model, optimizer=optimizer, scheduler=scheduler)
-        if state["global_batch"] != global_batch:
-            raise UsageError(f"the run used a global batch of {state['global_batch']}; this launch gives "
-                             f"{global_batch} ({world} process(es)); resume with the same number of processes")
-        start_step = state["step"]
-        if accelerator.is_main_process:
-            log.truncate_after(start_step)
-    elif accelerator.is_main_process:
-        runs.start_run(run, settings, overwrite=overwrite)
-    accelerator.wait_for_everyone()
+    state, log = start_or_resume(run, accelerator, settings, resume=resume, overwrite=overwrite, model=model,
+                                 optimizer=optimizer, scheduler=scheduler, launch_key="global_batch")
+    start_step = state.get("step", 0)
     show = accelerator.is_main_process and not quiet
     if show:
         print_start(settings, run, start_step, skipped)

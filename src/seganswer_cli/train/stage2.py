@@ -60,7 +60,6 @@ The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/trai
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from collections import Counter
@@ -85,11 +84,13 @@ from seganswer_cli.train.loop import (
     data_specs,
     enable_activation_checkpointing,
     keep_frozen_parts_in_eval,
+    planned_steps,
     quiet_transformers,
     reduce_mean,
     sample_stream,
     save_trained_model,
     start_accelerator,
+    start_or_resume,
     stop_if_not_finite,
     versions,
 )
@@ -134,8 +135,7 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
     dataset_size = sum(len(s) for s in mixture.sources)
-    steps_per_epoch = math.ceil(dataset_size / global_batch)
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    steps_per_epoch, total_steps = planned_steps(config, dataset_size, global_batch)
     optimizer, scheduler, warmup = adamw_with_schedule(params, config.optim, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
@@ -155,20 +155,9 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
         "records_skipped_reading": {n: len(e.skipped) for n, e in skipped.items()},
         "versions": versions(),
     }
-    start_step, draws_done, counts = 0, 0, Counter()
-    log = runs.MetricsLog(run.metrics_path)
-    if resume:
-        state = runs.load_checkpoint(run.latest_checkpoint(), accelerator, model=model, optimizer=optimizer,
-                                     scheduler=scheduler)
-        if state["global_batch"] != global_batch:
-            raise UsageError(f"the run used a global batch of {state['global_batch']}; this launch gives "
-                             f"{global_batch} ({world} process(es)); resume with the same number of processes")
-        start_step, draws_done, counts = state["step"], state["draws"], Counter(state["problems"])
-        if accelerator.is_main_process:
-            log.truncate_after(start_step)
-    elif accelerator.is_main_process:
-        runs.start_run(run, settings, overwrite=overwrite)
-    accelerator.wait_for_everyone()
+    state, log = start_or_resume(run, accelerator, settings, resume=resume, overwrite=overwrite, model=model,
+                                 optimizer=optimizer, scheduler=scheduler, launch_key="global_batch")
+    start_step, draws_done, counts = state.get("step", 0), state.get("draws", 0), Counter(state.get("problems", {}))
     show = accelerator.is_main_process and not quiet
     report = ProblemReport(counts, show=show)
     if show:

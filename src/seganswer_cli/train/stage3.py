@@ -95,11 +95,13 @@ from seganswer_cli.train.loop import (
     data_specs,
     enable_activation_checkpointing,
     keep_frozen_parts_in_eval,
+    planned_steps,
     quiet_transformers,
     reduce_mean,
     sample_stream,
     save_trained_model,
     start_accelerator,
+    start_or_resume,
     stop_if_not_finite,
     versions,
 )
@@ -398,8 +400,7 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     params = [p for p in model.parameters() if p.requires_grad]
     world = accelerator.num_processes
     dataset_size = sum(len(s) for s in mixture.sources)
-    steps_per_epoch = math.ceil(dataset_size / config.prompts_per_step)
-    total_steps = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
+    steps_per_epoch, total_steps = planned_steps(config, dataset_size, config.prompts_per_step)
     total_updates = total_steps * config.mini_batches
     optimizer, scheduler, warmup = adamw_with_schedule(params, config.optim, total_updates)
     policy, optimizer = accelerator.prepare(Policy(model), optimizer)
@@ -418,19 +419,9 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
         "trainable_parameters": sum(p.numel() for p in params),
         "versions": versions(),
     }
-    start_step, prompts_drawn, log = 0, 0, runs.MetricsLog(run.metrics_path)
-    if resume:
-        state = runs.load_checkpoint(run.latest_checkpoint(), accelerator, model=policy, optimizer=optimizer,
-                                     scheduler=scheduler)
-        if state["processes"] != world:
-            raise UsageError(f"the run used {state['processes']} process(es); this launch has {world}; "
-                             "resume with the same number of processes")
-        start_step, prompts_drawn = state["step"], state["prompts_drawn"]
-        if accelerator.is_main_process:
-            log.truncate_after(start_step)
-    elif accelerator.is_main_process:
-        runs.start_run(run, settings, overwrite=overwrite)
-    accelerator.wait_for_everyone()
+    state, log = start_or_resume(run, accelerator, settings, resume=resume, overwrite=overwrite, model=policy,
+                                 optimizer=optimizer, scheduler=scheduler, launch_key="processes")
+    start_step, prompts_drawn = state.get("step", 0), state.get("prompts_drawn", 0)
     show = accelerator.is_main_process and not quiet
     if show:
         print_start(settings, run, start_step, skipped)
