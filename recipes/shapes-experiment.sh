@@ -36,8 +36,10 @@ questions "$MODEL" "$OUT/vqa"
 "$SEGANSWER" eval shapes-vqa --model shapes-base --roi mask --limit "$N" --out "$OUT/vqa-untrained" -q
 
 "$SEGANSWER" eval report "$OUT"/vqa-{mask,bbox,none,mask-gt,bbox-gt,untrained} --markdown > "$OUT/report-vqa.md"
+# the paper's claim with the region each question is about, each look paired with the mask view
+"$SEGANSWER" eval report "$OUT"/vqa-{mask-gt,bbox-gt,none} --markdown > "$OUT/report-regions.md"
 "$SEGANSWER" eval report "$OUT/refseg" --markdown > "$OUT/report-refseg.md"
-cat "$OUT/report-vqa.md" "$OUT/report-refseg.md"
+cat "$OUT/report-vqa.md" "$OUT/report-regions.md" "$OUT/report-refseg.md"
 "$SEGANSWER" eval sheet "$OUT/vqa-mask" "$OUT/vqa-bbox" --out "$OUT/contact-sheet.png"
 
 if [[ -d "$RUNS" ]]; then

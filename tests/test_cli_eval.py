@@ -178,6 +178,17 @@ def test_report_puts_runs_side_by_side(tiny_cli, shapes_data, tmp_path):
                            terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "accuracy" in result.stdout and "roi" in result.stdout and "none" in result.stdout
+    # question by question against the first run: only "none" right on its first question
+    for roi in ("mask", "none"):
+        path = tmp_path / roi / "predictions.jsonl"
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**r, "correct": roi == "none" and i == 0}) + "\n"
+                                for i, r in enumerate(records)))
+    runs = json.loads(invoke("report", tmp_path / "mask", tmp_path / "none", "--json").stdout)["runs"]
+    assert "paired_with_first" not in runs[0]
+    assert runs[1]["paired_with_first"] == {"only_a": 1, "only_b": 0, "shared": 2, "p_value": 1.0}
+    table = invoke("report", tmp_path / "mask", tmp_path / "none", "--markdown").stdout
+    assert "| vs first run: only this right / only first right (p) | - | 1 / 0 of 2 (p 1) |" in table
     result = invoke("report", tmp_path / "mask", tmp_path / "nothing")
     assert isinstance(result.exception, DataError) and "summary.json not found" in str(result.exception)
 

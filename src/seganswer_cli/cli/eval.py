@@ -135,12 +135,19 @@ def report(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (to paste into "
                                            "docs) instead of drawing it.")] = False,
 ) -> None:
-    """Put several runs side by side (e.g. --roi mask vs bbox vs none): one column per run."""
+    """Put several runs side by side (e.g. --roi mask vs bbox vs none): one column per run. Question runs
+    of one benchmark and split are also compared with the first run, question by question (exact
+    McNemar test)."""
+    from dataclasses import asdict
+
     from seganswer_cli.eval.runner import load_summary
 
     if as_json and markdown:
         raise UsageError("--json and --markdown print different things; give one")
     summaries = [load_summary(run) for run in runs]
+    for summary, paired in zip(summaries, _paired_with_first(summaries)):
+        if paired is not None:
+            summary["paired_with_first"] = asdict(paired)
     if as_json:
         print(json.dumps({"runs": summaries}, ensure_ascii=False))
         return
@@ -260,7 +267,30 @@ def _report_rows(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list[
     for column in columns:
         labels += [label for label in column if label not in labels]
     rows += [[label, *[column.get(label, "-") for column in columns]] for label in labels]
+    if any("paired_with_first" in s for s in summaries):
+        rows.append(["vs first run: only this right / only first right (p)",
+                     *[_paired_text(s.get("paired_with_first")) for s in summaries]])
     return header, rows
+
+
+def _paired_with_first(summaries: list[dict[str, Any]]) -> list:
+    """``PairedComparison`` of each question run with the first (None for the first run, and for all
+    when the runs are not question runs of one benchmark and split)."""
+    from seganswer_cli.eval.metrics import paired_comparison
+    from seganswer_cli.eval.runner import PREDICTIONS, read_predictions
+
+    if len(summaries) < 2 or any(s.get("task") != "qa" for s in summaries) or len(
+            {(s.get("benchmark"), s.get("split")) for s in summaries}) > 1:
+        return [None] * len(summaries)
+    right = [{k: bool(r["correct"]) for k, r in read_predictions(Path(s["run"]) / PREDICTIONS, repair=False).items()}
+             for s in summaries]
+    return [None, *[paired_comparison(r, right[0]) for r in right[1:]]]
+
+
+def _paired_text(paired: dict[str, Any] | None) -> str:
+    if paired is None:
+        return "-"
+    return f"{paired['only_a']} / {paired['only_b']} of {paired['shared']} (p {paired['p_value']:.2g})"
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -122,6 +122,36 @@ def accuracy(correct: Sequence[bool], confidence: float = 0.95) -> Accuracy:
     return Accuracy(p, low, high, n, confidence)
 
 
+@dataclass(frozen=True)
+class PairedComparison:
+    """Two runs scored on the same questions: how often only one of them is right, and the exact
+    two-sided McNemar p-value of that split (the sign test on the discordant questions)."""
+
+    only_a: int
+    """Questions ``a`` answers right and ``b`` wrong."""
+    only_b: int
+    shared: int
+    """Questions both runs answered."""
+    p_value: float
+
+
+def paired_comparison(a: dict[Hashable, bool], b: dict[Hashable, bool]) -> PairedComparison:
+    """Compare two runs' correctness (question id -> right) on the ids they share.
+
+    >>> c = paired_comparison({1: True, 2: True, 3: False}, {1: False, 2: True, 3: False, 4: True})
+    >>> c.only_a, c.only_b, c.shared, c.p_value
+    (1, 0, 3, 1.0)
+    >>> round(paired_comparison({i: i < 23 for i in range(24)}, {i: i == 23 for i in range(24)}).p_value, 8)
+    2.98e-06
+    """
+    shared = [k for k in a if k in b]
+    only_a = sum(bool(a[k]) and not b[k] for k in shared)
+    only_b = sum(bool(b[k]) and not a[k] for k in shared)
+    n, k = only_a + only_b, min(only_a, only_b)
+    p_value = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return PairedComparison(only_a, only_b, len(shared), p_value)
+
+
 def _normal_quantile(q: float) -> float:
     """Inverse standard normal CDF by bisection on ``erf`` (avoids a scipy dependency)."""
     lo, hi = -10.0, 10.0
