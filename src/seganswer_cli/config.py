@@ -272,6 +272,12 @@ class Stage2Config:
     """Share of samples whose conversation answers at once (Response 1 is the answer, no
     ``<|seg|>``), so the model learns that segmenting is a choice. Not in the paper. Which samples:
     a seeded draw per stream position (``seed``), the same on every process and after ``--resume``."""
+    region_share: float = 0.0
+    """Share of the segmenting samples whose second look shows the sample's annotated region (its
+    region masks, else its boxes as box-shaped masks) instead of the model's own mask, so that the
+    view keeps predicting the answer while the model's masks are poor. Not in the paper, which
+    never trains on VisualCoT's boxes: 0 by default. A seeded draw per stream position; a sample
+    without a region uses the model's mask."""
     masks: str = "online"
     """Where the segmented view's mask comes from. ``online`` (the paper's reading): a no-grad pass
     of the model being trained, up to its own ``<|seg|>``, at every step. ``precomputed``: once, by
@@ -315,8 +321,9 @@ class Stage2Config:
             raise UsageError(f"unknown masks {self.masks!r}; expected one of {', '.join(STAGE2_MASKS)}")
         if self.too_long not in STAGE2_TOO_LONG:
             raise UsageError(f"too_long must be one of {', '.join(STAGE2_TOO_LONG)}, got {self.too_long!r}")
-        if not 0.0 <= self.direct_share <= 1.0:
-            raise UsageError(f"direct_share must be in [0, 1], got {self.direct_share}")
+        for name in ("direct_share", "region_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not self.epochs > 0:
             raise UsageError(f"epochs must be > 0, got {self.epochs}")
         if self.optim.lr is None:

@@ -25,6 +25,7 @@ from stage1_helpers import assert_resume_refused, stage1_config
 from seganswer_cli.config import Stage2Config, load_config
 from seganswer_cli.data import ShapesConfig, VQASample, write_synthetic
 from seganswer_cli.data.samples import ImageRef
+from seganswer_cli.errors import UsageError
 from seganswer_cli.model import tokens
 from seganswer_cli.model.sequence import IGNORE_INDEX
 from seganswer_cli.train import runs
@@ -116,6 +117,47 @@ def test_training_sequence_equals_what_the_reasoning_loop_builds(patterned_model
     (_, seg_slot), (_, ref_slot) = seq.visuals, ref.visuals
     assert torch.equal(seg_slot.keep, ref_slot.keep) and seg_slot.keep.numel() == traj.steps[0].kept_tokens
     assert report.totals()["empty_mask"] == 0
+
+
+def test_region_share_shows_the_annotated_region_without_pass_1(tiny_model, noise_image, monkeypatch):
+    """``region_share``: the drawn samples' second look is their annotated region (mask, else box);
+    pass 1 runs only for the others; the draw is seeded per position and skips samples without a region."""
+    from seganswer_cli.data.samples import LazyMask
+    from seganswer_cli.masks import encode_rle
+    from seganswer_cli.train import stage2
+    from seganswer_cli.train.stage2 import Draws, annotated_region
+
+    h, w = noise_image.height, noise_image.width
+    region = np.zeros((h, w), bool)
+    region[20:60, 30:90] = True
+    with_mask = VQASample("m", png_ref(noise_image), "What colour?", "red", "test",
+                          region_masks=[LazyMask(rle=encode_rle(region))])
+    with_box = VQASample("b", png_ref(noise_image), "What colour?", "red", "test", region_boxes=[(30.0, 20.0, 90.0, 60.0)])
+    plain = VQASample("p", png_ref(noise_image), "What colour?", "red", "test")
+    assert np.array_equal(annotated_region(with_mask, h, w), region)
+    assert np.array_equal(annotated_region(with_box, h, w), region)
+
+    passed_to_pass1 = []
+    real = stage2.own_masks
+    monkeypatch.setattr(stage2, "own_masks", lambda model, images, prefixes: passed_to_pass1.append(len(images))
+                        or real(model, images, prefixes))
+    drawn = [Drawn(0, with_mask, "What colour?", "red", direct=False, region=True),
+             Drawn(1, with_box, "What colour?", "red", direct=False, region=True),
+             Drawn(2, plain, "What colour?", "red", direct=False)]
+    examples = prepare_examples(tiny_model, drawn, Stage2Config(model="x"), ProblemReport(Counter(), show=False))
+    assert passed_to_pass1 == [1] and [e.region for e in examples] == [True, True, False]
+    view, _ = tiny_model.second_look(noise_image, region)
+    assert np.array_equal(examples[0].mask, region) and torch.equal(examples[1].sequence.visuals[1].keep, view.keep)
+
+    config = Stage2Config(model="x", region_share=0.5, direct_share=0.0)
+    draws = Draws(iter([with_mask, plain] * 50), config, start=0, report=ProblemReport(Counter(), show=False))
+    taken = draws.take(100)
+    looked = [d.region for d in taken if d.sample is with_mask]
+    assert not any(d.region for d in taken if d.sample is plain) and 10 < sum(looked) < 40
+    again = Draws(iter([with_mask, plain] * 50), config, start=0, report=ProblemReport(Counter(), show=False)).take(100)
+    assert [d.region for d in again] == [d.region for d in taken]
+    with pytest.raises(UsageError, match="region_share must be in"):
+        Stage2Config(region_share=1.5)
 
 
 def test_empty_mask_falls_back_as_the_loop_does(tiny_model, noise_image):

@@ -207,6 +207,9 @@ def train_stage2(
     masks: Annotated[str | None, Opt("--masks", help="online (the model's own masks at every step, the paper's) "
                                      "or precomputed (once, by the starting model, cached in the run folder).")] = None,
     direct_share: Annotated[float | None, Opt("--direct-share", help="Share of samples answered without <|seg|>.")] = None,
+    region_share: Annotated[float | None, Opt("--region-share", help="Share of segmenting samples shown their "
+                                              "annotated region instead of the model's mask (not the paper's; "
+                                              "default 0).")] = None,
     freeze_vision: Annotated[bool | None, Opt("--freeze-vision/--train-vision",
                                               help="Freeze the MLLM's vision tower (default: it trains).")] = None,
     max_length: Annotated[int | None, Opt("--max-length", help="Most tokens of one training conversation.")] = None,
@@ -232,7 +235,7 @@ def train_stage2(
 
     overrides = {
         "model": model, "data": data or None, "masks": masks, "direct_share": direct_share,
-        "freeze_vision": freeze_vision, "max_length": max_length, "too_long": too_long,
+        "region_share": region_share, "freeze_vision": freeze_vision, "max_length": max_length, "too_long": too_long,
         "allow_untrained_start": allow_untrained_start, "max_steps": max_steps, "epochs": epochs, "optim.lr": lr,
         "batch_size": batch_size, "grad_accum": grad_accum, "save_every": save_every, "seed": seed,
         "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,

@@ -18,7 +18,9 @@ cross-entropy on the model's turns only (``Sequence.target_mask``: Response 1, R
 their ``<|im_end|>``); the prompts, the image and the segmented region carry none. A share of the
 samples (``direct_share``) answers at once (Response 1 is the answer) so that segmenting is a
 choice the model makes. Projector and SAM 2.1 are frozen; every MLLM parameter trains (the vision
-tower too, unless ``freeze_vision``). Boxes and region masks in the data are never read.
+tower too, unless ``freeze_vision``). Boxes and region masks in the data are never read, unless
+``region_share`` (ours, off by default) shows that share of the segmenting samples their annotated
+region instead of the model's own mask.
 
 Question text and answer come from ``eval.multiple_choice.prompt_and_answer``, the function
 ``shapes-vqa`` asks its questions with (multiple choice answered by the letter, free text by the
@@ -27,6 +29,8 @@ answer), so what Stage 2 teaches is what the benchmark asks.
 Where this departs from the paper (which gives the data, lr 2e-6 and 1 epoch):
 - ``direct_share`` (default 0.1) and its seeded per-position draw are ours; the paper does not say
   how the model learns to answer without segmenting;
+- ``region_share`` (default 0) is ours: views of the annotated region, so that the view keeps
+  predicting the answer while the model's own masks are poor;
 - ``masks: precomputed`` computes each planned sample's mask once, with the *starting* model, before
   step 1, and caches it in ``RUN_DIR/masks/``: no pass 1 per step (faster), but late in the run the
   model looks at masks an earlier model made rather than its own current ones. ``online`` (default)
@@ -60,6 +64,7 @@ The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/trai
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from collections import Counter
@@ -179,7 +184,8 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
     step_started = time.perf_counter()
     for step in range(start_step + 1, total_steps + 1):
         batch = draws.take(global_batch)  # identical on every process
-        sums = {"loss": 0.0, "target_tokens": 0.0, "sequence_tokens": 0.0, "direct": 0.0, "trained": 0.0}
+        sums = {"loss": 0.0, "target_tokens": 0.0, "sequence_tokens": 0.0, "direct": 0.0, "region": 0.0,
+                "trained": 0.0}
         pass1_seconds, grad_norm = 0.0, None
         for micro in range(config.grad_accum):
             start = (micro * world + accelerator.process_index) * config.batch_size
@@ -208,6 +214,7 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
             sums["target_tokens"] += sum(int(e.sequence.target_mask.sum()) for e in examples)
             sums["sequence_tokens"] += sum(len(e.sequence) for e in examples)
             sums["direct"] += sum(e.direct for e in examples)
+            sums["region"] += sum(e.region for e in examples)
             sums["trained"] += len(examples)
         lr = scheduler.get_last_lr()[0]  # the rate this step used
         scheduler.step()
@@ -313,6 +320,9 @@ class Drawn:
     answer: str
     direct: bool
     """Answer at once (no ``<|seg|>``): a seeded draw per stream position."""
+    region: bool = False
+    """Look at the annotated region instead of the model's own mask (``region_share``; segmenting
+    samples that have a region only)."""
 
 
 class Draws:
@@ -333,7 +343,10 @@ class Draws:
                 self.report.add(problem[0], sample, problem[1])
                 continue
             prompt, answer = prompt_and_answer(sample)
-            out.append(Drawn(index, sample, prompt, answer, answers_directly(self.config, index)))
+            direct = seeded_coin(self.config, "direct", index, self.config.direct_share)
+            region = not direct and has_region(sample) and seeded_coin(self.config, "region", index,
+                                                                        self.config.region_share)
+            out.append(Drawn(index, sample, prompt, answer, direct, region))
         return out
 
 
@@ -347,11 +360,27 @@ def draw_problem(sample: VQASample) -> tuple[str, str] | None:
     return None
 
 
-def answers_directly(config: Stage2Config, index: int) -> bool:
-    """Whether draw ``index`` of the stream is a direct-answer conversation: a seeded coin per position."""
-    if config.direct_share <= 0:
+def seeded_coin(config: Stage2Config, what: str, index: int, share: float) -> bool:
+    """A coin per stream position and purpose (``direct``: a direct-answer conversation; ``region``: a
+    look at the annotated region) that lands true with probability ``share``, seeded by the run's seed."""
+    if share <= 0:
         return False
-    return random.Random(f"{config.seed}:direct:{index}").random() < config.direct_share
+    return random.Random(f"{config.seed}:{what}:{index}").random() < share
+
+
+def has_region(sample: VQASample) -> bool:
+    return bool(sample.region_masks or sample.region_boxes)
+
+
+def annotated_region(sample: VQASample, height: int, width: int) -> np.ndarray:
+    """Bool ``(H, W)``: the union of the sample's region masks, else of its boxes (pixels, clamped)."""
+    region = sample.region()
+    if region is not None:
+        return region
+    mask = np.zeros((height, width), dtype=bool)
+    for x0, y0, x1, y1 in sample.region_boxes:
+        mask[max(0, int(y0)) : min(height, math.ceil(y1)), max(0, int(x0)) : min(width, math.ceil(x1))] = True
+    return mask
 
 
 def plan_samples(mixture, config: Stage2Config, global_batch: int, total_steps: int) -> list[Drawn]:
@@ -372,6 +401,8 @@ class Example:
     direct: bool
     mask: np.ndarray | None
     """The mask of the segmented turn (None for a direct answer)."""
+    region: bool = False
+    """The mask is the sample's annotated region (``region_share``), not the model's."""
     fallback: str | None = None
     """``empty_mask`` when the mask was empty and the original image was shown again."""
 
@@ -418,7 +449,7 @@ def prepare_examples(model, drawn: list[Drawn], config: Stage2Config, report: Pr
             report.add("too_long_skipped", d.sample, f"the prompt alone is over max_length {config.max_length}")
             continue
         loaded.append((d, image, dense))
-    seg = [(d, image, dense) for d, image, dense in loaded if not d.direct]
+    seg = [(d, image, dense) for d, image, dense in loaded if not d.direct and not d.region]
     if mask_cache is not None:
         masks = [mask_cache[sample_key(d.sample)] for d, _, _ in seg]
     elif seg:
@@ -426,6 +457,7 @@ def prepare_examples(model, drawn: list[Drawn], config: Stage2Config, report: Pr
     else:
         masks = []
     mask_of = {id(d): m for (d, _, _), m in zip(seg, masks)}
+    mask_of.update({id(d): annotated_region(d.sample, image.height, image.width) for d, image, _ in loaded if d.region})
 
     examples = []
     for d, image, dense in loaded:
@@ -454,7 +486,7 @@ def build_example(model, drawn: Drawn, image, dense, mask: np.ndarray | None) ->
         return Example(model.stage2_sequence(dense, drawn.prompt, drawn.answer), direct=True, mask=None)
     view, fallback = model.second_look(image, mask, mode="mask")
     sequence = model.stage2_sequence(dense, drawn.prompt, drawn.answer, view=view)
-    return Example(sequence, direct=False, mask=mask, fallback=fallback)
+    return Example(sequence, direct=False, mask=mask, region=drawn.region, fallback=fallback)
 
 
 def truncate_sequence(sequence, length: int):
@@ -497,7 +529,7 @@ def precompute_masks(model, planned: list[Drawn], folder: Path, accelerator, con
 
     wanted = {}
     for d in planned:
-        if not d.direct:
+        if not d.direct and not d.region:
             wanted.setdefault(sample_key(d.sample), d)
     cache = read_mask_cache(folder)
     if resume:
@@ -622,7 +654,8 @@ def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, 
         "steps": f"{settings['total_steps']} ({settings['steps_per_epoch']}/epoch, warmup {settings['warmup_steps']})",
         "global batch": f"{settings['global_batch']} = {c['batch_size']} x {c['grad_accum']} accum x {settings['processes']} proc",
         "lr": f"{c['optim']['lr']:g} ({c['optim']['schedule']})", "precision": f"{c['dtype']} weights, autocast {c['mixed_precision']}",
-        "masks": f"{c['masks']}, direct answers {c['direct_share']:.0%}",
+        "masks": f"{c['masks']}, direct answers {c['direct_share']:.0%}"
+                 + (f", annotated regions {c['region_share']:.0%}" if c.get("region_share") else ""),
         "trainable": f"{settings['trainable_parameters']:,} parameters (MLLM{'' if not c['freeze_vision'] else ', vision frozen'})",
         "max length": f"{c['max_length']} tokens ({c['too_long']} longer ones)",
     }
