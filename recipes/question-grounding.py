@@ -18,6 +18,7 @@ import json
 import numpy as np
 from heldout import parse_args, questions
 
+from seganswer_cli.eval.metrics import mask_counts
 from seganswer_cli.eval.multiple_choice import prompt_and_answer
 from seganswer_cli.model import SegAnswerModel
 from seganswer_cli.train.stage2 import own_masks, seg_prefix
@@ -33,7 +34,7 @@ def scores(model: SegAnswerModel, samples) -> dict[str, float]:
         prefixes = [seg_prefix(model, model.global_view(image), prompt_and_answer(s)[0]) for s, image in zip(chunk, images)]
         for sample, mask in zip(chunk, own_masks(model, images, prefixes)):
             target = sample.region()
-            inter, union, size = (mask & target).sum(), (mask | target).sum(), max(int(target.sum()), 1)
+            (inter, union), size = mask_counts(mask, target), max(int(target.sum()), 1)
             iou.append(inter / max(union, 1))
             coverage.append(inter / size)
             area.append(mask.sum() / size)
