@@ -173,7 +173,18 @@ def build_tiny_sam(image_size: int = 128, seed: int = 0):
         mask_decoder_config=Sam2MaskDecoderConfig(mlp_dim=256),
     )
     torch.manual_seed(seed)
-    return Sam2Model(config).eval()
+    return tie_positional_encodings(Sam2Model(config).eval())
+
+
+def tie_positional_encodings(sam):
+    """One random Fourier basis for image positions and prompt points, as in SAM 2.1 (its prompt
+    encoder and the image-wide encoding are one layer; a converted checkpoint loads the same matrix
+    into both). ``Sam2Model`` draws the two buffers independently, so a model built from random
+    weights would encode a click in a basis its image positions do not share and could never learn
+    where a click points. Returns ``sam``."""
+    with torch.no_grad():
+        sam.prompt_encoder.shared_embedding.positional_embedding.copy_(sam.shared_image_embedding.positional_embedding)
+    return sam
 
 
 def load_sam(path: str, *, dtype: torch.dtype | None = None):
