@@ -74,6 +74,20 @@ def test_save_then_load_gives_identical_outputs(tiny_model, noise_image, blob_ma
     assert loaded.view_config == tiny_model.view_config
 
 
+def test_a_click_is_encoded_in_the_image_positions_basis(tiny_model, tmp_path):
+    """SAM 2.1 encodes prompt points and image positions with one random Fourier layer; a model
+    built from random weights must too, and keep it through save and load."""
+    for model in (tiny_model, SegAnswerModel.from_pretrained(tiny_model.save_pretrained(tmp_path / "m"))):
+        decoder = model.mask_decoder
+        pos = decoder.sam.get_image_wide_positional_embeddings()[0]  # (256, g, g)
+        g, S = pos.shape[-1], decoder.image_size
+        for i, j in ((0, 0), (g - 1, 2), (g // 2, g - 1)):
+            xy = torch.tensor([[(j + 0.5) * S / g - 0.5, (i + 0.5) * S / g - 0.5]])  # cell (i, j)'s centre
+            with torch.no_grad():
+                click = decoder.point_prompts(xy)[0, 0] - decoder.sam.prompt_encoder.point_embed.weight[1]
+            torch.testing.assert_close(click, pos[:, i, j], atol=1e-4, rtol=0)
+
+
 def test_bad_model_folders_and_presets(tmp_path, tiny_model):
     with pytest.raises(UsageError, match="known presets"):
         SegAnswerModel.from_preset("huge")
