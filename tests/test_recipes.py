@@ -67,3 +67,4 @@ def test_question_grounding_scores_the_masks_of_question_targets():
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(rows) == 2 and rows[0] == rows[1]  # deterministic
     assert rows[0]["n"] == 3 and 0.0 <= rows[0]["iou"] <= rows[0]["coverage"] <= 1.0
+    assert 0.0 <= rows[0]["click_iou"] <= 1.0
