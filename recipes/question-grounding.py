@@ -18,27 +18,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 from heldout import parse_args, questions
 
 from seganswer_cli.eval.metrics import mask_counts
 from seganswer_cli.eval.multiple_choice import prompt_and_answer
 from seganswer_cli.model import SegAnswerModel
-from seganswer_cli.model.mask_decoder import upsample_logits
 from seganswer_cli.train.stage2 import own_masks, seg_prefix
 
 BATCH = 10
-
-
-@torch.no_grad()
-def clicked_mask(model: SegAnswerModel, embeddings, index: int, image, target: np.ndarray) -> np.ndarray:
-    """SAM 2.1's mask from one click on the target pixel nearest its centroid."""
-    ys, xs = np.nonzero(target)
-    k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
-    S = model.mask_decoder.image_size
-    xy = torch.tensor([[xs[k] * S / image.width, ys[k] * S / image.height]], dtype=torch.float32)
-    pred = model.mask_decoder.decode(embeddings.select(index), model.mask_decoder.point_prompts(xy))
-    return (upsample_logits(pred.low_res_logits[:1], (image.height, image.width))[0] > 0).cpu().numpy()
 
 
 def scores(model: SegAnswerModel, samples) -> dict[str, float]:
@@ -47,15 +34,14 @@ def scores(model: SegAnswerModel, samples) -> dict[str, float]:
         chunk = samples[start : start + BATCH]
         images = [s.image.load() for s in chunk]
         prefixes = [seg_prefix(model, model.global_view(image), prompt_and_answer(s)[0]) for s, image in zip(chunk, images)]
-        with torch.no_grad():
-            embeddings = model.encode_for_masks(images)
-        for i, (sample, mask) in enumerate(zip(chunk, own_masks(model, images, prefixes))):
-            target = sample.region()
+        targets = [s.region() for s in chunk]
+        clicked = model.clicked_masks(images, targets)
+        for target, mask, click_mask in zip(targets, own_masks(model, images, prefixes), clicked):
             (inter, union), size = mask_counts(mask, target), max(int(target.sum()), 1)
             iou.append(inter / max(union, 1))
             coverage.append(inter / size)
             area.append(mask.sum() / size)
-            inter, union = mask_counts(clicked_mask(model, embeddings, i, images[i], target), target)
+            inter, union = mask_counts(click_mask, target)
             click.append(inter / max(union, 1))
     return {"iou": round(float(np.mean(iou)), 3), "iou>=0.5": round(float(np.mean(np.array(iou) >= 0.5)), 3),
             "coverage": round(float(np.mean(coverage)), 3), "area/target": round(float(np.median(area)), 2),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Train the shipped `shapes` demo model from nothing, on CPU, with seganswer's own commands:
-#   shapes-world data -> stand-in pretraining -> Stage 1 (projector, then LoRA) -> merge-lora
+#   shapes-world data -> stand-in pretraining (SAM from clicks, then everything) -> Stage 1 (projector, then LoRA) -> merge-lora
 #   -> Stage 2 (interleaved SFT) -> Stage 3 (DAPO) -> final model folder.
 # About 45 minutes on 2 CPU cores. Seeded (data seeds SEED*100+1..9, training seed SEED); a rerun
 # from scratch on the same machine and thread count retraces the run (verified: same data, metrics, weights).
@@ -16,6 +16,7 @@ set -euo pipefail
 
 OUT=${1:-runs/shapes-demo}
 SEED=${SEED:-0}                 # data seeds are SEED*100 + 1..9; the benchmark uses seed 100003
+POINTS_STEPS=${POINTS_STEPS:-1000}
 STANDIN_STEPS=${STANDIN_STEPS:-2400}
 PROJECTOR_STEPS=${PROJECTOR_STEPS:-200}
 LORA_STEPS=${LORA_STEPS:-400}
@@ -61,7 +62,11 @@ wait $first; wait $second
 D="$OUT/data"
 
 # Not a stage of the paper: the stand-in for the pretrained Qwen2.5-VL and SAM 2.1 it starts from.
-run 0-standin pretrain-standin -c standin-shapes --model shapes-base --seed "$SEED" \
+# First SAM 2.1 alone learns to segment the shape under a click (its promptable pretraining), then
+# every weight trains on segmentation through <|seg|> (clicks alongside) and on questions.
+run 0-sam-points pretrain-standin -c standin-shapes --phase points --model shapes-base --seed "$SEED" \
+  --data ref="$D/standin-ref":3 --data closeup="$D/closeup-ref":1 --val-data "$D/val-ref" --max-steps "$POINTS_STEPS"
+run 0-standin pretrain-standin -c standin-shapes --model "$OUT/0-sam-points/model" --seed "$SEED" \
   --data ref="$D/standin-ref":3 --data closeup="$D/closeup-ref":1 \
   --data qa="$D/standin-qa":3 --data closeup-qa="$D/closeup-qa":1 \
   --val-data "$D/val-ref" --max-steps "$STANDIN_STEPS"

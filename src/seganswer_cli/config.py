@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 from seganswer_cli.errors import UsageError
 
-STAGE1_PHASES = ("projector", "lora", "standin")
+STAGE1_PHASES = ("projector", "lora", "standin", "points")
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -136,7 +136,10 @@ class Stage1Config:
     SAM prompt encoder and mask decoder (+ the ``<|seg|>`` embedding rows). ``standin``: not the
     paper's; every weight trains, SAM's image encoder and the vision tower included, on referring
     segmentation and plain questions (``seganswer pretrain-standin``: the shipped demo model's
-    stand-in for the pretrained Qwen2.5-VL and SAM 2.1 the paper starts from)."""
+    stand-in for the pretrained Qwen2.5-VL and SAM 2.1 the paper starts from). ``points``: not the
+    paper's either; SAM 2.1 alone (image encoder, prompt encoder, mask decoder) learns to segment the
+    shape under one click, its promptable pretraining (``seganswer pretrain-standin --phase points``,
+    before ``standin``); the language model and projector do not run. One process only."""
     data: list[str] = field(default_factory=list)
     """Training sets as ``NAME=PATH[:weight]`` (see docs/data.md); sampled at the weights' rates."""
     val_data: str | None = None
@@ -162,13 +165,17 @@ class Stage1Config:
     """Peak learning rate of phase ``standin`` (the demo's stand-in pretraining, not the paper's)."""
     standin_epochs: float = 1
     """Epochs of phase ``standin``."""
+    points_lr: float = 3e-4
+    """Peak learning rate of phase ``points`` (SAM 2.1 alone, from clicks; not the paper's)."""
+    points_epochs: float = 1
+    """Epochs of phase ``points``."""
     sam_lr: float | None = None
     """Peak learning rate of SAM 2.1's trainable parameters (prompt encoder and mask decoder; in
     phase ``standin`` the image encoder too); None: the phase's rate. The demo's stand-in needs a
     lower one than its language model: a SAM trained from scratch at 1e-3 learns one mask per image
     whatever its prompt says (docs/shapes-experiment.md)."""
     standin_expressions: int = 0
-    """Phase ``standin``: further shapes of a shapes-world scene asked about in the same conversation
+    """Phases ``standin`` and ``points``: further shapes of a shapes-world scene asked about in the same conversation
     (``Segment A`` -> ``<|seg|>``, ``Segment B`` -> ``<|seg|>``, ...), so that only the expressions
     tell the masks of one image apart."""
     standin_echo: bool = True
@@ -219,11 +226,11 @@ class Stage1Config:
 
     def __post_init__(self) -> None:
         if self.phase not in STAGE1_PHASES:
-            raise UsageError(f"unknown phase {self.phase!r}; expected projector, lora or standin")
+            raise UsageError(f"unknown phase {self.phase!r}; expected projector, lora, standin or points")
         check_run_settings(self, at_least_one=("batch_size", "grad_accum", "val_limit", "val_batch_size", "log_every",
                                                 "keep_checkpoints"), non_negative=("save_every", "eval_every"))
         for name in ("epochs", "projector_epochs", "lora_epochs", "projector_lr", "lora_lr", "standin_lr",
-                     "standin_epochs", "sam_lr"):
+                     "standin_epochs", "points_lr", "points_epochs", "sam_lr"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise UsageError(f"{name} must be > 0, got {value}")

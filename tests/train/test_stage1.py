@@ -318,7 +318,7 @@ def test_click_prompts_segment_through_sams_prompt_encoder():
     image = Image.new("RGB", (60, 40))
     seq = model.stage1_sequence(model.global_view(image), "the red square")
     out = model([seq], [image], [[mask]])
-    parts = model.point_prompt_losses(out, [[mask]], [clicks[0][:1]])
+    parts = model.point_prompt_losses(out.image_embeddings, out.mask_rows, [[mask]], [clicks[0][:1]])
     assert set(parts) == {"focal", "dice", "iou", "object_score"}
     sum(parts.values()).backward()
     grads = [p.grad for p in model.mask_decoder.sam.prompt_encoder.parameters() if p.grad is not None]

@@ -110,6 +110,8 @@ def pretrain_standin(
                                           "repeat to mix.")] = None,
     val_data: SegValDataOpt = None,
     config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: standin-shapes.")] = None,
+    phase: Annotated[str, Opt("--phase", help="standin (every weight) or points (SAM 2.1 alone learns to segment "
+                                              "from one click: its promptable pretraining, run first).")] = "standin",
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     max_steps: MaxStepsOpt = None,
@@ -126,8 +128,12 @@ def pretrain_standin(
 ) -> None:
     """The demo's stand-in for pretraining (not a paper stage): every weight of a random model trains on
     shapes-world segmentation and questions, so that Stage 1 starts from a model that can see and segment."""
+    if phase not in ("standin", "points"):
+        from seganswer_cli.errors import UsageError
+
+        raise UsageError(f"--phase {phase!r}: pretrain-standin runs phase standin or points (train-stage1 runs the others)")
     overrides = {
-        "model": model, "data": data or None, "val_data": val_data, "phase": "standin", "max_steps": max_steps,
+        "model": model, "data": data or None, "val_data": val_data, "phase": phase, "max_steps": max_steps,
         "epochs": epochs, "optim.lr": lr, "sam_lr": sam_lr, "batch_size": batch_size, "grad_accum": grad_accum,
         "save_every": save_every, "eval_every": eval_every, "seed": seed,
     }

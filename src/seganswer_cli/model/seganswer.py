@@ -405,21 +405,44 @@ class SegAnswerModel(nn.Module):
         return SegAnswerOutput(loss, lm, parts, masks, hidden, embeddings if images is not None else None,
                                rows if images is not None else [])
 
-    def point_prompt_losses(self, out: SegAnswerOutput, gt_masks: list[list], points: list[list]) -> dict[str, torch.Tensor]:
-        """SAM 2.1's losses for masks prompted by clicks instead of ``<|seg|>`` states, on the image
-        embeddings ``out`` already holds: ``points[b][i]`` is an (x, y) pixel of the image of row ``b``
-        inside ``gt_masks[b][i]``. The stand-in uses it as SAM's promptable pretraining."""
+    def point_prompt_losses(self, image_embeddings: ImageEmbeddings, rows: list[int], gt_masks: list[list],
+                            points: list[list]) -> dict[str, torch.Tensor]:
+        """SAM 2.1's losses for masks prompted by clicks instead of ``<|seg|>`` states:
+        ``image_embeddings.select(i)`` is SAM's embedding of the image of row ``rows[i]`` (a forward's
+        ``out.image_embeddings`` and ``out.mask_rows``, or ``encode_for_masks`` of every image), and
+        ``points[b][i]`` is an (x, y) pixel of that image inside ``gt_masks[b][i]``. SAM's promptable
+        pretraining in the demo's stand-in (phase ``points``, and beside ``<|seg|>`` in ``standin``)."""
         S = self.mask_decoder.image_size
         preds, targets = [], []
-        for i, b in enumerate(out.mask_rows):
+        for i, b in enumerate(rows):
             if not points[b]:
                 continue
             h, w = gt_masks[b][0].shape
             xy = torch.tensor([[x * S / w, y * S / h] for x, y in points[b]], dtype=torch.float32,
-                              device=out.image_embeddings.embeddings.device)
-            preds.append(self.mask_decoder.decode(out.image_embeddings.select(i), self.mask_decoder.point_prompts(xy)))
+                              device=image_embeddings.embeddings.device)
+            preds.append(self.mask_decoder.decode(image_embeddings.select(i), self.mask_decoder.point_prompts(xy)))
             targets.append(gt_masks[b][: len(points[b])])
         return self._mask_losses(preds, targets) if preds else {}
+
+    @torch.no_grad()
+    def clicked_masks(self, images: list[Image.Image], targets: list[np.ndarray]) -> list[np.ndarray]:
+        """SAM 2.1's bool ``(H, W)`` mask of each image from one click on its target: the target's
+        pixel nearest its centroid (an empty target gives an empty mask). What the mask decoder can
+        do with a perfect point prompt, the language model aside."""
+        S = self.mask_decoder.image_size
+        embeddings = self.encode_for_masks(images)
+        masks = []
+        for i, (image, target) in enumerate(zip(images, targets)):
+            ys, xs = np.nonzero(target)
+            if not len(ys):
+                masks.append(np.zeros(target.shape, dtype=bool))
+                continue
+            k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
+            xy = torch.tensor([[xs[k] * S / image.width, ys[k] * S / image.height]],  # as stage1.click_points
+                              dtype=torch.float32, device=embeddings.embeddings.device)
+            pred = self.mask_decoder.decode(embeddings.select(i), self.mask_decoder.point_prompts(xy))
+            masks.append((upsample_logits(pred.low_res_logits[:1], target.shape)[0] > 0).cpu().numpy())
+        return masks
 
     def _mask_losses(self, masks: list[MaskPrediction | None], gt_masks: list[list]) -> dict[str, torch.Tensor]:
         S = self.mask_decoder.image_size

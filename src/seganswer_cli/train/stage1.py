@@ -107,6 +107,10 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.phase != "projector")],
     )
 
+    if config.phase == "points" and accelerator.num_processes > 1:
+        raise UsageError("phase points (SAM 2.1 alone, from clicks) runs in one process; launch it without "
+                         "accelerate/torchrun")
+
     mixture, skipped = open_mixture(specs, on_error=config.on_error, seed=config.seed)
     for name, source in zip(mixture.names, mixture.sources):
         if not isinstance(source[0], SegSample) and not (config.phase == "standin" and isinstance(source[0], VQASample)):
@@ -155,7 +159,7 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     # ---------------------------------------------------------------- train
     weights = loss_weights(config)
     from seganswer_cli.model.losses import total_loss
-    standin = config.phase == "standin"
+    standin, points_only = config.phase == "standin", config.phase == "points"
     clicks_train = standin and config.standin_points
     stream = sample_stream(mixture, skip=start_step * global_batch)
     last_checkpoint = run.latest_checkpoint()
@@ -163,7 +167,7 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
         validate_and_log(unwrapped, val_samples, config, accelerator, log, step=0, show=show)
     model.train()
     keep_frozen_parts_in_eval(unwrapped)
-    progress = TrainProgress(total_steps, start_step, enabled=show, label="stand-in" if config.phase == "standin" else "stage 1")
+    progress = TrainProgress(total_steps, start_step, enabled=show, label="stage 1" if stage_name(config) == STAGE else "stand-in")
     step_started = time.perf_counter()
     for step in range(start_step + 1, total_steps + 1):
         batch = [next(stream) for _ in range(global_batch)]  # identical on every process
@@ -174,13 +178,22 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
             local = batch[start : start + config.batch_size]  # this process's slice of the micro-step
             with accelerator.accumulate(model):
                 sequences, images, masks = stage1_inputs(
-                    unwrapped, local, config.standin_expressions if standin else 0, echo=standin and config.standin_echo,
-                    looks=config.standin_looks if standin else 0.0, look_modes=tuple(config.standin_look_modes))
-                out = model(sequences, images, masks, weights=weights)
-                loss = out.loss
+                    unwrapped, local, config.standin_expressions if standin or points_only else 0,
+                    echo=standin and config.standin_echo, looks=config.standin_looks if standin else 0.0,
+                    look_modes=tuple(config.standin_look_modes))
+                rng = np.random.default_rng([config.seed, step, micro, accelerator.process_index])
+                if points_only:
+                    # SAM 2.1 alone: the language model and projector do not run
+                    parts = unwrapped.point_prompt_losses(unwrapped.encode_for_masks(images), list(range(len(images))),
+                                                          masks, click_points(masks, rng))
+                    loss, lm = total_loss(None, parts, weights), None
+                else:
+                    out = model(sequences, images, masks, weights=weights)
+                    loss, lm, parts = out.loss, out.lm_loss, out.mask_loss_parts
                 if clicks_train:
-                    clicks = click_points(masks, np.random.default_rng([config.seed, step, micro, accelerator.process_index]))
-                    point_loss = total_loss(None, unwrapped.point_prompt_losses(out, masks, clicks), weights)
+                    point_parts = unwrapped.point_prompt_losses(out.image_embeddings, out.mask_rows, masks,
+                                                                click_points(masks, rng))
+                    point_loss = total_loss(None, point_parts, weights)
                     loss = loss + point_loss
                     sums["points"] += point_loss.detach().item() / config.grad_accum
                 stop_if_not_finite(accelerator, loss.detach(), step, batch, last_checkpoint, "loss")
@@ -190,7 +203,7 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
                     stop_if_not_finite(accelerator, grad_norm, step, batch, last_checkpoint, "gradient norm")
                 optimizer.step()
                 optimizer.zero_grad()
-            for key, value in loss_components(out).items():
+            for key, value in loss_components(loss, lm, parts).items():
                 sums[key] += value / config.grad_accum
         rates = scheduler.get_last_lr()  # the rates this step used, one per AdamW group
         lr = rates[0]
@@ -239,7 +252,7 @@ def config_for_resume(run: runs.RunFolder, given: Stage1Config) -> Stage1Config:
 
 def stage_name(config: Stage1Config) -> str:
     """What the run folder says it is: ``stage1``, or ``standin`` for the demo's stand-in pretraining."""
-    return "standin" if config.phase == "standin" else STAGE
+    return "standin" if config.phase in ("standin", "points") else STAGE
 
 
 def load_starting_model(config: Stage1Config):
@@ -263,7 +276,9 @@ def setup_trainable(model, config: Stage1Config):
     Trainable parameters are cast to float32 (AdamW on half-precision weights loses the update).
     """
     model.requires_grad_(config.phase == "standin")
-    model.projector.requires_grad_(True)
+    model.projector.requires_grad_(config.phase != "points")
+    if config.phase == "points":
+        model.mask_decoder.requires_grad_(True)
     peft_model = None
     if config.phase == "lora":
         peft_model = apply_lora(model, config.lora)
@@ -400,11 +415,11 @@ def echo_response(expression: str) -> str:
     return f"It is {tokens.SEG_TOKEN} {words.removeprefix('the ')}."
 
 
-def loss_components(out) -> dict[str, float]:
-    """Every logged loss term of one forward (unweighted SAM terms; ``loss`` is the weighted total)."""
-    values = {"loss": out.loss.detach().item(), "lm": out.lm_loss.detach().item() if out.lm_loss is not None else 0.0}
+def loss_components(loss, lm, parts: dict) -> dict[str, float]:
+    """Every logged loss term of one step (unweighted SAM terms; ``loss`` is the weighted total)."""
+    values = {"loss": loss.detach().item(), "lm": lm.detach().item() if lm is not None else 0.0}
     for name in LOSS_PARTS:
-        part = out.mask_loss_parts.get(name)
+        part = parts.get(name)
         values[name] = part.detach().item() if part is not None else 0.0
     return values
 
@@ -428,10 +443,30 @@ def validate(model, samples: list[SegSample], batch_size: int) -> dict[str, floa
     return {"val_giou": acc.giou, "val_ciou": acc.ciou, "val_samples": acc.count}
 
 
+def validate_clicks(model, samples: list[SegSample], batch_size: int) -> dict[str, float]:
+    """gIoU and cIoU of SAM 2.1's masks from one click on each held-out target (its pixel nearest
+    the centroid): phase ``points``, where the ``<|seg|>`` pathway is not trained."""
+    from seganswer_cli.eval.metrics import MaskIoU
+
+    was_training = model.training
+    model.eval()
+    acc = MaskIoU()
+    for i in range(0, len(samples), batch_size):
+        chunk = samples[i : i + batch_size]
+        targets = [s.mask.decode().astype(bool) for s in chunk]
+        for sample, mask, target in zip(chunk, model.clicked_masks([s.image.load() for s in chunk], targets), targets):
+            acc.update(mask, target, sample.ignore_mask.decode() if sample.ignore_mask is not None else None)
+    if was_training:
+        model.train()
+        keep_frozen_parts_in_eval(model)
+    return {"val_giou": acc.giou, "val_ciou": acc.ciou, "val_samples": acc.count, "prompt": "click"}
+
+
 def validate_and_log(model, samples, config, accelerator, log, *, step: int, show: bool, progress=None) -> None:
     """Validation runs on the main process; the others wait for it."""
     if accelerator.is_main_process:
-        result = validate(model, samples, config.val_batch_size)
+        check = validate_clicks if config.phase == "points" else validate
+        result = check(model, samples, config.val_batch_size)
         log.append({"kind": "eval", "step": step, **result})
         if show:
             line = f"step {step}: val gIoU {result['val_giou']:.4f} cIoU {result['val_ciou']:.4f} ({result['val_samples']} samples)"
