@@ -137,3 +137,15 @@ def test_sam_lr_flag(monkeypatch, capsys, tmp_path, shapes_dir):
     assert json.loads((run_dir / "settings.json").read_text())["config"]["sam_lr"] == 2.5e-4
     (record,) = [r for r in runs.MetricsLog(run_dir / "metrics.jsonl").read() if r["kind"] == "train"]
     assert record["lr_sam"] == pytest.approx(record["lr"] / 4)
+
+
+def test_pretrain_standin_phase_flag(monkeypatch, capsys, tmp_path, shapes_dir):
+    """``--phase points`` runs SAM 2.1's click pretraining (recorded); a Stage 1 phase is refused in one line."""
+    import json
+
+    args = ["pretrain-standin", "--model", "tiny", "--data", f"s={shapes_dir}", "--max-steps", 1, "--quiet"]
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--out", tmp_path / "bad", "--phase", "lora")
+    assert_one_line_error(code, err, "standin or points")
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--out", tmp_path / "points", "--phase", "points")
+    assert code in (0, None), err
+    assert json.loads((tmp_path / "points" / "settings.json").read_text())["config"]["phase"] == "points"

@@ -270,6 +270,32 @@ def test_standin_trains_every_weight_then_stage1_freezes_sam_encoder(shapes_spli
     assert not torch.equal(after["projector.fc1.weight"], final["projector.fc1.weight"])
 
 
+def test_points_phase_trains_sam_alone_from_clicks(shapes_split, tmp_path):
+    """Phase ``points`` (the stand-in's promptable pretraining of SAM 2.1): only SAM's weights move,
+    the loss is the click-prompted masks', and validation scores masks from one click on each target."""
+    from seganswer_cli.data import open_dataset
+    from seganswer_cli.model import SegAnswerModel
+    from seganswer_cli.train.stage1 import validate_clicks
+
+    train, val = shapes_split
+    config = stage1_config(train, val, phase="points", max_steps=30, batch_size=4, eval_every=0, points_lr=3e-3)
+    folder = train_stage1(config, tmp_path / "points", quiet=True)
+    assert runs.RunFolder(tmp_path / "points").read_settings()["stage"] == "standin"
+    records = train_records(tmp_path / "points")
+    assert all(r["lm"] == 0.0 and r["focal"] > 0 for r in records)
+    first, last = eval_records(tmp_path / "points")[0], eval_records(tmp_path / "points")[-1]
+    losses = [r["loss"] for r in records]
+    assert np.median(losses[-10:]) < 0.6 * np.median(losses[:5])  # SAM learns from its clicks
+    assert first["prompt"] == last["prompt"] == "click" and first["step"] == 0 and last["step"] == 30
+    before = SegAnswerModel.from_preset("tiny")
+    after = SegAnswerModel.from_pretrained(folder)
+    a, b = before.state_dict(), after.state_dict()
+    moved = {k.split(".")[0] for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])}
+    assert moved == {"mask_decoder"}
+    again = validate_clicks(after, open_dataset(val).take(config.val_limit), config.val_batch_size)
+    assert again == pytest.approx({k: last[k] for k in again})  # the saved model is the one validated
+
+
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="known: the tiny Stage 1 recipe (a random LLM, 80 LoRA steps) learns "
                    "salient-object masks that ignore the expression; the shapes recipe's stand-in pretraining is "
