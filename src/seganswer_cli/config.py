@@ -285,6 +285,12 @@ class Stage2Config:
     view keeps predicting the answer while the model's masks are poor. Not in the paper, which
     never trains on VisualCoT's boxes: 0 by default. A seeded draw per stream position; a sample
     without a region uses the model's mask."""
+    seg_loss: float = 0.0
+    """Weight of SAM 2.1's mask losses (Stage 1's: 20·focal + dice + IoU + object score, scaled by
+    this) on the ``<|seg|>`` mask of the segmenting samples that have an annotated region (region
+    masks, else boxes), against that region. Projector and SAM stay frozen, so only the MLLM's
+    ``<|seg|>`` state learns from it: Stage 2 keeps grounding its questions' targets instead of
+    drifting with the answer loss. Not in the paper (no box supervision in Stage 2): 0 by default."""
     masks: str = "online"
     """Where the segmented view's mask comes from. ``online`` (the paper's reading): a no-grad pass
     of the model being trained, up to its own ``<|seg|>``, at every step. ``precomputed``: once, by
@@ -331,6 +337,8 @@ class Stage2Config:
         for name in ("direct_share", "region_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.seg_loss >= 0:
+            raise UsageError(f"seg_loss must be >= 0, got {self.seg_loss}")
         if not self.epochs > 0:
             raise UsageError(f"epochs must be > 0, got {self.epochs}")
         if self.optim.lr is None:

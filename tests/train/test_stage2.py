@@ -247,6 +247,44 @@ def test_freeze_vision_keeps_the_vision_tower(stage1_model, vqa_split, tmp_path)
     assert not all(torch.equal(a[k], b[k]) for k in a if k not in visual)
 
 
+def test_seg_loss_trains_the_seg_state_towards_the_annotated_region(stage1_model, vqa_split, tmp_path):
+    """``seg_loss``: pass 2 adds SAM 2.1's mask losses of the ``<|seg|>`` masks against the annotated
+    regions; projector and SAM stay frozen, so the gradient moves the MLLM only (the same run without
+    it ends with other MLLM weights)."""
+    from seganswer_cli.data import open_dataset
+    from seganswer_cli.model import SegAnswerModel
+
+    eight = tmp_path / "eight"
+    write_synthetic(eight, "vqa", 8, SHAPES, seed=3)
+    for weight in (1.0, 0.0):
+        config = stage2_config(stage1_model, eight, max_steps=3, batch_size=8, seg_loss=weight, direct_share=0.0)
+        train_stage2(config, tmp_path / f"seg{weight:g}", quiet=True)
+    assert all(r["seg"] > 0 for r in train_records(tmp_path / "seg1"))
+    assert all("seg" not in r for r in train_records(tmp_path / "seg0"))
+    before, after = SegAnswerModel.from_pretrained(stage1_model), SegAnswerModel.from_pretrained(tmp_path / "seg1" / "model")
+    for part in ("projector", "mask_decoder"):
+        a, b = getattr(before, part).state_dict(), getattr(after, part).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), part
+    without = SegAnswerModel.from_pretrained(tmp_path / "seg0" / "model").mllm.state_dict()
+    assert any(not torch.equal(v, without[k]) for k, v in after.mllm.state_dict().items())
+
+    # a row whose image is None trains its tokens only; seg_loss 0 is the LM loss alone
+    sample = next(iter(open_dataset(eight)))
+    image = sample.image.load()
+    seq = before.stage2_sequence(before.global_view(image), sample.question, sample.answer,
+                                 view=before.second_look(image, sample.region(), mode="mask")[0])
+    from seganswer_cli.train.stage2 import segmentation_weights
+
+    with torch.no_grad():
+        out = before([seq, seq], [image, None], [[sample.region()], []], weights=segmentation_weights(1.0))
+        plain = before([seq, seq])
+        zero = before([seq, seq], [image, None], [[sample.region()], []], weights=segmentation_weights(0.0))
+    assert out.masks[0] is not None and out.masks[1] is None and out.loss > plain.loss
+    torch.testing.assert_close(zero.loss, plain.loss)
+    with pytest.raises(UsageError, match="seg_loss must be >= 0"):
+        Stage2Config(seg_loss=-1)
+
+
 @pytest.mark.parametrize("masks", ["online", "precomputed"])
 def test_resume_after_kill_equals_uninterrupted_run(stage1_model, vqa_split, tmp_path, masks):
     cfg = stage2_config(stage1_model, vqa_split[0], max_steps=6, save_every=2, masks=masks, direct_share=0.3)

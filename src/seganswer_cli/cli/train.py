@@ -216,6 +216,8 @@ def train_stage2(
     region_share: Annotated[float | None, Opt("--region-share", help="Share of segmenting samples shown their "
                                               "annotated region instead of the model's mask (not the paper's; "
                                               "default 0).")] = None,
+    seg_loss: Annotated[float | None, Opt("--seg-loss", help="Weight of SAM 2.1's mask losses on the <|seg|> mask "
+                                          "against the annotated region (not the paper's; default 0).")] = None,
     freeze_vision: Annotated[bool | None, Opt("--freeze-vision/--train-vision",
                                               help="Freeze the MLLM's vision tower (default: it trains).")] = None,
     max_length: Annotated[int | None, Opt("--max-length", help="Most tokens of one training conversation.")] = None,
@@ -241,7 +243,7 @@ def train_stage2(
 
     overrides = {
         "model": model, "data": data or None, "masks": masks, "direct_share": direct_share,
-        "region_share": region_share, "freeze_vision": freeze_vision, "max_length": max_length, "too_long": too_long,
+        "region_share": region_share, "seg_loss": seg_loss, "freeze_vision": freeze_vision, "max_length": max_length, "too_long": too_long,
         "allow_untrained_start": allow_untrained_start, "max_steps": max_steps, "epochs": epochs, "optim.lr": lr,
         "batch_size": batch_size, "grad_accum": grad_accum, "save_every": save_every, "seed": seed,
         "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,

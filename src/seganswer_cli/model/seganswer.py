@@ -381,7 +381,8 @@ class SegAnswerModel(nn.Module):
         ``images[b]`` is the image the ``<|seg|>`` tokens of ``sequences[b]`` segment;
         ``gt_masks[b]`` holds one bool ``(H, W)`` mask per ``<|seg|>`` token of that sequence. A
         sequence without a ``<|seg|>`` target (a plain question and answer) trains the LM loss only;
-        its entry of ``masks`` is None.
+        its entry of ``masks`` is None, as is that of a sequence whose image is None (its ``gt_masks``
+        entry is then ``[]``).
         """
         weights = weights or LossWeights()
         batch = self.collate(sequences)
@@ -392,7 +393,8 @@ class SegAnswerModel(nn.Module):
         parts: dict[str, torch.Tensor] = {}
         if images is not None:
             seg_states = self.seg_hidden(hidden, batch.labels)
-            rows = [b for b, states in enumerate(seg_states) if states.shape[0]]  # rows that ask for a mask
+            # rows that ask for a mask (a row whose image is None is trained on its tokens only)
+            rows = [b for b, states in enumerate(seg_states) if states.shape[0] and images[b] is not None]
             embeddings = self.encode_for_masks([images[b] for b in rows]) if rows else None
             decoded = self.decode_masks(embeddings, [seg_states[b] for b in rows]) if rows else []
             by_row = dict(zip(rows, decoded))

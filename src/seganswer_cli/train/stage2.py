@@ -20,7 +20,8 @@ samples (``direct_share``) answers at once (Response 1 is the answer) so that se
 choice the model makes. Projector and SAM 2.1 are frozen; every MLLM parameter trains (the vision
 tower too, unless ``freeze_vision``). Boxes and region masks in the data are never read, unless
 ``region_share`` (ours, off by default) shows that share of the segmenting samples their annotated
-region instead of the model's own mask.
+region instead of the model's own mask, or ``seg_loss`` (ours, off by default) trains their
+``<|seg|>`` masks towards it.
 
 Question text and answer come from ``eval.multiple_choice.prompt_and_answer``, the function
 ``shapes-vqa`` asks its questions with (multiple choice answered by the letter, free text by the
@@ -31,6 +32,9 @@ Where this departs from the paper (which gives the data, lr 2e-6 and 1 epoch):
   how the model learns to answer without segmenting;
 - ``region_share`` (default 0) is ours: views of the annotated region, so that the view keeps
   predicting the answer while the model's own masks are poor;
+- ``seg_loss`` (default 0) is ours: SAM 2.1's mask losses on the ``<|seg|>`` mask against the
+  annotated region, beside the answer loss (pass 2 then runs the frozen SAM on those rows), so that
+  training on answers does not move the ``<|seg|>`` state off the questions' targets;
 - ``masks: precomputed`` computes each planned sample's mask once, with the *starting* model, before
   step 1, and caches it in ``RUN_DIR/masks/``: no pass 1 per step (faster), but late in the run the
   model looks at masks an earlier model made rather than its own current ones. ``online`` (default)
@@ -81,6 +85,7 @@ from seganswer_cli.data import VQASample, open_mixture
 from seganswer_cli.errors import ImageReadError, ModelFolderError, UsageError, read_json
 from seganswer_cli.eval.multiple_choice import prompt_and_answer
 from seganswer_cli.model import tokens
+from seganswer_cli.model.losses import total_loss
 from seganswer_cli.train import runs
 from seganswer_cli.train.loop import (
     TrainProgress,
@@ -181,11 +186,12 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
     keep_frozen_parts_in_eval(unwrapped)
     progress = TrainProgress(total_steps, start_step, enabled=show, label="stage 2")
     report.progress = progress
+    seg_weights = segmentation_weights(config.seg_loss)
     step_started = time.perf_counter()
     for step in range(start_step + 1, total_steps + 1):
         batch = draws.take(global_batch)  # identical on every process
         sums = {"loss": 0.0, "target_tokens": 0.0, "sequence_tokens": 0.0, "direct": 0.0, "region": 0.0,
-                "trained": 0.0}
+                "trained": 0.0, **({"seg": 0.0} if config.seg_loss > 0 else {})}
         pass1_seconds, grad_norm = 0.0, None
         for micro in range(config.grad_accum):
             start = (micro * world + accelerator.process_index) * config.batch_size
@@ -197,7 +203,12 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
             model.train()
             keep_frozen_parts_in_eval(unwrapped)
             with accelerator.accumulate(model):
-                if examples:
+                if examples and config.seg_loss > 0:  # SAM runs on the rows with a region: their masks' losses
+                    out = model([e.sequence for e in examples], [e.image if e.target is not None else None for e in examples],
+                                [[e.target] if e.target is not None else [] for e in examples], weights=seg_weights)
+                    loss = out.loss
+                    sums["seg"] += total_loss(None, out.mask_loss_parts, seg_weights).detach().item() / config.grad_accum
+                elif examples:
                     out = model([e.sequence for e in examples])  # no images: LM loss only, SAM not run
                     loss = out.loss
                 else:  # every sample of the slice was dropped: a zero loss keeps the processes in step
@@ -284,6 +295,16 @@ def check_starting_model(config: Stage2Config) -> None:
     if not any(isinstance(h, dict) and h.get("stage") == "stage1" for h in history) and not config.allow_untrained_start:
         raise ModelFolderError(f"{folder} is not a Stage 1 output ({MODEL_CARD} has no stage1 training record): its "
                                "projector and mask decoder are untrained (--allow-untrained-start to use it anyway)")
+
+
+def segmentation_weights(scale: float):
+    """The loss weights of pass 2: next-token CE at 1, SAM 2.1's mask losses at Stage 1's weights
+    times ``scale`` (``seg_loss``)."""
+    from seganswer_cli.model import LossWeights
+
+    base = LossWeights()
+    return LossWeights(lm=1.0, focal=base.focal * scale, dice=base.dice * scale, iou=base.iou * scale,
+                       object_score=base.object_score * scale)
 
 
 def load_starting_model(config: Stage2Config):
@@ -405,6 +426,10 @@ class Example:
     """The mask is the sample's annotated region (``region_share``), not the model's."""
     fallback: str | None = None
     """``empty_mask`` when the mask was empty and the original image was shown again."""
+    image: Any = None
+    """The PIL image (for SAM 2.1 in pass 2 when ``seg_loss`` is on)."""
+    target: np.ndarray | None = None
+    """The annotated region the ``<|seg|>`` mask is trained towards (``seg_loss``; None: no mask loss)."""
 
 
 def seg_prefix(model, dense, prompt: str):
@@ -462,6 +487,9 @@ def prepare_examples(model, drawn: list[Drawn], config: Stage2Config, report: Pr
     examples = []
     for d, image, dense in loaded:
         example = build_example(model, d, image, dense, mask_of.get(id(d)))
+        if config.seg_loss > 0 and not d.direct and has_region(d.sample):
+            example.image = image
+            example.target = mask_of[id(d)] if d.region else annotated_region(d.sample, image.height, image.width)
         if example.fallback is not None:
             report.add("empty_mask", d.sample, "empty mask: the original image is shown again", quiet=True)
         if len(example.sequence) > config.max_length:
@@ -655,7 +683,8 @@ def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, 
         "global batch": f"{settings['global_batch']} = {c['batch_size']} x {c['grad_accum']} accum x {settings['processes']} proc",
         "lr": f"{c['optim']['lr']:g} ({c['optim']['schedule']})", "precision": f"{c['dtype']} weights, autocast {c['mixed_precision']}",
         "masks": f"{c['masks']}, direct answers {c['direct_share']:.0%}"
-                 + (f", annotated regions {c['region_share']:.0%}" if c.get("region_share") else ""),
+                 + (f", annotated regions {c['region_share']:.0%}" if c.get("region_share") else "")
+                 + (f", mask loss x{c['seg_loss']:g} on annotated regions" if c.get("seg_loss") else ""),
         "trainable": f"{settings['trainable_parameters']:,} parameters (MLLM{'' if not c['freeze_vision'] else ', vision frozen'})",
         "max length": f"{c['max_length']} tokens ({c['too_long']} longer ones)",
     }
