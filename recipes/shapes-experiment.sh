@@ -53,7 +53,7 @@ if [[ -d "$RUNS" ]]; then
   if (( ${#stages[@]} )); then
     "$SEGANSWER" eval report "${stages[@]}" --markdown > "$OUT/report-stages.md"
   fi
-  for run in 0-standin 1-stage1-projector 2-stage1-lora 3-stage2 4-stage3; do
+  for run in 0-sam-points 0-standin 1-stage1-projector 2-stage1-lora 3-stage2 4-stage3; do
     if [[ -f "$RUNS/$run/metrics.jsonl" ]]; then
       "$SEGANSWER" plot "$RUNS/$run" --out "$OUT/curves-$run.png"
     fi
