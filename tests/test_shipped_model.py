@@ -3,11 +3,12 @@ held-out shapes-world questions it answers in the trained format, above the 0.25
 above its untrained architecture; its masks overlap the referred shapes and follow the expression
 (two expressions on one image give two masks).
 
-Given the region each question is about, its pixel-level second look beats the box crop and beats
-no second look (the paper's ordering, grounding aside). What it does not do yet
-(docs/shapes-experiment.md): with its own masks the second look does not beat no second look (its
-masks of the small question targets also cover neighbouring shapes). The floors below are its
-measured level with a margin, so that a worse model fails; raise them with a better one.
+With its own masks, its pixel-level second look beats the box crop of the same mask and beats no
+second look, at a fraction of the box's visual tokens (the paper's claim); given the region each
+question is about, by far more. What it does less well than the previous model
+(docs/shapes-experiment.md): referring-expression masks (cIoU 0.22, was 0.37; Stage 2's mask loss
+on question targets costs it). The floors below are its measured level with a margin, so that a
+worse model fails; raise them with a better one.
 
 The numbers of the full experiment (200 questions, mask vs bbox vs none) are in
 docs/shapes-experiment.md; these tests rerun its columns and the segmentation row.
@@ -25,13 +26,13 @@ from seganswer_cli.model.presets import packaged_folder
 
 runner = CliRunner()
 N = 200  # the whole generated sets: a few seconds each
-#: measured for the shipped model (docs/shapes-experiment.md): accuracy 0.440 [0.373, 0.509], no second
-#: look 0.465, annotated region as mask view 0.655 / as box crop 0.545; cIoU 0.369
-#: two expressions per image on 39 held-out images: one mask for both in 6, mean IoU 0.384
-ACCURACY_FLOOR = 0.38  # chance is 0.25
-CIOU_FLOOR = 0.30
+#: measured for the shipped model (docs/shapes-experiment.md): accuracy 0.500 [0.431, 0.569], box crop
+#: 0.380, no second look 0.405; annotated region as mask view 0.895 / as box crop 0.530; cIoU 0.217
+#: two expressions per image on 39 held-out images: one mask for both in 7, mean IoU 0.245
+ACCURACY_FLOOR = 0.44  # chance is 0.25
+CIOU_FLOOR = 0.18
 SAME_MASK_CEILING = 0.3  # the first two shipped models: 39 of 39
-MEAN_IOU_FLOOR = 0.30
+MEAN_IOU_FLOOR = 0.20
 
 
 def evaluate(*args) -> dict:
@@ -100,5 +101,18 @@ def test_given_the_region_the_pixel_level_second_look_beats_the_box_and_no_secon
     acc = {name: run["metrics"]["accuracy"] for name, run in [("mask", mask), ("bbox", box), ("none", direct)]}
     print(f"\nshapes-vqa, {N} held-out questions, annotated regions: {acc}")
     assert direct["cost"]["second_look_rate"] == 0 and direct["metrics"]["accuracy"] > 0.35  # answers in format
-    assert acc["mask"] > acc["bbox"] and acc["mask"] >= acc["none"] + 0.10
+    assert acc["mask"] >= acc["bbox"] + 0.20 and acc["mask"] >= acc["none"] + 0.30
     assert mask["cost"]["mean_visual_tokens"] < 0.6 * box["cost"]["mean_visual_tokens"]
+
+
+def test_with_its_own_masks_the_pixel_level_second_look_beats_the_box_and_no_second_look(tmp_path):
+    """The paper's claim with the model's own masks: its sparse mask view answers better than the box
+    crop of the same mask and than answering from the first look, at under a third of the box's
+    visual tokens (measured 0.500 / 0.380 / 0.405; paired 42 vs 18 and 37 vs 18 questions)."""
+    mask = evaluate("shapes-vqa", "--out", tmp_path / "mask")
+    box = evaluate("shapes-vqa", "--roi", "bbox", "--out", tmp_path / "bbox")
+    direct = evaluate("shapes-vqa", "--roi", "none", "--out", tmp_path / "none")
+    acc = {name: run["metrics"]["accuracy"] for name, run in [("mask", mask), ("bbox", box), ("none", direct)]}
+    print(f"\nshapes-vqa, {N} held-out questions, the model's own masks: {acc}")
+    assert acc["mask"] >= acc["bbox"] + 0.07 and acc["mask"] >= acc["none"] + 0.05
+    assert mask["cost"]["mean_visual_tokens"] < 0.33 * box["cost"]["mean_visual_tokens"]
