@@ -15,6 +15,11 @@ Two phases, one run each:
   stays frozen in both phases. The run ends with LoRA merged into ``RUN_DIR/model/``; ``seganswer
   merge-lora`` does the same for any checkpoint.
 
+Two more phases are not the paper's: the shipped demo model's stand-in for pretrained weights
+(``seganswer pretrain-standin``, docs/training.md): ``points``, SAM 2.1 alone learning to segment
+the shape under one click (its promptable pretraining), then ``standin``, every weight on
+segmentation and questions.
+
 Where this departs from the paper (which gives only the learning rates, epochs and datasets):
 AdamW with linear warmup (3 %) then cosine decay, weight decay 0, gradient clipping at 1.0, LoRA
 r=8, alpha=16, dropout 0.05 on q/k/v/o/gate/up/down, are our choices (LISA-style); an "epoch" is
