@@ -414,15 +414,12 @@ class SegAnswerModel(nn.Module):
         ``out.image_embeddings`` and ``out.mask_rows``, or ``encode_for_masks`` of every image), and
         ``points[b][i]`` is an (x, y) pixel of that image inside ``gt_masks[b][i]``. SAM's promptable
         pretraining in the demo's stand-in (phase ``points``, and beside ``<|seg|>`` in ``standin``)."""
-        S = self.mask_decoder.image_size
         preds, targets = [], []
         for i, b in enumerate(rows):
             if not points[b]:
                 continue
             h, w = gt_masks[b][0].shape
-            xy = torch.tensor([[x * S / w, y * S / h] for x, y in points[b]], dtype=torch.float32,
-                              device=image_embeddings.embeddings.device)
-            preds.append(self.mask_decoder.decode(image_embeddings.select(i), self.mask_decoder.point_prompts(xy)))
+            preds.append(self.mask_decoder.decode(image_embeddings.select(i), self._click_prompts(points[b], w, h)))
             targets.append(gt_masks[b][: len(points[b])])
         return self._mask_losses(preds, targets) if preds else {}
 
@@ -431,7 +428,6 @@ class SegAnswerModel(nn.Module):
         """SAM 2.1's bool ``(H, W)`` mask of each image from one click on its target: the target's
         pixel nearest its centroid (an empty target gives an empty mask). What the mask decoder can
         do with a perfect point prompt, the language model aside."""
-        S = self.mask_decoder.image_size
         embeddings = self.encode_for_masks(images)
         masks = []
         for i, (image, target) in enumerate(zip(images, targets)):
@@ -440,11 +436,18 @@ class SegAnswerModel(nn.Module):
                 masks.append(np.zeros(target.shape, dtype=bool))
                 continue
             k = int(np.argmin((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2))
-            xy = torch.tensor([[xs[k] * S / image.width, ys[k] * S / image.height]],  # as stage1.click_points
-                              dtype=torch.float32, device=embeddings.embeddings.device)
-            pred = self.mask_decoder.decode(embeddings.select(i), self.mask_decoder.point_prompts(xy))
+            clicks = self._click_prompts([(float(xs[k]), float(ys[k]))], image.width, image.height)
+            pred = self.mask_decoder.decode(embeddings.select(i), clicks)
             masks.append((upsample_logits(pred.low_res_logits[:1], target.shape)[0] > 0).cpu().numpy())
         return masks
+
+    def _click_prompts(self, points: list[tuple[float, float]], width: int, height: int) -> torch.Tensor:
+        """SAM 2.1's point prompts of clicks given as (x, y) pixels of a ``width`` x ``height`` image
+        (as ``stage1.click_points`` picks them), scaled to SAM's square input."""
+        S = self.mask_decoder.image_size
+        xy = torch.tensor([[x * S / width, y * S / height] for x, y in points], dtype=torch.float32,
+                          device=next(self.mask_decoder.parameters()).device)
+        return self.mask_decoder.point_prompts(xy)
 
     def _mask_losses(self, masks: list[MaskPrediction | None], gt_masks: list[list]) -> dict[str, torch.Tensor]:
         S = self.mask_decoder.image_size

@@ -204,7 +204,7 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
             keep_frozen_parts_in_eval(unwrapped)
             with accelerator.accumulate(model):
                 if examples and config.seg_loss > 0:  # SAM runs on the rows with a region: their masks' losses
-                    out = model([e.sequence for e in examples], [e.image if e.target is not None else None for e in examples],
+                    out = model([e.sequence for e in examples], [e.image for e in examples],  # None: no region
                                 [[e.target] if e.target is not None else [] for e in examples], weights=seg_weights)
                     loss = out.loss
                     sums["seg"] += total_loss(None, out.mask_loss_parts, seg_weights).detach().item() / config.grad_accum
@@ -300,11 +300,11 @@ def check_starting_model(config: Stage2Config) -> None:
 def segmentation_weights(scale: float):
     """The loss weights of pass 2: next-token CE at 1, SAM 2.1's mask losses at Stage 1's weights
     times ``scale`` (``seg_loss``)."""
+    from dataclasses import asdict
+
     from seganswer_cli.model import LossWeights
 
-    base = LossWeights()
-    return LossWeights(lm=1.0, focal=base.focal * scale, dice=base.dice * scale, iou=base.iou * scale,
-                       object_score=base.object_score * scale)
+    return LossWeights(**{name: value * scale for name, value in asdict(LossWeights()).items() if name != "lm"})
 
 
 def load_starting_model(config: Stage2Config):
@@ -427,7 +427,7 @@ class Example:
     fallback: str | None = None
     """``empty_mask`` when the mask was empty and the original image was shown again."""
     image: Any = None
-    """The PIL image (for SAM 2.1 in pass 2 when ``seg_loss`` is on)."""
+    """The PIL image, set with ``target`` only (SAM 2.1 runs on it in pass 2 when ``seg_loss`` is on)."""
     target: np.ndarray | None = None
     """The annotated region the ``<|seg|>`` mask is trained towards (``seg_loss``; None: no mask loss)."""
 
