@@ -14,7 +14,7 @@ import pytest
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-@pytest.mark.parametrize("script", ["shapes-demo.sh", "shapes-experiment.sh"])
+@pytest.mark.parametrize("script", ["shapes-demo.sh", "shapes-experiment.sh", "stage2-ablation.sh"])
 def test_shell_recipes_parse(script):
     bash = shutil.which("bash")
     if bash is None:
@@ -68,3 +68,66 @@ def test_question_grounding_scores_the_masks_of_question_targets():
     assert len(rows) == 2 and rows[0] == rows[1]  # deterministic
     assert rows[0]["n"] == 3 and 0.0 <= rows[0]["iou"] <= rows[0]["coverage"] <= 1.0
     assert 0.0 <= rows[0]["click_iou"] <= 1.0
+
+
+def _recipe_folder(root: Path, loss: float) -> Path:
+    """A recipe folder in miniature: one data folder, one training run with its model, one merged model."""
+    import torch
+    from safetensors.torch import save_file
+
+    (root / "data" / "vqa").mkdir(parents=True)
+    (root / "data" / "vqa" / "records.jsonl").write_text('{"id": 1}\n')
+    run = root / "3-stage2"
+    (run / "model").mkdir(parents=True)
+    rows = [{"kind": "train", "step": 1, "loss": 1.5, "samples_per_s": 3.0, "problems": {"empty_mask": 0}},
+            {"kind": "train", "step": 2, "loss": loss, "pass1_s": 0.2, "problems": {"empty_mask": 1}}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for folder in (run / "model", root / "2-merged"):
+        folder.mkdir(exist_ok=True)
+        (folder / "seganswer.json").write_text(json.dumps({"run": str(root)}))
+        save_file({"w": torch.full((2, 2), loss)}, str(folder / "projector.safetensors"))
+    return root
+
+
+def _compare(a: Path, b: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(RECIPES / "compare-runs.py"), str(a), str(b), *flags],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_compare_runs_finds_a_rerun_identical_timings_and_paths_aside(tmp_path):
+    a = _recipe_folder(tmp_path / "a", 0.5)
+    b = _recipe_folder(tmp_path / "b", 0.5)
+    rows = b / "3-stage2" / "metrics.jsonl"
+    rows.write_text(rows.read_text().replace('"samples_per_s": 3.0', '"samples_per_s": 9.0'))
+    result = _compare(a, b)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "identical"
+    assert "same  3-stage2: 2 of 2 records identical" in result.stdout
+    assert "same  2-merged: 1 of 1 tensors identical" in result.stdout
+
+
+def test_compare_runs_names_what_differs_and_by_how_much(tmp_path):
+    a = _recipe_folder(tmp_path / "a", 0.5)
+    b = _recipe_folder(tmp_path / "b", 0.75)
+    (b / "data" / "vqa" / "records.jsonl").write_text('{"id": 2}\n')
+    result = _compare(a, b)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "DIFF  data/vqa: 0 of 1 files identical; differ: records.jsonl" in lines
+    assert "DIFF  3-stage2: 1 of 2 records identical; first difference at record 1; largest: loss 0.25" in lines
+    assert "DIFF  3-stage2/model: 0 of 1 tensors identical; largest difference 0.25" in lines
+    assert lines[-1] == "not identical"
+    shutil.rmtree(b / "2-merged")
+    rows = [json.loads(line) for line in _compare(a, b, "--json").stdout.splitlines()]
+    assert {"step": "2-merged", "what": "weights", "same": False, "missing_in_b": str(b / "2-merged")} in rows
+
+
+def test_compare_runs_bad_input_is_one_line(tmp_path):
+    a = _recipe_folder(tmp_path / "a", 0.5)
+    missing = _compare(a, tmp_path / "nowhere")
+    assert missing.returncode == 2 and missing.stderr.strip() == f"compare-runs: {tmp_path / 'nowhere'} is not a folder"
+    b = _recipe_folder(tmp_path / "b", 0.5)
+    (b / "3-stage2" / "metrics.jsonl").write_text("{not json\n")
+    broken = _compare(a, b)
+    assert broken.returncode == 2 and len(broken.stderr.strip().splitlines()) == 1
+    assert broken.stderr.startswith("compare-runs: ")
