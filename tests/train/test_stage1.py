@@ -275,7 +275,7 @@ def test_points_phase_trains_sam_alone_from_clicks(shapes_split, tmp_path):
     the loss is the click-prompted masks', and validation scores masks from one click on each target."""
     from seganswer_cli.data import open_dataset
     from seganswer_cli.model import SegAnswerModel
-    from seganswer_cli.train.stage1 import validate_clicks
+    from seganswer_cli.train.stage1 import validate
 
     train, val = shapes_split
     config = stage1_config(train, val, phase="points", max_steps=30, batch_size=4, eval_every=0, points_lr=3e-3)
@@ -292,7 +292,7 @@ def test_points_phase_trains_sam_alone_from_clicks(shapes_split, tmp_path):
     a, b = before.state_dict(), after.state_dict()
     moved = {k.split(".")[0] for k in a if a[k].is_floating_point() and not torch.equal(a[k], b[k])}
     assert moved == {"mask_decoder"}
-    again = validate_clicks(after, open_dataset(val).take(config.val_limit), config.val_batch_size)
+    again = validate(after, open_dataset(val).take(config.val_limit), config.val_batch_size, clicks=True)
     assert again == pytest.approx({k: last[k] for k in again})  # the saved model is the one validated
 
 

@@ -429,8 +429,10 @@ def loss_components(loss, lm, parts: dict) -> dict[str, float]:
     return values
 
 
-def validate(model, samples: list[SegSample], batch_size: int) -> dict[str, float]:
-    """gIoU and cIoU of the teacher-forced Stage 1 masks on held-out samples."""
+def validate(model, samples: list[SegSample], batch_size: int, *, clicks: bool = False) -> dict[str, float]:
+    """gIoU and cIoU on held-out samples of the teacher-forced Stage 1 masks or, with ``clicks``
+    (phase ``points``, where the ``<|seg|>`` pathway is not trained), of SAM 2.1's masks from one
+    click on each target (its pixel nearest the centroid; logged with ``"prompt": "click"``)."""
     from seganswer_cli.eval.metrics import MaskIoU
 
     was_training = model.training
@@ -438,40 +440,24 @@ def validate(model, samples: list[SegSample], batch_size: int) -> dict[str, floa
     acc = MaskIoU()
     for i in range(0, len(samples), batch_size):
         chunk = samples[i : i + batch_size]
-        predictions = model.segment_batch([s.image.load() for s in chunk], [s.expression for s in chunk])
-        for (mask, _, _), sample in zip(predictions, chunk):
-            ignore = sample.ignore_mask.decode() if sample.ignore_mask is not None else None
-            acc.update(mask, sample.mask.decode(), ignore)
-    if was_training:
-        model.train()
-        keep_frozen_parts_in_eval(model)
-    return {"val_giou": acc.giou, "val_ciou": acc.ciou, "val_samples": acc.count}
-
-
-def validate_clicks(model, samples: list[SegSample], batch_size: int) -> dict[str, float]:
-    """gIoU and cIoU of SAM 2.1's masks from one click on each held-out target (its pixel nearest
-    the centroid): phase ``points``, where the ``<|seg|>`` pathway is not trained."""
-    from seganswer_cli.eval.metrics import MaskIoU
-
-    was_training = model.training
-    model.eval()
-    acc = MaskIoU()
-    for i in range(0, len(samples), batch_size):
-        chunk = samples[i : i + batch_size]
+        images = [s.image.load() for s in chunk]
         targets = [s.mask.decode().astype(bool) for s in chunk]
-        for sample, mask, target in zip(chunk, model.clicked_masks([s.image.load() for s in chunk], targets), targets):
+        if clicks:
+            masks = model.clicked_masks(images, targets)
+        else:
+            masks = [mask for mask, _, _ in model.segment_batch(images, [s.expression for s in chunk])]
+        for sample, mask, target in zip(chunk, masks, targets):
             acc.update(mask, target, sample.ignore_mask.decode() if sample.ignore_mask is not None else None)
     if was_training:
         model.train()
         keep_frozen_parts_in_eval(model)
-    return {"val_giou": acc.giou, "val_ciou": acc.ciou, "val_samples": acc.count, "prompt": "click"}
+    return {"val_giou": acc.giou, "val_ciou": acc.ciou, "val_samples": acc.count, **({"prompt": "click"} if clicks else {})}
 
 
 def validate_and_log(model, samples, config, accelerator, log, *, step: int, show: bool, progress=None) -> None:
     """Validation runs on the main process; the others wait for it."""
     if accelerator.is_main_process:
-        check = validate_clicks if config.phase == "points" else validate
-        result = check(model, samples, config.val_batch_size)
+        result = validate(model, samples, config.val_batch_size, clicks=config.phase == "points")
         log.append({"kind": "eval", "step": step, **result})
         if show:
             line = f"step {step}: val gIoU {result['val_giou']:.4f} cIoU {result['val_ciou']:.4f} ({result['val_samples']} samples)"
