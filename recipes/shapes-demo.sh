@@ -2,8 +2,9 @@
 # Train the shipped `shapes` demo model from nothing, on CPU, with seganswer's own commands:
 #   shapes-world data -> stand-in pretraining (SAM from clicks, then everything) -> Stage 1 (projector, then LoRA) -> merge-lora
 #   -> Stage 2 (interleaved SFT) -> Stage 3 (DAPO) -> final model folder.
-# About 45 minutes on 2 CPU cores. Seeded (data seeds SEED*100+1..9, training seed SEED); a rerun
-# from scratch on the same machine and thread count retraces the run (verified: same data, metrics, weights).
+# About 65 minutes on 2 CPU cores. Seeded (data seeds SEED*100+1..9, training seed SEED); a rerun
+# from scratch on the same machine and thread count retraces the run (verified: same data, metrics, weights;
+# python recipes/compare-runs.py RUN_A RUN_B compares two runs step by step).
 # Resumable: rerun the same command after a kill; finished steps are skipped and an interrupted
 # stage continues from its last checkpoint.
 #
