@@ -24,28 +24,14 @@ LORA_STEPS=${LORA_STEPS:-400}
 STAGE2_STEPS=${STAGE2_STEPS:-1600}
 STAGE3_STEPS=${STAGE3_STEPS:-60}
 DATA_DIV=${DATA_DIV:-1}         # divides every data set's size (a quick smoke run of the recipe)
-SEGANSWER=${SEGANSWER:-seganswer}
 mkdir -p "$OUT/data"
-
-say() { printf '\n== %s\n' "$*" >&2; }
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # say, run
 
 # data NAME ARGS...: a shapes-world folder, written once (a folder cut short by a kill is rewritten)
 data() {
   local name=$1 n=$(( ($2 + DATA_DIV - 1) / DATA_DIV )); shift 2
   if [[ -f "$OUT/data/$name/seganswer_data.json" ]]; then return; fi
   "$SEGANSWER" data synth --out "$OUT/data/$name" --overwrite --n "$n" --json "$@" > /dev/null
-}
-
-# run NAME COMMAND ARGS...: a training run into OUT/NAME: skipped when finished, resumed when a
-# checkpoint exists, started otherwise
-run() {
-  local name=$1; shift
-  if [[ -f "$OUT/$name/model/seganswer.json" ]]; then say "$name: done"; return; fi
-  if compgen -G "$OUT/$name/checkpoints/*/trainer_state.json" > /dev/null; then
-    say "$name: resuming"; "$SEGANSWER" "$@" --out "$OUT/$name" --resume -q
-  else
-    say "$name"; "$SEGANSWER" "$@" --out "$OUT/$name" --overwrite -q
-  fi
 }
 
 s=$((SEED * 100))

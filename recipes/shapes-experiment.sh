@@ -18,18 +18,8 @@ MODEL=${1:-shapes}
 OUT=${2:-runs/shapes-experiment}
 RUNS=${3:-runs/shapes-demo}
 N=${N:-200}                     # questions per benchmark (the generated sets hold 200)
-SEGANSWER=${SEGANSWER:-seganswer}
 mkdir -p "$OUT"
-
-# questions MODEL OUT_PREFIX: shapes-vqa with every second look, the model's masks and the annotated regions
-questions() {
-  for roi in mask bbox none; do
-    "$SEGANSWER" eval shapes-vqa --model "$1" --roi "$roi" --limit "$N" --out "$2-$roi" -q
-  done
-  for roi in mask bbox; do
-    "$SEGANSWER" eval shapes-vqa --model "$1" --roi "$roi" --masks gt --limit "$N" --out "$2-$roi-gt" -q
-  done
-}
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # questions
 
 questions "$MODEL" "$OUT/vqa"
 "$SEGANSWER" eval shapes-refseg --model "$MODEL" --limit "$N" --out "$OUT/refseg" -q

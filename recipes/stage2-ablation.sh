@@ -21,21 +21,15 @@ VARIANTS=${VARIANTS:-"plain:0:0 region:0.5:0 segloss:0:1 both:0.5:1"}
 STEPS=${STEPS:-1600}
 N=${N:-200}
 PARALLEL=${PARALLEL:-0}
-SEGANSWER=${SEGANSWER:-seganswer}
 mkdir -p "$OUT"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # run, questions
 
 variant() {
-  local name=$1 region=$2 seg=$3 dir="$OUT/$1"
-  if [[ ! -f "$dir/stage2/model/seganswer.json" ]]; then
-    if compgen -G "$dir/stage2/checkpoints/*/trainer_state.json" > /dev/null; then resume=(--resume); else resume=(--overwrite); fi
-    "$SEGANSWER" train-stage2 -c stage2-shapes --model "$MERGED" --seed 0 --data vqa="$VQA" \
-      --region-share "$region" --seg-loss "$seg" --max-steps "$STEPS" --out "$dir/stage2" "${resume[@]}" -q
-  fi
-  for roi in mask bbox none; do
-    "$SEGANSWER" eval shapes-vqa --model "$dir/stage2/model" --roi "$roi" --limit "$N" --out "$dir/vqa-$roi" -q
-  done
-  "$SEGANSWER" eval shapes-vqa --model "$dir/stage2/model" --roi mask --masks gt --limit "$N" --out "$dir/vqa-mask-gt" -q
-  "$SEGANSWER" eval shapes-refseg --model "$dir/stage2/model" --limit "$N" --out "$dir/refseg" -q
+  local name=$1 region=$2 seg=$3
+  run "$name/stage2" train-stage2 -c stage2-shapes --model "$MERGED" --seed 0 --data vqa="$VQA" \
+    --region-share "$region" --seg-loss "$seg" --max-steps "$STEPS"
+  questions "$OUT/$name/stage2/model" "$OUT/$name/vqa"
+  "$SEGANSWER" eval shapes-refseg --model "$OUT/$name/stage2/model" --limit "$N" --out "$OUT/$name/refseg" -q
 }
 
 pids=()

@@ -14,7 +14,7 @@ import pytest
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 
-@pytest.mark.parametrize("script", ["shapes-demo.sh", "shapes-experiment.sh", "stage2-ablation.sh"])
+@pytest.mark.parametrize("script", ["lib.sh", "shapes-demo.sh", "shapes-experiment.sh", "stage2-ablation.sh"])
 def test_shell_recipes_parse(script):
     bash = shutil.which("bash")
     if bash is None:

@@ -54,8 +54,23 @@ def vqa_untrained(tmp_path_factory):
     return evaluate("shapes-vqa", "--model", "shapes-base", "--out", tmp_path_factory.mktemp("untrained") / "run")
 
 
-def test_shipped_model_answers_in_format_and_beats_its_untrained_architecture(tmp_path, vqa_untrained):
-    trained = evaluate("shapes-vqa", "--out", tmp_path / "run")  # the default model: shapes
+@pytest.fixture(scope="module")
+def shipped_vqa(tmp_path_factory):
+    """``shipped_vqa(roi, masks)``: the default model's (shapes) shapes-vqa run with that second look,
+    evaluated once for every test of this file that reads it."""
+    done = {}
+
+    def run(roi: str = "mask", masks: str = "model") -> dict:
+        if (roi, masks) not in done:
+            out = tmp_path_factory.mktemp(f"{roi}-{masks}") / "run"
+            done[roi, masks] = evaluate("shapes-vqa", "--roi", roi, "--masks", masks, "--out", out)
+        return done[roi, masks]
+
+    return run
+
+
+def test_shipped_model_answers_in_format_and_beats_its_untrained_architecture(shipped_vqa, vqa_untrained):
+    trained = shipped_vqa()
     accuracy, untrained = trained["metrics"]["accuracy"], vqa_untrained["metrics"]["accuracy"]
     print(f"\nshapes-vqa, {N} held-out questions: shapes {accuracy:.3f}, shapes-base {untrained:.3f}")
     # the untrained architecture never closes an <answer> tag; four candidate answers: chance is 0.25
@@ -92,12 +107,10 @@ def test_shipped_models_masks_follow_the_expression():
     assert total >= 30 and same <= SAME_MASK_CEILING * total and mean_iou >= MEAN_IOU_FLOOR
 
 
-def test_given_the_region_the_pixel_level_second_look_beats_the_box_and_no_second_look(tmp_path):
+def test_given_the_region_the_pixel_level_second_look_beats_the_box_and_no_second_look(shipped_vqa):
     """The paper's claim, grounding aside: the annotated region as the sparse mask view (fewer visual
     tokens) answers better than as a box crop, and better than answering directly from the first look."""
-    mask = evaluate("shapes-vqa", "--masks", "gt", "--out", tmp_path / "mask")
-    box = evaluate("shapes-vqa", "--masks", "gt", "--roi", "bbox", "--out", tmp_path / "bbox")
-    direct = evaluate("shapes-vqa", "--roi", "none", "--out", tmp_path / "none")
+    mask, box, direct = shipped_vqa("mask", "gt"), shipped_vqa("bbox", "gt"), shipped_vqa("none")
     acc = {name: run["metrics"]["accuracy"] for name, run in [("mask", mask), ("bbox", box), ("none", direct)]}
     print(f"\nshapes-vqa, {N} held-out questions, annotated regions: {acc}")
     assert direct["cost"]["second_look_rate"] == 0 and direct["metrics"]["accuracy"] > 0.35  # answers in format
@@ -105,13 +118,11 @@ def test_given_the_region_the_pixel_level_second_look_beats_the_box_and_no_secon
     assert mask["cost"]["mean_visual_tokens"] < 0.6 * box["cost"]["mean_visual_tokens"]
 
 
-def test_with_its_own_masks_the_pixel_level_second_look_beats_the_box_and_no_second_look(tmp_path):
+def test_with_its_own_masks_the_pixel_level_second_look_beats_the_box_and_no_second_look(shipped_vqa):
     """The paper's claim with the model's own masks: its sparse mask view answers better than the box
     crop of the same mask and than answering from the first look, at under a third of the box's
     visual tokens (measured 0.500 / 0.380 / 0.405; paired 42 vs 18 and 37 vs 18 questions)."""
-    mask = evaluate("shapes-vqa", "--out", tmp_path / "mask")
-    box = evaluate("shapes-vqa", "--roi", "bbox", "--out", tmp_path / "bbox")
-    direct = evaluate("shapes-vqa", "--roi", "none", "--out", tmp_path / "none")
+    mask, box, direct = shipped_vqa("mask"), shipped_vqa("bbox"), shipped_vqa("none")
     acc = {name: run["metrics"]["accuracy"] for name, run in [("mask", mask), ("bbox", box), ("none", direct)]}
     print(f"\nshapes-vqa, {N} held-out questions, the model's own masks: {acc}")
     assert acc["mask"] >= acc["bbox"] + 0.07 and acc["mask"] >= acc["none"] + 0.05

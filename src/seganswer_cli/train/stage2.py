@@ -73,7 +73,7 @@ import random
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -300,8 +300,6 @@ def check_starting_model(config: Stage2Config) -> None:
 def segmentation_weights(scale: float):
     """The loss weights of pass 2: next-token CE at 1, SAM 2.1's mask losses at Stage 1's weights
     times ``scale`` (``seg_loss``)."""
-    from dataclasses import asdict
-
     from seganswer_cli.model import LossWeights
 
     return LossWeights(**{name: value * scale for name, value in asdict(LossWeights()).items() if name != "lm"})

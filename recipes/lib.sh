@@ -1,0 +1,29 @@
+# Sourced by the shapes recipes (shapes-demo.sh, shapes-experiment.sh, stage2-ablation.sh): a
+# recipe step's run-folder convention and the held-out question runs, written once.
+# run needs OUT; questions needs N; SEGANSWER names the executable (default: seganswer).
+SEGANSWER=${SEGANSWER:-seganswer}
+
+say() { printf '\n== %s\n' "$*" >&2; }
+
+# run NAME COMMAND ARGS...: a training run into OUT/NAME: skipped when finished, resumed when a
+# checkpoint exists, started otherwise
+run() {
+  local name=$1; shift
+  if [[ -f "$OUT/$name/model/seganswer.json" ]]; then say "$name: done"; return; fi
+  if compgen -G "$OUT/$name/checkpoints/*/trainer_state.json" > /dev/null; then
+    say "$name: resuming"; "$SEGANSWER" "$@" --out "$OUT/$name" --resume -q
+  else
+    say "$name"; "$SEGANSWER" "$@" --out "$OUT/$name" --overwrite -q
+  fi
+}
+
+# questions MODEL OUT_PREFIX: the held-out shapes-vqa questions with every second look, the model's
+# masks and the annotated regions (OUT_PREFIX-mask, -bbox, -none, -mask-gt, -bbox-gt; resumable)
+questions() {
+  for roi in mask bbox none; do
+    "$SEGANSWER" eval shapes-vqa --model "$1" --roi "$roi" --limit "$N" --out "$2-$roi" -q
+  done
+  for roi in mask bbox; do
+    "$SEGANSWER" eval shapes-vqa --model "$1" --roi "$roi" --masks gt --limit "$N" --out "$2-$roi-gt" -q
+  done
+}
