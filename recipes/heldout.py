@@ -8,7 +8,7 @@ import argparse
 
 import torch
 
-from seganswer_cli.data.synthetic import generate_samples
+from seganswer_cli.data.shapes_datasets import generate_samples
 from seganswer_cli.eval.shapes import DEFAULT_CONFIG, HELD_OUT_SEED
 
 

@@ -29,7 +29,9 @@ import time
 import numpy as np
 import torch
 
-from seganswer_cli.data.synthetic import generate_samples, more_expressions, world
+from seganswer_cli.data.shapes_datasets import generate_samples
+from seganswer_cli.data.shapes_language import more_expressions
+from seganswer_cli.data.shapes_scenes import world
 from seganswer_cli.model.losses import LossWeights, mask_losses, total_loss
 from seganswer_cli.model.mask_decoder import SamMaskDecoder, build_tiny_sam, upsample_logits
 from seganswer_cli.model.seganswer import resize_masks

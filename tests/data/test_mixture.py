@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from seganswer_cli.data import Mixture, open_mixture, parse_data_spec, parse_data_specs
-from seganswer_cli.data.synthetic import ShapesConfig, write_synthetic
+from seganswer_cli.data.shapes_datasets import write_synthetic
+from seganswer_cli.data.shapes_scenes import ShapesConfig
 from seganswer_cli.errors import UsageError
 
 

@@ -281,7 +281,8 @@ def test_detection_failure_asks_for_a_format(tmp_path):
 
 
 def test_seganswer_record_with_wrong_mask_size(tmp_path):
-    from seganswer_cli.data.synthetic import ShapesConfig, write_synthetic
+    from seganswer_cli.data.shapes_datasets import write_synthetic
+    from seganswer_cli.data.shapes_scenes import ShapesConfig
 
     out = write_synthetic(tmp_path / "syn", "refseg", 2, ShapesConfig(width=48, height=32, min_size=8, max_size=16))
     lines = (out / "records.jsonl").read_text().splitlines()

@@ -144,7 +144,8 @@ def test_cost_of_runs_without_a_second_look_is_none_not_nan():
 
 
 def test_segmentation_batches_write_masks(tmp_path, tiny_model):
-    from seganswer_cli.data.synthetic import ShapesConfig, write_synthetic
+    from seganswer_cli.data.shapes_datasets import write_synthetic
+    from seganswer_cli.data.shapes_scenes import ShapesConfig
 
     write_synthetic(tmp_path / "data", "refseg", 3, ShapesConfig(width=64, height=48, min_size=8, max_size=20))
     spec = get_benchmark("shapes-refseg")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from seganswer_cli.data.synthetic import ShapesConfig, generate_samples, write_synthetic
+from seganswer_cli.data.shapes_datasets import generate_samples, write_synthetic
+from seganswer_cli.data.shapes_scenes import ShapesConfig
 from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval import BENCHMARKS, get_benchmark
 from seganswer_cli.eval.items import SampleResult

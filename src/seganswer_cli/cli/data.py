@@ -67,8 +67,9 @@ def synth(
     """Generate a shapes-world dataset folder (images + records.jsonl with COCO RLE masks)."""
     from dataclasses import asdict
 
-    from seganswer_cli.data.synthetic import WORLDS, write_synthetic
-    from seganswer_cli.data.synthetic import world as named_world
+    from seganswer_cli.data.shapes_datasets import write_synthetic
+    from seganswer_cli.data.shapes_scenes import WORLDS
+    from seganswer_cli.data.shapes_scenes import world as named_world
 
     if world not in WORLDS:
         raise UsageError(f"unknown --world {world!r}; choose from {', '.join(WORLDS)}")

@@ -16,7 +16,8 @@ from seganswer_cli.data.formats import FORMATS, Dataset, Format, detect_format, 
 from seganswer_cli.data.mixture import DataSpec, Mixture, open_mixture, parse_data_spec, parse_data_specs
 from seganswer_cli.data.onerror import ON_ERROR_CHOICES, RecordErrors, SkippedRecord
 from seganswer_cli.data.samples import OPTION_LETTERS, ImageRef, LazyMask, Sample, SegSample, VQASample
-from seganswer_cli.data.synthetic import SAMPLE_KINDS, Scene, ShapesConfig, generate_samples, write_synthetic
+from seganswer_cli.data.shapes_datasets import SAMPLE_KINDS, generate_samples, write_synthetic
+from seganswer_cli.data.shapes_scenes import Scene, ShapesConfig
 
 __all__ = [
     "FORMATS",

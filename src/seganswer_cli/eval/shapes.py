@@ -22,7 +22,8 @@ from pathlib import Path
 
 from seganswer_cli.data.samples import SegSample, VQASample
 from seganswer_cli.data.seganswer_format import MANIFEST, RECORDS, read_manifest, record_to_sample
-from seganswer_cli.data.synthetic import WORLDS, generate_samples
+from seganswer_cli.data.shapes_datasets import generate_samples
+from seganswer_cli.data.shapes_scenes import WORLDS
 from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.items import MissingImage
 from seganswer_cli.eval.reading import locate
@@ -33,7 +34,7 @@ DEFAULT_SPLIT = "test"
 HELD_OUT_SEED = 100_003
 #: Samples generated per benchmark (V* has 191 questions).
 DEFAULT_N = 200
-#: The demo world (``data.synthetic.WORLDS["demo"]``): 640x480 scenes whose 20-32 px target is about
+#: The demo world (``data.shapes_scenes.WORLDS["demo"]``): 640x480 scenes whose 20-32 px target is about
 #: one LLM token in the shapes model's global view and readable once zoomed, among shapes sharing its
 #: colour or kind. The shipped ``shapes`` model is trained on this world from other seeds.
 DEFAULT_CONFIG = WORLDS["demo"]

@@ -9,19 +9,9 @@ import numpy as np
 import pytest
 
 from seganswer_cli.data import SegSample, VQASample, open_dataset
-from seganswer_cli.data.synthetic import (
-    COLOURS,
-    ExpressionError,
-    Scene,
-    ShapesConfig,
-    answer_question,
-    generate_samples,
-    holds,
-    local_visible_masks,
-    resolve,
-    visible_mask,
-    write_synthetic,
-)
+from seganswer_cli.data.shapes_datasets import generate_samples, write_synthetic
+from seganswer_cli.data.shapes_language import ExpressionError, answer_question, holds, resolve
+from seganswer_cli.data.shapes_scenes import COLOURS, Scene, ShapesConfig, local_visible_masks, visible_mask
 from seganswer_cli.errors import UsageError
 
 SMALL = ShapesConfig(width=96, height=80, min_size=10, max_size=32)
@@ -159,7 +149,8 @@ def test_config_is_checked():
 
 
 def test_demo_world_asks_about_a_small_target_with_simple_or_superlative_descriptions():
-    from seganswer_cli.data.synthetic import DEMO_COLOURS, DEMO_KINDS, RELATIONS, world
+    from seganswer_cli.data.shapes_language import RELATIONS
+    from seganswer_cli.data.shapes_scenes import DEMO_COLOURS, DEMO_KINDS, world
 
     config = world("demo")
     types = set()
@@ -187,7 +178,7 @@ def test_question_types_and_expression_families_are_checked():
 
 
 def test_qseg_pairs_a_question_with_the_mask_of_the_region_answering_it():
-    from seganswer_cli.data.synthetic import world
+    from seganswer_cli.data.shapes_scenes import world
 
     for sample in generate_samples("qseg", 12, world("demo"), seed=4):
         assert isinstance(sample, SegSample) and sample.id.startswith("shapes:qseg:")
@@ -199,7 +190,7 @@ def test_qseg_pairs_a_question_with_the_mask_of_the_region_answering_it():
 def test_near_target_puts_a_distractor_next_to_the_target():
     """``near_target``: the target's box lies within its own size of some distractor's box, so a
     box crop around it holds part of that distractor."""
-    from seganswer_cli.data.synthetic import world
+    from seganswer_cli.data.shapes_scenes import world
 
     def gap(a, b):  # pixels between two boxes (0 when they overlap)
         dx = max(0, max(a["x"], b["x"]) - min(a["x"] + a["size"], b["x"] + b["size"]))
