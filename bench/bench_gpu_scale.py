@@ -29,6 +29,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from seganswer_cli.model import SegAnswerModel
+from seganswer_cli.model.conversation import reasoning_sequence, stage1_sequence
 from seganswer_cli.model.mask_decoder import SamMaskDecoder
 from seganswer_cli.model.mllm import add_seg_token, build_tiny_processor
 from seganswer_cli.model.projector import SegProjector
@@ -131,7 +132,7 @@ def device_equivalence() -> dict:
     img, mask = scene(480, 360)
     cpu = SegAnswerModel.from_preset("tiny")
     gpu = SegAnswerModel.from_preset("tiny").to("cuda")
-    seq = cpu.stage1_sequence(cpu.global_view(img), "the disc")
+    seq = stage1_sequence(cpu, cpu.global_view(img), "the disc")
     with torch.no_grad():
         a, b = cpu([seq], [img], [[mask]]), gpu([seq], [img], [[mask]])
     logit_diff = float((a.hidden_states - b.hidden_states.cpu()).abs().max())
@@ -163,7 +164,7 @@ def at_scale(model, device) -> dict:
     seconds, trajs = timed(lambda: loop.run([img] * 8, ["What colour is the disc?"] * 8), repeats=1)
     out["loop_8q_batched_s_per_q"] = seconds / 8
     # Second turn on the cache vs the whole conversation re-prefilled.
-    seq = model.stage2_sequence(model.global_view(img), "What colour is the disc?", "red", view=view)
+    seq = reasoning_sequence(model, model.global_view(img), "What colour is the disc?", "red", view=view)
     start = seq.visuals[1].start - 6
     with torch.no_grad():
         prefix = model.collate([seq])
@@ -204,7 +205,7 @@ def train_step(model, checkpointing: bool) -> dict:
         model.mllm.activation_checkpointing_disable()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-5)
-    seqs = [model.stage1_sequence(model.global_view(img), e) for e in ("the disc", "the bar")]
+    seqs = [stage1_sequence(model, model.global_view(img), e) for e in ("the disc", "the bar")]
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
 

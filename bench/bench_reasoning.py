@@ -30,6 +30,7 @@ from rich.table import Table
 
 from seganswer_cli.data import ShapesConfig, generate_samples
 from seganswer_cli.model import SegAnswerModel
+from seganswer_cli.model.conversation import reasoning_sequence
 from seganswer_cli.reasoning import ReasoningLoop, ReasoningSettings
 
 RESULTS = Path(__file__).parent / "results" / "reasoning.json"
@@ -50,7 +51,7 @@ def shapes_questions(n: int, seed: int):
 def teach_pattern(model, cases, steps: int = 60) -> None:
     """Overfit the Stage 2 conversation on ``cases`` so the random tiny model emits ``<|seg|>``."""
     model.train()
-    seqs = [model.stage2_sequence(model.global_view(img), q, a, view=model.segmented_view(img, m))
+    seqs = [reasoning_sequence(model, model.global_view(img), q, a, view=model.segmented_view(img, m))
             for img, q, m, a in cases]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(steps):

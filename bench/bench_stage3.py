@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seganswer_cli.model.conversation import reasoning_sequence
+
 RESULTS = Path(__file__).parent / "results" / "stage3.json"
 
 
@@ -42,7 +44,7 @@ def stand_in_stage2_model(folder: Path) -> Path:
         image = Image.fromarray((np.random.RandomState(seed).rand(180, 240, 3) * 255).astype(np.uint8))
         mask = np.zeros((180, 240), bool)
         mask[box[0] : box[1], box[2] : box[3]] = True
-        sequences.append(model.stage2_sequence(model.global_view(image), question, answer,
+        sequences.append(reasoning_sequence(model, model.global_view(image), question, answer,
                                                view=model.segmented_view(image, mask)))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
     for _ in range(120):

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from heldout import parse_args, questions
 
-from seganswer_cli.data.synthetic import DEMO_COLOURS, DEMO_KINDS
-from seganswer_cli.eval.multiple_choice import prompt_and_answer
+from seganswer_cli.data.shapes_scenes import DEMO_COLOURS, DEMO_KINDS
 from seganswer_cli.model import SegAnswerModel
+from seganswer_cli.model.conversation import prompt_and_answer, reasoning_sequence
 
 LOOKS = ("mask", "bbox", "direct")
 
@@ -34,7 +34,7 @@ def best_candidate(model: SegAnswerModel, sample, look: str, candidates) -> str:
     prompt, _ = prompt_and_answer(sample)
     view = None if look == "direct" else model.second_look(image, sample.region(), mode=look)[0]
     global_view = model.global_view(image)
-    scores = model.token_logprobs([model.stage2_sequence(global_view, prompt, c, view=view) for c in candidates])
+    scores = model.token_logprobs([reasoning_sequence(model, global_view, prompt, c, view=view) for c in candidates])
     return candidates[int(torch.stack([s.sum() for s in scores]).argmax())]
 
 

@@ -5,16 +5,11 @@ SEGANSWER=${SEGANSWER:-seganswer}
 
 say() { printf '\n== %s\n' "$*" >&2; }
 
-# run NAME COMMAND ARGS...: a training run into OUT/NAME: skipped when finished, resumed when a
-# checkpoint exists, started otherwise
+# run NAME COMMAND ARGS...: a training run into OUT/NAME; `--continue` skips it when finished,
+# resumes it from its last checkpoint, starts it otherwise (train/runs.py's continue_decision)
 run() {
   local name=$1; shift
-  if [[ -f "$OUT/$name/model/seganswer.json" ]]; then say "$name: done"; return; fi
-  if compgen -G "$OUT/$name/checkpoints/*/trainer_state.json" > /dev/null; then
-    say "$name: resuming"; "$SEGANSWER" "$@" --out "$OUT/$name" --resume -q
-  else
-    say "$name"; "$SEGANSWER" "$@" --out "$OUT/$name" --overwrite -q
-  fi
+  say "$name"; "$SEGANSWER" "$@" --out "$OUT/$name" --continue -q
 }
 
 # questions MODEL OUT_PREFIX: the held-out shapes-vqa questions with every second look, the model's

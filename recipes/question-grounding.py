@@ -21,9 +21,9 @@ import numpy as np
 from heldout import parse_args, questions
 
 from seganswer_cli.eval.metrics import mask_counts
-from seganswer_cli.eval.multiple_choice import prompt_and_answer
 from seganswer_cli.model import SegAnswerModel
-from seganswer_cli.train.stage2 import own_masks, seg_prefix
+from seganswer_cli.model.conversation import prompt_and_answer, seg_request
+from seganswer_cli.train.stage2 import own_masks
 
 BATCH = 10
 
@@ -33,7 +33,7 @@ def scores(model: SegAnswerModel, samples) -> dict[str, float]:
     for start in range(0, len(samples), BATCH):
         chunk = samples[start : start + BATCH]
         images = [s.image.load() for s in chunk]
-        prefixes = [seg_prefix(model, model.global_view(image), prompt_and_answer(s)[0]) for s, image in zip(chunk, images)]
+        prefixes = [seg_request(model, model.global_view(image), prompt_and_answer(s)[0]) for s, image in zip(chunk, images)]
         targets = [s.region() for s in chunk]
         clicked = model.clicked_masks(images, targets)
         for target, mask, click_mask in zip(targets, own_masks(model, images, prefixes), clicked):

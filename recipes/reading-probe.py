@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seganswer_cli.data.synthetic import COLOURS, shape_mask
+from seganswer_cli.data.shapes_scenes import COLOURS, shape_mask
 from seganswer_cli.model import SegAnswerModel
+from seganswer_cli.model.conversation import exchange_sequence
 
 KINDS = ("circle", "square", "triangle", "star")
 COLOUR_NAMES = ("red", "green", "blue", "yellow")
@@ -50,7 +51,7 @@ def sample(rng: np.random.Generator, args) -> tuple[Image.Image, str, str]:
 def answer_scores(model: SegAnswerModel, image: Image.Image, question: str, candidates) -> torch.Tensor:
     """Summed log-likelihood of each candidate's answer turn."""
     view = model.global_view(image)
-    scores = model.token_logprobs([model.chat_sequence(view, QUESTIONS[question], f"<answer> {c} </answer>.")
+    scores = model.token_logprobs([exchange_sequence(model, view, [(QUESTIONS[question], f"<answer> {c} </answer>.")])
                                    for c in candidates])
     return torch.stack([s.sum() for s in scores])
 
@@ -98,7 +99,7 @@ def main() -> None:
     started = time.perf_counter()
     for step in range(1, args.steps + 1):
         rows = [sample(rng, args) for _ in range(args.batch)]
-        batch = model.collate([model.chat_sequence(model.global_view(image), QUESTIONS[q], f"<answer> {a} </answer>.")
+        batch = model.collate([exchange_sequence(model, model.global_view(image), [(QUESTIONS[q], f"<answer> {a} </answer>.")])
                                for image, q, a in rows])
         hidden = model.language_model(model.embed(batch), batch.position_ids, batch.attention_mask).last_hidden_state
         loss = model.lm_loss(hidden, batch.labels)

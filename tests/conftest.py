@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from seganswer_cli.model.conversation import reasoning_sequence
+
 
 @pytest.fixture(scope="session")
 def tiny_model():
@@ -55,7 +57,7 @@ def patterned_model():
         mask[box[0] : box[1], box[2] : box[3]] = True
         cases.append((_noise(seed), question, mask, answer))
     sequences = [
-        model.stage2_sequence(model.global_view(image), question, answer, view=model.segmented_view(image, mask))
+        reasoning_sequence(model, model.global_view(image), question, answer, view=model.segmented_view(image, mask))
         for image, question, mask, answer in cases
     ]
     params = [p for p in model.parameters() if p.requires_grad]

@@ -149,3 +149,94 @@ def test_pretrain_standin_phase_flag(monkeypatch, capsys, tmp_path, shapes_dir):
     code, _, err = run_cli(monkeypatch, capsys, *args, "--out", tmp_path / "points", "--phase", "points")
     assert code in (0, None), err
     assert json.loads((tmp_path / "points" / "settings.json").read_text())["config"]["phase"] == "points"
+
+
+def test_set_reaches_any_setting_through_the_same_checks(monkeypatch, capsys, tmp_path, shapes_dir):
+    import json
+
+    base = ["train-stage1", "--data", f"s={shapes_dir}", "--max-steps", 1, "--quiet"]
+    run_dir = tmp_path / "run"
+    code, _, err = run_cli(monkeypatch, capsys, *base, "--out", run_dir, "--set", "optim.weight_decay=0.25",
+                           "--set", "lora.rank=4", "--set", "standin_look_modes=[mask, bbox]")
+    assert code in (0, None), err
+    config = json.loads((run_dir / "settings.json").read_text())["config"]
+    assert config["optim"]["weight_decay"] == 0.25 and config["lora"]["rank"] == 4
+    assert config["standin_look_modes"] == ["mask", "bbox"]
+    for assignment, expected in [("nope=1", "nope"), ("optim.nope=1", "optim.nope"), ("max_steps=abc", "max_steps"),
+                                 ("lora.rank=1.5", "lora.rank"), ("optim.lr", "KEY=VALUE"),
+                                 ("gradient_checkpointing=maybe", "gradient_checkpointing")]:
+        code, _, err = run_cli(monkeypatch, capsys, *base, "--out", tmp_path / "bad", "--set", assignment)
+        assert_one_line_error(code, err, expected)
+        assert not (tmp_path / "bad").exists()
+    code, _, err = run_cli(monkeypatch, capsys, *base, "--out", tmp_path / "bad", "--set", "max_steps=3")
+    assert_one_line_error(code, err, "max_steps given both by a flag and by --set")
+
+
+def test_continue_lets_the_run_folder_decide(monkeypatch, capsys, tmp_path, shapes_dir):
+    import shutil
+
+    from seganswer_cli.train import runs
+
+    run_dir = tmp_path / "run"
+    args = ["train-stage1", "--data", f"s={shapes_dir}", "--max-steps", 2, "--save-every", 1, "--quiet",
+            "--out", run_dir, "--continue"]
+    # an empty folder: start (here killed after step 1, its checkpoint kept)
+    run_dir.mkdir()
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--stop-after-step", 1)
+    assert code in (0, None), err
+    assert "starting a new run" in err
+    run = runs.RunFolder(run_dir)
+    assert [p.name for p in run.checkpoints()] == ["step-00000001"] and not run.is_finished
+
+    # a damaged latest checkpoint: one line, nothing touched
+    damaged = tmp_path / "damaged"
+    shutil.copytree(run_dir, damaged)
+    (damaged / "checkpoints" / "step-00000001" / "optimizer.pt").unlink()
+    listing = sorted(str(p.relative_to(damaged)) for p in damaged.rglob("*"))
+    for flag in ("--continue", "--resume"):
+        code, _, err = run_cli(monkeypatch, capsys, *[a if a != run_dir else damaged for a in args[:-1]], flag)
+        assert_one_line_error(code, err, "damaged (it lacks optimizer.pt)")
+        assert sorted(str(p.relative_to(damaged)) for p in damaged.rglob("*")) == listing
+    (damaged / "checkpoints" / "step-00000001" / "trainer_state.json").write_text("{cut")
+    (damaged / "checkpoints" / "step-00000001" / "optimizer.pt").write_bytes(b"")
+    stamp = {p: p.stat().st_mtime_ns for p in damaged.rglob("*")}
+    code, _, err = run_cli(monkeypatch, capsys, *[a if a != run_dir else damaged for a in args])
+    assert_one_line_error(code, err, "trainer_state.json cannot be read")
+    assert {p: p.stat().st_mtime_ns for p in damaged.rglob("*")} == stamp
+
+    # a checkpoint: resume
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code in (0, None), err
+    assert "resuming from step-00000001" in err and run.is_finished
+    assert [r["step"] for r in runs.MetricsLog(run.metrics_path).read() if r["kind"] == "train"] == [1, 2]
+
+    # finished: say so, exit 0, nothing rewritten
+    stamp = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code in (0, None) and "finished already" in err
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == stamp
+
+    # another stage's or phase's folder: one line, nothing touched
+    for other, expected in [(["train-stage3", "--data", f"s={shapes_dir}"], "not stage3"),
+                            (["train-stage1", "--phase", "lora", "--data", f"s={shapes_dir}"], "not stage1 (phase lora)"),
+                            (["pretrain-standin", "--data", f"s={shapes_dir}"], "not standin (phase standin)")]:
+        code, _, err = run_cli(monkeypatch, capsys, *other, "--out", run_dir, "--continue", "--quiet")
+        assert_one_line_error(code, err, expected)
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == stamp
+    code, _, err = run_cli(monkeypatch, capsys, *args, "--overwrite")
+    assert_one_line_error(code, err, "--continue decides by itself")
+
+    # started but killed before its first checkpoint: start it again
+    unstarted = tmp_path / "unstarted"
+    unstarted.mkdir()
+    shutil.copy(run_dir / "settings.json", unstarted / "settings.json")
+    (unstarted / "metrics.jsonl").write_text('{"kind": "eval", "step": 0}\n')
+    code, _, err = run_cli(monkeypatch, capsys, *[a if a != run_dir else unstarted for a in args])
+    assert code in (0, None), err
+    assert "no checkpoint was written; starting it again" in err and runs.RunFolder(unstarted).is_finished
+    # a folder holding something else
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    code, _, err = run_cli(monkeypatch, capsys, *[a if a != run_dir else tmp_path / "other" for a in args])
+    assert_one_line_error(code, err, "is not a run folder")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"

@@ -6,7 +6,8 @@ import torch
 
 from seganswer_cli.errors import UsageError
 from seganswer_cli.model import tokens
-from seganswer_cli.reasoning import ReasoningLoop, ReasoningSettings, extract_answer, run
+from seganswer_cli.model.conversation import Answer, answer_of, reasoning_sequence
+from seganswer_cli.reasoning import ReasoningLoop, ReasoningSettings, run
 
 
 def test_the_patterned_model_segments_then_answers(patterned_model):
@@ -131,18 +132,19 @@ def test_bad_settings_and_questions(tiny_model, noise_image):
         ReasoningSettings(sample=True, temperature=0)
 
 
-def test_extract_answer_fallbacks():
-    assert extract_answer("<answer> B </answer>.") == ("B", "tag")
-    assert extract_answer("It is <|seg|>. (B)<|im_end|>") == ("It is . (B)", "untagged")
-    assert extract_answer("") == (None, "missing")
+def test_answer_of_fallbacks():
+    assert answer_of("<answer> B </answer>.") == Answer("B", "tag")
+    assert answer_of("observe <|seg|>.<|im_end|>(B)<|im_end|>") == Answer("(B)", "untagged")
+    assert answer_of("It is <|seg|>. (B)<|im_end|>") == Answer(None, "missing")  # asked for a region
+    assert answer_of("") == Answer(None, "missing")
 
 
 def test_training_conversation_equals_what_the_loop_builds(patterned_model):
-    """Stage 2 trains on ``stage2_sequence``; inference builds the same tokens and 3-D positions."""
+    """Stage 2 trains on ``reasoning_sequence``; inference builds the same tokens and 3-D positions."""
     model, cases = patterned_model
     image, question, _, answer = cases[0]
     traj = run(model, image, question, ReasoningSettings(max_new_tokens=80))
-    built = model.stage2_sequence(model.global_view(image), question, answer, view=traj.steps[0].view)
+    built = reasoning_sequence(model, model.global_view(image), question, answer, view=traj.steps[0].view)
     n = len(traj.sequence)  # the loop stops at </answer>; training goes on to ".<|im_end|>\n"
     assert torch.equal(built.input_ids[:n], traj.sequence.input_ids)
     assert torch.equal(built.position_ids[:, :n], traj.sequence.position_ids)
@@ -197,3 +199,23 @@ def test_given_regions_replace_the_decoded_masks(patterned_model, monkeypatch):
     assert [s["source"] for t in (given, decoded) for s in trajectory_record(t)["steps"]] == ["given", "model"]
     with pytest.raises(ValueError, match="region mask has shape"):
         loop.run([image], [question], [region[:-1]])
+
+
+@pytest.mark.parametrize("sample", [False, True])
+def test_visual_placeholders_are_never_generated(tiny_model, noise_image, monkeypatch, sample):
+    """A model whose most likely token is ``<|image_pad|>`` (a barely trained one can be) still runs:
+    the loop never picks a visual placeholder, whose pad would have no features to embed."""
+    ids = tiny_model.token_ids
+    real_logits = tiny_model.logits
+
+    def favour_placeholders(hidden):
+        logits = real_logits(hidden).clone()
+        logits[..., list(ids.visual_placeholders)] += 1e4
+        return logits
+
+    monkeypatch.setattr(tiny_model, "logits", favour_placeholders)
+    traj = run(tiny_model, noise_image, "What colour is it?",
+               ReasoningSettings(max_new_tokens=6, sample=sample, temperature=1.0, seed=0))
+    generated = traj.sequence.input_ids[traj.sequence.target_mask]
+    assert traj.stop_reason in ("length", "eos", "answer", "end_of_turn", "max_seg_steps")
+    assert not set(generated.tolist()) & set(ids.visual_placeholders)

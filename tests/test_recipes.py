@@ -4,6 +4,7 @@ parse, and the probe runs: they are documentation a user executes."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,6 +22,26 @@ def test_shell_recipes_parse(script):
         pytest.skip("no bash")
     result = subprocess.run([bash, "-n", str(RECIPES / script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_lib_run_starts_then_skips_a_finished_run(tmp_path):
+    """``lib.sh``'s ``run`` leaves the decision to ``--continue``: a new run starts, a finished one is left."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    from seganswer_cli.data import ShapesConfig, write_synthetic
+
+    data = write_synthetic(tmp_path / "data", "refseg", 4, ShapesConfig(width=64, height=64, min_size=16, max_size=32))
+    seganswer = tmp_path / "seganswer"
+    seganswer.write_text(f"#!{bash}\nexec {sys.executable} -m seganswer_cli \"$@\"\n")
+    seganswer.chmod(0o755)
+    script = (f'source "{RECIPES / "lib.sh"}"; run s1 train-stage1 --data s="{data}" --max-steps 1; '
+              f'run s1 train-stage1 --data s="{data}" --max-steps 1')
+    result = subprocess.run([bash, "-c", script], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OUT": str(tmp_path / "out"), "SEGANSWER": str(seganswer)})
+    assert result.returncode == 0, result.stderr
+    assert "starting a new run" in result.stderr and "finished already" in result.stderr
+    assert (tmp_path / "out" / "s1" / "model" / "seganswer.json").is_file()
 
 
 def test_sam_prompt_probe_runs_and_reports_what_the_docs_quote():

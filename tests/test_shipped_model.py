@@ -47,6 +47,19 @@ def test_the_shipped_model_is_in_the_package():
     assert card["training"]["stage"] == "stage3"
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
     assert size < 25e6, f"the shipped model should stay small, it is {size / 1e6:.1f} MB"
+    # its card names the runs and paths relative to the run, never the training machine's folders
+    assert [h["run"] for h in card["training_history"]][-1] == card["training"]["run"] == "4-stage3"
+
+    def strings(value):
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    absolute = [s for s in strings(card) if s.startswith(("/", "~")) or "=/" in s or ":\\" in s]
+    assert not absolute, absolute
+    assert card["training_settings"]["config"]["model"] == "../3-stage2/model"
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +100,9 @@ def test_shipped_model_segments_held_out_expressions(tmp_path):
 def test_shipped_models_masks_follow_the_expression():
     """Two expressions naming different shapes of one held-out image give different masks (the
     first shipped models gave one mask per image whatever they were asked)."""
-    from seganswer_cli.data.synthetic import generate_samples, more_expressions, world
+    from seganswer_cli.data.shapes_datasets import generate_samples
+    from seganswer_cli.data.shapes_language import more_expressions
+    from seganswer_cli.data.shapes_scenes import world
     from seganswer_cli.masks import mask_iou
     from seganswer_cli.model import SegAnswerModel
 

@@ -10,7 +10,8 @@ For each (image, question):
    ``--roi none`` is the no-second-look baseline: the model's turn opens with ``<answer>`` (the
    direct-answer format Stage 2 trains beside the segmenting one) and ``<|seg|>`` is never chosen
    (its logit is masked out), so it answers from the first look.
-3. Stop at ``</answer>``, ``<|im_end|>`` of a turn without ``<|seg|>``, EOS, or the token limit.
+3. Stop at ``</answer>``, ``<|im_end|>`` of a turn without ``<|seg|>``, EOS, or the token limit; the
+   answer is ``conversation.answer_of`` of the model's turns (the one rule eval and the rewards use).
 
 An empty mask falls back to the original image (a full-mask view at the original positions) and
 is recorded on the step. ``run(..., regions=...)`` replaces the decoded masks by given ones (the
@@ -34,7 +35,7 @@ import torch
 from PIL import Image
 
 from seganswer_cli.errors import UsageError
-from seganswer_cli.model import tokens
+from seganswer_cli.model import conversation, tokens
 from seganswer_cli.model.mask_decoder import upsample_logits
 from seganswer_cli.model.sequence import Sequence, SequenceBuilder
 from seganswer_cli.model.sparse_patches import ROI_MODES, SegmentedView
@@ -104,7 +105,8 @@ class Trajectory:
     """The model's turns, decoded (special tokens kept, so ``<|seg|>`` shows)."""
     answer: str | None
     answer_source: str
-    """``tag`` (inside ``<answer>...</answer>``), ``untagged`` (the last turn's text, tags missing) or ``missing``."""
+    """Where the answer came from under the one answer rule (``conversation.answer_of``): ``tag``,
+    ``unclosed``, ``untagged`` or ``missing``."""
     stop_reason: str
     """``answer``, ``end_of_turn``, ``eos``, ``length`` or ``max_seg_steps``."""
     timings: dict[str, float]
@@ -182,11 +184,10 @@ class ReasoningLoop:
                 if region.shape != (image.height, image.width):
                     raise ValueError(f"region mask has shape {region.shape} but the image is "
                                      f"{image.height}x{image.width} (H, W)")
-            b = model.builder().system(s.system)
-            b.user(tokens.reasoning_prompt(question), image=model.global_view(image))
+            b = conversation.reasoning_start(model, model.global_view(image), question, system=s.system)
             turn_start = len(b)
             if s.roi == "none":
-                b.text(tokens.ANSWER_OPEN)  # the direct-answer format, so the turn reads <answer> ... </answer>
+                conversation.open_direct_answer(b)  # so the turn reads <answer> ... </answer>
             rows.append(_Row(image=image, question=question, builder=b, turn_start=turn_start, region=region))
 
         cache = None
@@ -246,9 +247,12 @@ class ReasoningLoop:
         s = self.settings
         scaled = logits / (s.temperature if s.sample else 1.0)
         logp = torch.log_softmax(scaled, dim=-1)
+        # a visual placeholder would leave the sequence with a pad token and no features for it
+        never = list(self.model.token_ids.visual_placeholders)
         if s.roi == "none":  # no second look: <|seg|> is never chosen
-            scaled = scaled.clone()
-            scaled[self.model.token_ids.seg] = float("-inf")
+            never.append(self.model.token_ids.seg)
+        scaled = scaled.clone()
+        scaled[never] = float("-inf")
         if not s.sample:
             token = int(torch.argmax(scaled))
         else:
@@ -267,7 +271,7 @@ class ReasoningLoop:
         turn_text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
         if token in self.stop_ids:
             return self._finish(row, turn_text, "eos")
-        if tokens.ANSWER_CLOSE in turn_text:
+        if conversation.closes_answer(turn_text):
             return self._finish(row, turn_text, "answer")
         if row.generated >= s.max_new_tokens:
             return self._finish(row, turn_text, "length")
@@ -288,8 +292,8 @@ class ReasoningLoop:
         timings["mask"] += mask_seconds
         timings["segmented_turn"] += time.perf_counter() - t0 - mask_seconds
         row.pending_seg.clear()
-        # The newline that closes the model's turn, then Prompt 2: the segmented region(s).
-        b = row.builder.text("\n").user("", view=views)
+        # The newline after the model's reply, then Prompt 2: the segmented region(s).
+        b = conversation.second_look_turn(row.builder.after_reply(), views)
         row.turn_start = len(b)
 
     def _decode_mask(self, row: _Row, state: torch.Tensor, sam_cache: dict, index: int) -> tuple[np.ndarray, float, float]:
@@ -317,43 +321,18 @@ class ReasoningLoop:
         row.stop_reason = reason
 
     def _trajectory(self, row: _Row, timings: dict) -> Trajectory:
-        answer, source = extract_answer(row.turns[-1] if row.turns else "")
+        answer = conversation.answer_of("".join(row.turns))
         return Trajectory(
             question=row.question,
             sequence=row.builder.build(),
             logprobs=torch.tensor(row.logprobs),
             steps=row.steps,
             turns=row.turns,
-            answer=answer,
-            answer_source=source,
+            answer=answer.value,
+            answer_source=answer.source,
             stop_reason=row.stop_reason,
             timings=dict(timings),
         )
-
-
-def extract_answer(last_turn: str) -> tuple[str | None, str]:
-    """The answer of a final model turn and where it came from.
-
-    ``tag``: the text inside the last ``<answer>...</answer>``. ``untagged``: no closed tags; the
-    turn's text with special tokens, a dangling ``<answer>`` and a trailing period removed (the
-    benchmark scorers then apply their own rules: option letters, yes/no, ...). ``missing``:
-    nothing left.
-
-    >>> extract_answer("<answer> red </answer>.<|im_end|>")
-    ('red', 'tag')
-    >>> extract_answer("<answer> blue<|im_end|>")
-    ('blue', 'untagged')
-    >>> extract_answer("<|im_end|>")
-    (None, 'missing')
-    """
-    tagged = tokens.extract_tagged_answer(last_turn)
-    if tagged is not None:
-        return tagged, "tag"
-    text = last_turn
-    for special in (*tokens.QWEN_SPECIAL_TOKENS, tokens.SEG_TOKEN, tokens.ANSWER_OPEN, tokens.ANSWER_CLOSE):
-        text = text.replace(special, " ")
-    text = " ".join(text.split()).strip().rstrip(".").strip()
-    return (text, "untagged") if text else (None, "missing")
 
 
 def run(model, image: Image.Image, question: str, settings: ReasoningSettings | None = None) -> Trajectory:

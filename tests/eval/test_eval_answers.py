@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from seganswer_cli.eval.answers import (
-    answer_span,
     extract_choice,
     extract_yes_no,
     normalize_number,
@@ -14,6 +13,7 @@ from seganswer_cli.eval.answers import (
     score_sample,
 )
 from seganswer_cli.eval.items import EvalItem
+from seganswer_cli.model.conversation import Answer, answer_of
 
 OPTIONS = {"A": "red", "B": "dark blue", "C": "green", "D": "white"}
 
@@ -37,7 +37,7 @@ OPTIONS = {"A": "red", "B": "dark blue", "C": "green", "D": "white"}
         ("The cup looks green to me.", "C", "untagged:option_text"),
         # a later answer tag wins over an earlier one; an unclosed final tag (cut off) still counts
         ("<answer>A</answer> no wait <answer>D</answer>", "D", "tag:letter"),
-        ("<answer>A</answer> no wait <answer>C", "C", "tag:letter"),
+        ("<answer>A</answer> no wait <answer>C", "C", "unclosed:letter"),
     ],
 )
 def test_choice_extraction_rules(output, letter, rule):
@@ -83,15 +83,15 @@ def test_yes_no_normalisation(output, value, rule):
     assert (extraction.value, extraction.rule) == (value, rule)
 
 
-def test_answer_span_without_tag_is_whole_output():
-    assert answer_span("  just B  ") == ("just B", "untagged")
+def test_answer_without_tag_is_whole_output():
+    assert answer_of("  just B  ") == Answer("just B", "untagged")
 
 
 def test_chat_special_tokens_are_not_part_of_the_answer():
     """The reasoning loop's output keeps the special tokens it generated; an answer whose tag was not
     closed before ``<|im_end|>`` still scores by its words."""
-    assert answer_span("<answer> star.<|im_end|>") == ("star.", "tag")
-    assert answer_span("It is <|seg|> red.<|im_end|>") == ("It is   red.", "untagged")
+    assert answer_of("<answer> star.<|im_end|>") == Answer("star", "unclosed")
+    assert answer_of("It is <|seg|> red.<|im_end|>") == Answer(None, "missing")  # a turn asking for a region
     assert score_answer("<answer> blue<|im_end|>", item("text", "blue")) == 1.0
     assert score_answer("<answer> (C)<|im_end|>", item("choice", "C", OPTIONS)) == 1.0
     assert score_answer("<answer> blue</answer>.<|im_end|>", item("text", "blue")) == 1.0

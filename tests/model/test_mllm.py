@@ -27,7 +27,3 @@ def test_tiny_tokenizer_round_trips_and_is_deterministic():
     assert a.decode(a(text)["input_ids"]) == text
     assert len(a(text)["input_ids"]) < len(text.encode()) / 2  # merges learned from the templates
 
-
-def test_extract_tagged_answer():
-    assert tokens.extract_tagged_answer("x <answer>a</answer> <answer> B </answer>") == "B"
-    assert tokens.extract_tagged_answer("<answer>unclosed") is None

@@ -8,6 +8,7 @@ import torch
 
 from seganswer_cli.errors import ModelFolderError, SegTokenError, UsageError
 from seganswer_cli.model import SegAnswerModel, tokens
+from seganswer_cli.model.conversation import exchange_sequence, stage1_sequence
 
 
 def test_seg_token_maps_to_masks_of_the_image_size(tiny_model, noise_image, blob_mask):
@@ -17,7 +18,7 @@ def test_seg_token_maps_to_masks_of_the_image_size(tiny_model, noise_image, blob
 
 
 def test_several_seg_tokens_give_several_masks(tiny_model, noise_image, blob_mask):
-    seq = tiny_model.stage1_sequence(tiny_model.global_view(noise_image), "the disc and the bar",
+    seq = stage1_sequence(tiny_model, tiny_model.global_view(noise_image), "the disc and the bar",
                                      response=f"It is {tokens.SEG_TOKEN} and {tokens.SEG_TOKEN}.")
     other = np.zeros_like(blob_mask)
     other[10:20, 10:20] = True
@@ -28,7 +29,7 @@ def test_several_seg_tokens_give_several_masks(tiny_model, noise_image, blob_mas
 
 def test_gradients_reach_projector_and_decoder_not_the_frozen_encoder(noise_image, blob_mask):
     model = SegAnswerModel.from_preset("tiny").train()
-    seq = model.stage1_sequence(model.global_view(noise_image), "the disc")
+    seq = stage1_sequence(model, model.global_view(noise_image), "the disc")
     out = model([seq], [noise_image], [[blob_mask]])
     out.loss.backward()
     sam = model.mask_decoder.sam
@@ -46,7 +47,7 @@ def test_mask_losses_fall_when_training_projector_and_decoder(noise_image, blob_
     model.mask_decoder.sam.mask_decoder.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=3e-3)
-    seq = model.stage1_sequence(model.global_view(noise_image), "the disc")
+    seq = stage1_sequence(model, model.global_view(noise_image), "the disc")
     losses = []
     for _ in range(15):
         out = model([seq], [noise_image], [[blob_mask]])
@@ -63,7 +64,7 @@ def test_save_then_load_gives_identical_outputs(tiny_model, noise_image, blob_ma
     assert card["preset"] == "tiny" and card["format"] == "seganswer" and card["training"] == {"stage": "test"}
     assert "transformers" in card["versions"]
     loaded = SegAnswerModel.from_pretrained(folder)
-    seq = tiny_model.stage1_sequence(tiny_model.global_view(noise_image), "the disc")
+    seq = stage1_sequence(tiny_model, tiny_model.global_view(noise_image), "the disc")
     with torch.no_grad():
         a = tiny_model([seq], [noise_image], [[blob_mask]])
         b = loaded([seq], [noise_image], [[blob_mask]])
@@ -103,7 +104,7 @@ def test_bad_model_folders_and_presets(tmp_path, tiny_model):
 
 
 def test_mask_count_must_match_seg_tokens(tiny_model, noise_image, blob_mask):
-    seq = tiny_model.stage1_sequence(tiny_model.global_view(noise_image), "the disc", response="It is nothing.")
+    seq = stage1_sequence(tiny_model, tiny_model.global_view(noise_image), "the disc", response="It is nothing.")
     with pytest.raises(SegTokenError, match="0 <\\|seg\\|> token"):
         tiny_model([seq], [noise_image], [[blob_mask]])
 
@@ -123,8 +124,8 @@ def test_mixed_batch_trains_masks_only_where_asked(tiny_model, noise_image):
     import torch
 
     dense = tiny_model.global_view(noise_image)
-    seg = tiny_model.stage1_sequence(dense, "the disc")
-    qa = tiny_model.chat_sequence(dense, "What colour is the disc?", "red")
+    seg = stage1_sequence(tiny_model, dense, "the disc")
+    qa = exchange_sequence(tiny_model, dense, [("What colour is the disc?", "red")])
     gt = np.zeros((noise_image.height, noise_image.width), bool)
     gt[10:40, 20:60] = True
     with torch.no_grad():

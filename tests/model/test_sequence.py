@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from seganswer_cli.model import tokens
+from seganswer_cli.model.conversation import stage1_sequence
 from seganswer_cli.model.sequence import IGNORE_INDEX
 
 
@@ -58,8 +59,8 @@ def test_bbox_view_gets_fresh_positions(tiny_model, noise_image, blob_mask):
 def test_left_and_right_padding(tiny_model, noise_image):
     model = tiny_model
     dense = model.global_view(noise_image)
-    long = model.stage1_sequence(dense, "the largest red circle on the left")
-    short = model.stage1_sequence(dense, "it")
+    long = stage1_sequence(model, dense, "the largest red circle on the left")
+    short = stage1_sequence(model, dense, "it")
     for side in ("left", "right"):
         batch = model.collate([long, short], padding_side=side)
         n = len(short)

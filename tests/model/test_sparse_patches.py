@@ -7,6 +7,7 @@ from PIL import Image
 
 from seganswer_cli.errors import EmptyMaskError, MaskShapeError
 from seganswer_cli.model import tokens
+from seganswer_cli.model.conversation import stage1_sequence
 from seganswer_cli.model.sequence import VisualSlot
 from seganswer_cli.model.sparse_patches import build_segmented_view, cell_coverage, keep_cells
 
@@ -37,7 +38,7 @@ def test_full_mask_without_zoom_equals_plain_image_and_get_rope_index(tiny_model
     assert torch.equal(view.crop.grid_thw, dense.grid_thw)
     assert torch.equal(view.positions, dense.relative_positions())
 
-    seq = model.stage1_sequence(dense, "the red triangle")
+    seq = stage1_sequence(model, dense, "the red triangle")
     assert torch.equal(seq.input_ids, ref["input_ids"][0])
     assert torch.equal(seq.position_ids, ref_pos[:, 0].float())
 

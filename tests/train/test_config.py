@@ -64,7 +64,7 @@ def test_bad_config_is_a_usage_error(tmp_path):
 
 
 def test_lr_schedule():
-    from seganswer_cli.train.loop import lr_schedule
+    from seganswer_cli.train.stage_setup import lr_schedule
 
     cosine = lr_schedule("cosine", warmup=2, total=10, min_ratio=0.0)
     assert [round(cosine(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]

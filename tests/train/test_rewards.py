@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 
 from seganswer_cli.train import rewards
 from seganswer_cli.train.rewards import accuracy_reward, format_reward, score_completions, total_reward
 
 SEG_THEN_ANSWER = "To find the answer, it should first observe <|seg|>.<|im_end|><answer> {} </answer>"
-
-
-def test_doctests():
-    failures, tried = doctest.testmod(rewards)
-    assert tried > 5 and failures == 0
 
 
 @pytest.mark.parametrize(("text", "answer", "kind", "options", "expected"), [

@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 from stage1_helpers import stage1_config, train_records
 
+from seganswer_cli.model.conversation import stage1_sequence
 from seganswer_cli.train import runs
 from seganswer_cli.train.stage1 import train_stage1
 
@@ -66,8 +68,13 @@ def test_projector_then_lora_raises_heldout_iou(lora_run):
     from seganswer_cli.model import SegAnswerModel
 
     model = SegAnswerModel.from_pretrained(lora_dir / "model")
-    assert model.info["training_settings"] == settings
-    assert model.info["training"] == {"stage": "stage1", "phase": "lora", "run": str(lora_dir.resolve()), "step": 80}
+    assert model.info["training_settings"] == runs.card_settings(settings, runs.RunFolder(lora_dir))
+    assert model.info["training"] == {"stage": "stage1", "phase": "lora", "run": lora_dir.name, "step": 80}
+    # the card names runs and paths relative to the run, never the machine's folders
+    card = (lora_dir / "model" / "seganswer.json").read_text()
+    assert str(lora_dir.parent) not in card and str(Path.home()) not in card
+    config = model.info["training_settings"]["config"]
+    assert config["model"] == "../projector/model" and config["data"][0].startswith("shapes=../")
     assert [h["phase"] for h in model.info["training_history"]] == ["projector", "lora"]
 
 
@@ -81,7 +88,8 @@ def test_merged_model_equals_unmerged_lora_model(lora_run, shapes_split, tmp_pat
     _, lora_dir = lora_run
     unmerged, _, settings, _ = load_lora_run(lora_dir)
     merged = SegAnswerModel.from_pretrained(merge_lora_run(lora_dir, tmp_path / "merged"))
-    assert merged.info["training_settings"] == settings and merged.info["training"]["merged_from"] == "step-00000080"
+    assert merged.info["training_settings"] == runs.card_settings(settings, runs.RunFolder(lora_dir))
+    assert merged.info["training"]["merged_from"] == "step-00000080"
     at_end = SegAnswerModel.from_pretrained(lora_dir / "model")  # what the run itself wrote
     samples = open_dataset(shapes_split[1]).take(4)
     outputs = []
@@ -181,8 +189,8 @@ def test_activation_checkpointing_recomputes_layers_and_keeps_gradients():
     from seganswer_cli.config import LoraSettings, Stage1Config
     from seganswer_cli.data import ShapesConfig, generate_samples
     from seganswer_cli.model import SegAnswerModel
-    from seganswer_cli.train.loop import enable_activation_checkpointing
     from seganswer_cli.train.stage1 import setup_trainable, stage1_inputs
+    from seganswer_cli.train.stage_setup import enable_activation_checkpointing
 
     samples = list(generate_samples("refseg", 2, ShapesConfig(width=64, height=64, min_size=16, max_size=32)))
     results = []
@@ -242,7 +250,7 @@ def test_standin_trains_every_weight_then_stage1_freezes_sam_encoder(shapes_spli
     assert len(masks) == 2 and int((sequence.input_ids[sequence.target_mask] == model.token_ids.seg).sum()) == 2
     assert not np.array_equal(masks[0], masks[1]) and np.array_equal(masks[0], sample.mask.decode())
     # echo: the word after <|seg|> is the expression's, so the <|seg|> state must carry the expression
-    from seganswer_cli.train.stage1 import echo_response
+    from seganswer_cli.model.conversation import echo_response
 
     assert echo_response("the red star") == "It is <|seg|> red star."
     (sequence,), _, _ = stage1_inputs(model, [sample], echo=True)
@@ -303,7 +311,8 @@ def test_points_phase_trains_sam_alone_from_clicks(shapes_split, tmp_path):
 def test_masks_follow_the_expression(lora_run):
     """Two expressions naming different shapes of one image must give different masks."""
     from seganswer_cli.data import ShapesConfig
-    from seganswer_cli.data.synthetic import generate_samples, more_expressions
+    from seganswer_cli.data.shapes_datasets import generate_samples
+    from seganswer_cli.data.shapes_language import more_expressions
     from seganswer_cli.model import SegAnswerModel
 
     model = SegAnswerModel.from_pretrained(lora_run[1] / "model")
@@ -342,7 +351,7 @@ def test_click_prompts_segment_through_sams_prompt_encoder():
     from PIL import Image
 
     image = Image.new("RGB", (60, 40))
-    seq = model.stage1_sequence(model.global_view(image), "the red square")
+    seq = stage1_sequence(model, model.global_view(image), "the red square")
     out = model([seq], [image], [[mask]])
     parts = model.point_prompt_losses(out.image_embeddings, out.mask_rows, [[mask]], [clicks[0][:1]])
     assert set(parts) == {"focal", "dice", "iou", "object_score"}

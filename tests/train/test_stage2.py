@@ -27,6 +27,7 @@ from seganswer_cli.data import ShapesConfig, VQASample, write_synthetic
 from seganswer_cli.data.samples import ImageRef
 from seganswer_cli.errors import UsageError
 from seganswer_cli.model import tokens
+from seganswer_cli.model.conversation import reasoning_sequence, seg_request
 from seganswer_cli.model.sequence import IGNORE_INDEX
 from seganswer_cli.train import runs
 from seganswer_cli.train.stage2 import (
@@ -271,7 +272,7 @@ def test_seg_loss_trains_the_seg_state_towards_the_annotated_region(stage1_model
     # a row whose image is None trains its tokens only; seg_loss 0 is the LM loss alone
     sample = next(iter(open_dataset(eight)))
     image = sample.image.load()
-    seq = before.stage2_sequence(before.global_view(image), sample.question, sample.answer,
+    seq = reasoning_sequence(before, before.global_view(image), sample.question, sample.answer,
                                  view=before.second_look(image, sample.region(), mode="mask")[0])
     from seganswer_cli.train.stage2 import segmentation_weights
 
@@ -306,6 +307,32 @@ def test_resume_after_kill_equals_uninterrupted_run(stage1_model, vqa_split, tmp
     if masks == "precomputed":
         assert len(cache[0].read_text().splitlines()) > 0
         assert all(r["pass1_s"] < 5 for r in runs.MetricsLog(tmp_path / "full" / "metrics.jsonl").read())
+
+
+def test_mask_cache_cut_by_a_kill_is_repaired_not_appended_onto(vqa_split, tmp_path):
+    """A kill mid-write leaves the cache's last line cut: the next start skips it, cuts it off and
+    computes that mask again on a fresh line."""
+    from accelerate import Accelerator
+
+    from seganswer_cli.data import open_dataset
+    from seganswer_cli.model import SegAnswerModel
+    from seganswer_cli.train.stage2 import precompute_masks, read_mask_cache, sample_key
+
+    model = SegAnswerModel.from_preset("tiny").eval()
+    samples = open_dataset(vqa_split[0]).take(3)
+    planned = [Drawn(i, s, s.question, s.answer, direct=False) for i, s in enumerate(samples)]
+    cfg, accelerator, folder = Stage2Config(batch_size=2), Accelerator(cpu=True), tmp_path / "masks"
+    first = precompute_masks(model, planned, folder, accelerator, cfg, resume=False, show=False)
+    (path,) = folder.glob("masks-rank*.jsonl")
+    lines = path.read_text().splitlines(keepends=True)
+    assert len(lines) == 3
+    path.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # killed while writing the third
+    assert set(read_mask_cache(folder)) == {sample_key(s) for s in samples[:2]}
+    again = precompute_masks(model, planned, folder, accelerator, cfg, resume=False, show=False)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert path.read_text().endswith("\n") and len(records) == 3
+    assert [r["key"] for r in records] == [sample_key(s) for s in samples]
+    assert first.keys() == again.keys() and all(np.array_equal(first[k], again[k]) for k in first)
 
 
 # ---------------------------------------------------------------------- bad input
@@ -380,7 +407,6 @@ def same_question_split(tmp_path_factory):
 def test_too_long_conversations_are_skipped_or_truncated(stage1_model, same_question_split, tmp_path, too_long):
     from seganswer_cli.data import open_dataset
     from seganswer_cli.model import SegAnswerModel
-    from seganswer_cli.train.stage2 import seg_prefix
 
     model = SegAnswerModel.from_pretrained(stage1_model)
     sample = open_dataset(same_question_split).take(1)[0]
@@ -388,7 +414,7 @@ def test_too_long_conversations_are_skipped_or_truncated(stage1_model, same_ques
     dense = model.global_view(image)
     full = build_example(model, Drawn(0, sample, sample.question, "red", direct=False), image, dense,
                          np.ones((image.height, image.width), bool)).sequence
-    limit = len(seg_prefix(model, dense, sample.question)) + 10  # Response 1 fits, the segmented region does not
+    limit = len(seg_request(model, dense, sample.question)) + 10  # Response 1 fits, the segmented region does not
     cut = truncate_sequence(full, limit)
     assert len(cut) < limit and len(cut.visuals) == 1  # cut before the region's <|vision_start|>
     assert int(full.input_ids[len(cut)]) == model.token_ids.vision_start

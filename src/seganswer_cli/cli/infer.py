@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from seganswer_cli import jsonl
 from seganswer_cli.cli.options import (
     DEFAULT_MODEL,
     DeviceOpt,
@@ -132,17 +133,10 @@ def _read_batch(path: Path) -> tuple[list[dict], list[str]]:
 
 
 def _done_ids(out: Path) -> set[str]:
-    if not out.exists():
-        return set()
-    done = set()
-    for line in out.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill: that question is answered again
-        if "answer" in rec and "error" not in rec:
-            done.add(str(rec["id"]))
-    return done
+    """Ids answered in ``out`` (a line cut by a kill is skipped: that question is answered again;
+    a failed question has an ``error`` record and is tried again)."""
+    return {str(rec["id"]) for rec in jsonl.read_records(out, require=("id",))
+            if "answer" in rec and "error" not in rec}
 
 
 def _infer_batch(batch: Path, out: Path, model: str, settings, batch_size: int, device: str, dtype: str, quiet: bool) -> None:
@@ -163,7 +157,7 @@ def _infer_batch(batch: Path, out: Path, model: str, settings, batch_size: int, 
     loop = ReasoningLoop(load_model(model, device, dtype), settings) if todo else None
     failures = len(errors)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a", encoding="utf-8") as sink, Progress(
+    with jsonl.JsonlAppender(out) as sink, Progress(
         TextColumn("answering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=err_console, disable=quiet,
     ) as progress:
@@ -177,14 +171,13 @@ def _infer_batch(batch: Path, out: Path, model: str, settings, batch_size: int, 
                 except SegAnswerError as e:
                     failures += 1
                     err_console.print(f"[red]failed[/] {batch}:{q['line']} (id {q['id']}): {e}", highlight=False)
-                    sink.write(json.dumps({"id": q["id"], "error": str(e)}) + "\n")
+                    sink.write({"id": q["id"], "error": str(e)})
                     progress.advance(task)
             if chunk:
                 trajs = loop.run(images, [q["question"] for q in chunk])
                 for q, traj in zip(chunk, trajs):
-                    sink.write(json.dumps(trajectory_record(traj, id=q["id"], image=str(q["image"]))) + "\n")
+                    sink.write(trajectory_record(traj, id=q["id"], image=str(q["image"])))
                     progress.advance(task)
-            sink.flush()
     answered = len(_done_ids(out))
     err_console.print(f"{answered} answered · {failures} failed · answers in {out}", highlight=False)
     if failures:

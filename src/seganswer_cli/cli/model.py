@@ -10,25 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from seganswer_cli.cli.options import JsonOpt
+from seganswer_cli.cli.options import DTYPES, JsonOpt, resolve_dtype
 from seganswer_cli.errors import UsageError
 
 app = typer.Typer(help="Model folders: create one from a preset, describe one.", no_args_is_help=True)
 console = Console()
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
-def resolve_dtype(name: str):
-    """``auto`` -> None (the checkpoint's own dtype); otherwise the torch dtype of that name."""
-    if name not in DTYPES:
-        raise UsageError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
-    if name == "auto":
-        return None
-    import torch
-
-    return getattr(torch, name)
-
 
 def describe(model) -> dict:
     """Facts about a loaded model, for ``model info`` and for run folders."""

@@ -34,7 +34,8 @@ ModelDefaultOpt = Annotated[
         show_default=False,
     ),
 ]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="Weights dtype: auto, float32, bfloat16, float16.")]
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DtypeOpt = Annotated[str, typer.Option("--dtype", help=f"Weights dtype: {', '.join(DTYPES)}.")]
 
 
 def resolve_device(name: str):
@@ -54,9 +55,21 @@ def resolve_device(name: str):
     return device
 
 
+def resolve_dtype(name: str):
+    """``auto`` -> None (the checkpoint's own dtype); otherwise the torch dtype of that name."""
+    from seganswer_cli.errors import UsageError
+
+    if name not in DTYPES:
+        raise UsageError(f"unknown dtype {name!r}; expected one of {', '.join(DTYPES)}")
+    if name == "auto":
+        return None
+    import torch
+
+    return getattr(torch, name)
+
+
 def load_model(spec: str, device: str = "auto", dtype: str = "auto"):
     """A ``SegAnswerModel`` from a folder or preset name, on ``device``, in eval mode."""
-    from seganswer_cli.cli.model import resolve_dtype
     from seganswer_cli.model import SegAnswerModel
 
     torch_dtype = resolve_dtype(dtype)

@@ -1,12 +1,15 @@
 """``seganswer train-stage1`` (pixel grounding, one phase per run), ``seganswer merge-lora``,
 ``seganswer train-stage2`` (interleaved SFT) and ``seganswer train-stage3`` (DAPO).
 
-Thin: flags become config overrides (flags > ``--config`` YAML > defaults), the run folder policy is
-checked before anything heavy loads, then ``seganswer_cli.train`` does the work.
+Thin: the flags people type daily and any other setting through ``--set KEY=VALUE`` become config
+overrides (flags and ``--set`` > ``--config`` YAML > defaults, one validation for all), the run
+folder policy is checked before anything heavy loads (``--continue`` lets the folder decide: skip a
+finished run, resume a checkpointed one, start otherwise), then ``seganswer_cli.train`` does the work.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +23,11 @@ Opt = typer.Option
 RunOutOpt = Annotated[Path, Opt("--out", "-o", help="Run folder (settings, metrics.jsonl, checkpoints/, model/).")]
 ResumeOpt = Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")]
 OverwriteOpt = Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")]
+ContinueOpt = Annotated[bool, Opt("--continue", help="Let --out decide: a finished run is left as it is (exit 0), "
+                                  "a checkpointed one resumes, an empty or unstarted one starts.")]
+SetOpt = Annotated[list[str] | None, Opt("--set", metavar="KEY=VALUE",
+                                         help="Any setting of the stage's config, dotted (optim.weight_decay=0.01, "
+                                              "lora.rank=16); repeat. Checked like the YAML.")]
 SamLrOpt = Annotated[float | None, Opt("--sam-lr", help="Peak learning rate of SAM 2.1's trainable parameters "
                                        "(default: the config's sam_lr, else --lr).")]
 BatchSizeOpt = Annotated[int | None, Opt("--batch-size", help="Samples per process per micro-step.")]
@@ -35,35 +43,72 @@ SegValDataOpt = Annotated[str | None, Opt("--val-data", help="Held-out referring
                                           "for gIoU/cIoU.")]
 
 
-def checked_config(cls, config: str | None, overrides: dict, out: Path, *, resume: bool, overwrite: bool,
-                   what_data: str):
-    """Flags over YAML over defaults, then the cheap checks every stage makes before any heavy import:
-    the run-folder policy, data given, the starting model a preset or an existing folder."""
+#: Flags whose setting has another name in the config.
+FLAG_SETTINGS = {"lr": "optim.lr", "rollouts": "rollouts_per_prompt"}
+#: Parameters of a training command that are not settings.
+NOT_SETTINGS = ("out", "config", "resume", "overwrite", "continue_", "set_", "quiet", "stop_after_step")
+
+
+def flag_overrides(params: dict) -> dict:
+    """The settings a command's flags give, as dotted config keys (None: the flag was not given)."""
+    return {FLAG_SETTINGS.get(k, k): (v or None if k == "data" else v) for k, v in params.items()
+            if k not in NOT_SETTINGS}
+
+
+def launch(cls, params: dict, *, what_data: str, train, check=None) -> None:
+    """One training command: ``params`` (the command's arguments) over the YAML over the defaults,
+    the run-folder decision and the cheap checks before any heavy import (data given, the starting
+    model a preset or an existing folder, ``check(cfg)`` for a new run), then ``train(cfg, out, ...)``."""
     from seganswer_cli.config import load_config
     from seganswer_cli.errors import ModelFolderError, UsageError
     from seganswer_cli.model.presets import PRESETS
-    from seganswer_cli.train.runs import check_run_folder
+    from seganswer_cli.train import runs
 
-    cfg = load_config(cls, config, overrides)
-    check_run_folder(out, resume=resume, overwrite=overwrite)
+    out, resume, overwrite = params["out"], params["resume"], params["overwrite"]
+    cfg = load_config(cls, params["config"], flag_overrides(params), params["set_"])
+    if params["continue_"]:
+        if resume or overwrite:
+            raise UsageError("--continue decides by itself whether to resume or start; give it without "
+                             "--resume/--overwrite")
+        decision = runs.continue_decision(out, stage=cfg.stage, phase=getattr(cfg, "phase", None))
+        print(f"{out}: {decision.message}", file=sys.stderr)
+        if decision.action == "finished":
+            return
+        resume, overwrite = decision.action == "resume", decision.action == "restart"
+    runs.check_run_folder(out, resume=resume, overwrite=overwrite)
     if not resume:
         if not cfg.data:
             raise UsageError(f"no {what_data}: give --data NAME=PATH[:weight] (or `data:` in --config)")
         if cfg.model and cfg.model not in PRESETS and not Path(cfg.model).exists():  # None: the stage says what it needs
             raise ModelFolderError(f"model folder not found: {cfg.model} (and it is not a preset: {', '.join(PRESETS)})")
-    return cfg
+        if check is not None:
+            check(cfg)
+    train(cfg, out, resume=resume, overwrite=overwrite, quiet=params["quiet"],
+          stop_after_step=params["stop_after_step"])
 
 
-def run_stage1_command(config: str | None, overrides: dict, out: Path, *, resume: bool, overwrite: bool, quiet: bool,
-                       stop_after_step: int | None) -> None:
-    """train-stage1 and pretrain-standin: one Stage 1 run from flags over YAML over defaults."""
-    from seganswer_cli.config import Stage1Config
+def run_stage1(cfg, out, **kwargs) -> None:
+    from seganswer_cli.train.stage1 import train_stage1 as run
 
-    cfg = checked_config(Stage1Config, config, overrides, out, resume=resume, overwrite=overwrite,
-                         what_data="training data")
-    from seganswer_cli.train.stage1 import train_stage1 as run_stage1
+    run(cfg, out, **kwargs)
 
-    run_stage1(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)
+
+def run_stage2(cfg, out, **kwargs) -> None:
+    from seganswer_cli.train.stage2 import train_stage2 as run
+
+    run(cfg, out, **kwargs)
+
+
+def run_stage3(cfg, out, **kwargs) -> None:
+    from seganswer_cli.train.stage3 import train_stage3 as run
+
+    run(cfg, out, **kwargs)
+
+
+def check_stage2_start(cfg) -> None:
+    from seganswer_cli.train.stage2 import check_starting_model
+
+    check_starting_model(cfg)
 
 
 def train_stage1(
@@ -76,6 +121,8 @@ def train_stage1(
     config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: stage1-tiny, stage1-7b.")] = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
+    continue_: ContinueOpt = False,
+    set_: SetOpt = None,
     max_steps: MaxStepsOpt = None,
     epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture (default: paper's 5 / 3).")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (default: paper's 1e-3 / 2e-5).")] = None,
@@ -93,14 +140,10 @@ def train_stage1(
     stop_after_step: StopAfterOpt = None,
 ) -> None:
     """Stage 1 pixel grounding: train the projector (phase projector), then LoRA + projector + SAM decoder (phase lora)."""
-    overrides = {
-        "model": model, "data": data or None, "val_data": val_data, "phase": phase, "max_steps": max_steps,
-        "epochs": epochs, "optim.lr": lr, "sam_lr": sam_lr, "batch_size": batch_size, "grad_accum": grad_accum,
-        "save_every": save_every, "eval_every": eval_every, "seed": seed, "mixed_precision": mixed_precision,
-        "gradient_checkpointing": gradient_checkpointing, "mllm_path": mllm_path, "sam_path": sam_path,
-    }
-    run_stage1_command(config, overrides, out, resume=resume, overwrite=overwrite, quiet=quiet,
-                       stop_after_step=stop_after_step)
+    params = dict(locals())
+    from seganswer_cli.config import Stage1Config
+
+    launch(Stage1Config, params, what_data="training data", train=run_stage1)
 
 
 def pretrain_standin(
@@ -114,6 +157,8 @@ def pretrain_standin(
                                               "from one click: its promptable pretraining, run first).")] = "standin",
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
+    continue_: ContinueOpt = False,
+    set_: SetOpt = None,
     max_steps: MaxStepsOpt = None,
     epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture.")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Peak learning rate.")] = None,
@@ -128,17 +173,14 @@ def pretrain_standin(
 ) -> None:
     """The demo's stand-in for pretraining (not a paper stage): every weight of a random model trains on
     shapes-world segmentation and questions, so that Stage 1 starts from a model that can see and segment."""
+    params = dict(locals())
     if phase not in ("standin", "points"):
         from seganswer_cli.errors import UsageError
 
         raise UsageError(f"--phase {phase!r}: pretrain-standin runs phase standin or points (train-stage1 runs the others)")
-    overrides = {
-        "model": model, "data": data or None, "val_data": val_data, "phase": phase, "max_steps": max_steps,
-        "epochs": epochs, "optim.lr": lr, "sam_lr": sam_lr, "batch_size": batch_size, "grad_accum": grad_accum,
-        "save_every": save_every, "eval_every": eval_every, "seed": seed,
-    }
-    run_stage1_command(config, overrides, out, resume=resume, overwrite=overwrite, quiet=quiet,
-                       stop_after_step=stop_after_step)
+    from seganswer_cli.config import Stage1Config
+
+    launch(Stage1Config, params, what_data="training data", train=run_stage1)
 
 
 def merge_lora(
@@ -171,6 +213,8 @@ def train_stage3(
     config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: stage3-tiny, stage3-7b.")] = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
+    continue_: ContinueOpt = False,
+    set_: SetOpt = None,
     max_steps: Annotated[int | None, Opt("--max-steps", help="Rollout-and-update steps (overrides --epochs).")] = None,
     epochs: Annotated[float | None, Opt("--epochs", help="Passes over the prompts (paper: 1).")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Learning rate (paper: 2e-5).")] = None,
@@ -188,20 +232,10 @@ def train_stage3(
     stop_after_step: StopAfterOpt = None,
 ) -> None:
     """Stage 3 reasoning with pixel grounding: DAPO on multi-turn segmented rollouts (reward 0.8 acc + 0.2 format)."""
+    params = dict(locals())
     from seganswer_cli.config import Stage3Config
 
-    overrides = {
-        "model": model, "data": data or None, "max_steps": max_steps, "epochs": epochs, "optim.lr": lr,
-        "prompts_per_step": prompts_per_step, "rollouts_per_prompt": rollouts, "temperature": temperature,
-        "max_new_tokens": max_new_tokens, "mini_batches": mini_batches, "kl_coef": kl_coef,
-        "save_every": save_every, "seed": seed, "mixed_precision": mixed_precision,
-        "gradient_checkpointing": gradient_checkpointing,
-    }
-    cfg = checked_config(Stage3Config, config, overrides, out, resume=resume, overwrite=overwrite,
-                         what_data="prompt data")
-    from seganswer_cli.train.stage3 import train_stage3 as run_stage3
-
-    run_stage3(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)
+    launch(Stage3Config, params, what_data="prompt data", train=run_stage3)
 
 
 def train_stage2(
@@ -226,6 +260,8 @@ def train_stage2(
                                                       help="Accept a starting model that is not a Stage 1 output.")] = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
+    continue_: ContinueOpt = False,
+    set_: SetOpt = None,
     max_steps: MaxStepsOpt = None,
     epochs: Annotated[float | None, Opt("--epochs", help="Passes over the mixture (paper: 1).")] = None,
     lr: Annotated[float | None, Opt("--lr", help="Peak learning rate (paper: 2e-6).")] = None,
@@ -239,21 +275,7 @@ def train_stage2(
     stop_after_step: StopAfterOpt = None,
 ) -> None:
     """Stage 2 interleaved SFT: segment with the model's own <|seg|>, look at the region, answer; full MLLM tuned."""
+    params = dict(locals())
     from seganswer_cli.config import Stage2Config
 
-    overrides = {
-        "model": model, "data": data or None, "masks": masks, "direct_share": direct_share,
-        "region_share": region_share, "seg_loss": seg_loss, "freeze_vision": freeze_vision, "max_length": max_length, "too_long": too_long,
-        "allow_untrained_start": allow_untrained_start, "max_steps": max_steps, "epochs": epochs, "optim.lr": lr,
-        "batch_size": batch_size, "grad_accum": grad_accum, "save_every": save_every, "seed": seed,
-        "mixed_precision": mixed_precision, "gradient_checkpointing": gradient_checkpointing,
-    }
-    cfg = checked_config(Stage2Config, config, overrides, out, resume=resume, overwrite=overwrite,
-                         what_data="training data")
-    if not resume:
-        from seganswer_cli.train.stage2 import check_starting_model
-
-        check_starting_model(cfg)
-    from seganswer_cli.train.stage2 import train_stage2 as run_stage2
-
-    run_stage2(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet, stop_after_step=stop_after_step)
+    launch(Stage2Config, params, what_data="training data", train=run_stage2, check=check_stage2_start)

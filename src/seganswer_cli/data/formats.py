@@ -1,9 +1,9 @@
-"""Every readable format by name, format detection, and ``open_dataset`` (the one entry point).
+"""Every readable format by name, format detection, and ``open_dataset`` (the one entry point)::
 
->>> from seganswer_cli.data import open_dataset           # doctest: +SKIP
->>> ds = open_dataset("data/refer_seg", "refcocog", split="train")
->>> for sample in ds: ...                                 # SegSample / VQASample
->>> print(ds.errors.summary())                            # records skipped with on_error="skip"
+    from seganswer_cli.data import open_dataset
+    ds = open_dataset("data/refer_seg", "refcocog", split="train")
+    for sample in ds: ...                                 # SegSample / VQASample
+    print(ds.errors.summary())                            # records skipped with on_error="skip"
 """
 
 from __future__ import annotations

@@ -43,25 +43,43 @@ def parse_data_spec(text: str) -> DataSpec:
     >>> parse_data_spec("mine=./shapes").format is None
     True
     """
+    name, rest, weight_text = _split_data_spec(text)
+    weight = float(weight_text) if weight_text is not None else 1.0
+    if not math.isfinite(weight) or weight <= 0:
+        raise UsageError(f"--data {text.strip()!r}: weight must be a positive number, got {weight:g}")
+    if not rest:
+        raise UsageError(f"--data {text.strip()!r}: missing PATH; expected NAME=PATH[:weight]")
+    path = Path(rest).expanduser()
+    if not name:
+        name = path.name or str(path)
+    return DataSpec(name=name, path=path, weight=weight, format=name if name in FORMATS else None)
+
+
+def with_data_path(text: str, path: str) -> str:
+    """The ``--data`` value ``text`` with its PATH replaced; its NAME and weight as written.
+
+    >>> with_data_path("rl=/runs/demo/data/rl:2", "../data/rl")
+    'rl=../data/rl:2'
+    >>> with_data_path("/runs/demo/data/rl", "../data/rl")
+    '../data/rl'
+    """
+    name, _, weight_text = _split_data_spec(text)
+    return (f"{name}=" if name else "") + path + (f":{weight_text}" if weight_text is not None else "")
+
+
+def _split_data_spec(text: str) -> tuple[str, str, str | None]:
+    """``NAME=PATH[:weight]`` as ``(name, path text, weight text)``: name empty when not given,
+    weight None when not given."""
     text = text.strip()
     if not text:
         raise UsageError("empty --data value; expected NAME=PATH[:weight]")
     name, sep, rest = text.partition("=")
     if not sep:
         name, rest = "", text
-    name = name.strip()
-    weight = 1.0
     head, colon, tail = rest.rpartition(":")
     if colon and head and _is_number(tail):
-        rest, weight = head, float(tail)
-    if not math.isfinite(weight) or weight <= 0:
-        raise UsageError(f"--data {text!r}: weight must be a positive number, got {weight:g}")
-    if not rest:
-        raise UsageError(f"--data {text!r}: missing PATH; expected NAME=PATH[:weight]")
-    path = Path(rest).expanduser()
-    if not name:
-        name = path.name or str(path)
-    return DataSpec(name=name, path=path, weight=weight, format=name if name in FORMATS else None)
+        return name.strip(), head, tail
+    return name.strip(), rest, None
 
 
 def _is_number(text: str) -> bool:

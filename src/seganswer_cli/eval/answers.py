@@ -1,9 +1,10 @@
-"""Rule-based answer extraction and scoring; no model, no judge. Shared by evaluation and the RL reward.
+"""Rule-based answer scoring; no model, no judge. Shared by evaluation and the RL reward.
 
-The model is asked to answer inside ``<answer>...</answer>``. Extraction looks at the text inside the
-*last* such pair (an unclosed last ``<answer>`` also counts, for outputs cut at the token limit); when
-there is no tag it falls back to the whole output. Each result records which rule fired, as
-``"<source>:<method>"`` with source ``tag`` or ``untagged``:
+The answer of an output is ``conversation.answer_of``'s, the one rule the reasoning loop and Stage 3's
+rewards use too: the last model turn's ``<answer>`` content (``tag``), or what follows an ``<answer>``
+never closed (``unclosed``), or the last turn's text (``untagged``). The rules below then read an
+option letter, a yes/no or a short text from it; each result records which rule fired, as
+``"<source>:<method>"``:
 
 Multiple choice (``extract_choice``), first match wins:
   ``letter``        the text is just an option letter: ``B``, ``(B)``, ``B.``, ``B)``, ``[B]`` (any case:
@@ -29,10 +30,7 @@ import string
 from dataclasses import dataclass
 
 from seganswer_cli.eval.items import EvalItem, SampleResult
-
-_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.IGNORECASE | re.DOTALL)
-_OPEN_TAG = re.compile(r"<answer>", re.IGNORECASE)
-_CHAT_TOKEN = re.compile(r"<\|[a-z_]+\|>")
+from seganswer_cli.model.conversation import answer_of
 
 
 @dataclass(frozen=True)
@@ -41,29 +39,6 @@ class Extraction:
 
     value: str | None
     rule: str
-
-
-def answer_span(text: str) -> tuple[str, str]:
-    """(text to extract from, source): the last ``<answer>`` content and ``"tag"``, or the whole
-    output and ``"untagged"``. Chat special tokens (``<|im_end|>``, ``<|seg|>``...) are never part of
-    an answer: they are dropped first.
-
-    >>> answer_span("<think>A?</think><answer>B</answer>")
-    ('B', 'tag')
-    >>> answer_span("<answer>A</answer> wait <answer> C")
-    ('C', 'tag')
-    >>> answer_span("<answer> star.<|im_end|>")
-    ('star.', 'tag')
-    """
-    text = _CHAT_TOKEN.sub(" ", text)
-    closed = list(_ANSWER_TAG.finditer(text))
-    opens = list(_OPEN_TAG.finditer(text))
-    if opens and (not closed or opens[-1].start() > closed[-1].start()):
-        # the last <answer> was never closed (generation stopped): take what follows it
-        return text[opens[-1].end() :].strip(), "tag"
-    if closed:
-        return closed[-1].group(1).strip(), "tag"
-    return text.strip(), "untagged"
 
 
 _LETTER_ALONE = r"[\(\[\{]?\s*([A-Z])\s*[\)\]\}]?"
@@ -85,7 +60,8 @@ def extract_choice(text: str, options: dict[str, str]) -> Extraction:
     >>> extract_choice("<answer>It is blue.</answer>", opts)
     Extraction(value='B', rule='tag:option_text')
     """
-    span, source = answer_span(text)
+    answer = answer_of(text)
+    span, source = answer.value or "", answer.source
     letters = set(options) or set(string.ascii_uppercase[:4])
     for method, found in (
         ("letter", _bare_letter(span, letters)),
@@ -163,7 +139,8 @@ def extract_yes_no(text: str) -> Extraction:
     >>> extract_yes_no("There is not a dog in the image.")
     Extraction(value='no', rule='untagged:negation')
     """
-    span, source = answer_span(text)
+    answer = answer_of(text)
+    span, source = answer.value or "", answer.source
     words = re.findall(r"[a-z']+", span.lower())
     if words and words[0] in ("yes", "no"):
         return Extraction(words[0], f"{source}:yes_no")
@@ -255,8 +232,10 @@ def extract_for(text: str, item: EvalItem) -> Extraction:
         return extract_choice(text, item.options)
     if item.answer_kind == "yesno":
         return extract_yes_no(text)
-    span, source = answer_span(text)
-    return Extraction(span or None, f"{source}:{'number' if item.answer_kind == 'number' else 'exact'}")
+    answer = answer_of(text)
+    if answer.value is None:
+        return Extraction(None, "none")
+    return Extraction(answer.value, f"{answer.source}:{'number' if item.answer_kind == 'number' else 'exact'}")
 
 
 def is_correct(extracted: str | None, item: EvalItem) -> bool:

@@ -26,8 +26,8 @@ from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 from seganswer_cli.eval.metrics import accuracy, hrbench_metrics
-from seganswer_cli.eval.multiple_choice import vlmevalkit_prompt
 from seganswer_cli.eval.reading import is_blank, locate, read_table, require_columns, resolve_image_references
+from seganswer_cli.model.conversation import vlmevalkit_prompt
 
 RESOLUTIONS = ("4k", "8k")
 SPLITS = ("test",)

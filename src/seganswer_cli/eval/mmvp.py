@@ -25,8 +25,8 @@ from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
 from seganswer_cli.eval.metrics import accuracy, mmvp_metrics
-from seganswer_cli.eval.multiple_choice import llava_prompt
 from seganswer_cli.eval.reading import locate, read_csv_rows, require_columns
+from seganswer_cli.model.conversation import llava_prompt
 
 NAME = "mmvp"
 SPLITS = ("test",)

@@ -1,69 +1,11 @@
-"""Multiple-choice prompts as the benchmarks' usual harnesses write them, and option rotation.
-
-VLMEvalKit style (MMBench, HR-Bench): ``Hint: ...`` / ``Question: ...`` / ``Options:`` / ``A. text`` /
-``Please select the correct answer from the options above.``; LLaVA style (V*, MMVP): question, then
-``(A) text`` lines, then ``Answer with the option's letter from the given choices directly.``
+"""Multiple-choice options of the benchmarks: CircularEval's rotation and options listed inside a
+question's text. The prompt layouts (LLaVA's, VLMEvalKit's) are ``model/conversation.py``'s.
 """
 
 from __future__ import annotations
 
 import re
 import string
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from seganswer_cli.data.samples import VQASample
-
-VLMEVALKIT_INSTRUCTION = "Please select the correct answer from the options above."
-LLAVA_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-
-
-def vlmevalkit_prompt(question: str, options: dict[str, str], hint: str | None = None) -> str:
-    """``Hint:``/``Question:``/``Options:`` layout used by VLMEvalKit for MMBench and HR-Bench.
-
-    >>> print(vlmevalkit_prompt("Which?", {"A": "cat", "B": "dog"}))
-    Question: Which?
-    Options:
-    A. cat
-    B. dog
-    Please select the correct answer from the options above.
-    """
-    lines = [f"Hint: {hint}"] if hint else []
-    lines.append(f"Question: {question}")
-    if options:
-        lines.append("Options:")
-        lines += [f"{letter}. {text}" for letter, text in options.items()]
-        lines.append(VLMEVALKIT_INSTRUCTION)
-    return "\n".join(lines)
-
-
-def llava_prompt(question: str, options: dict[str, str]) -> str:
-    """Question, ``(A) text`` lines, then the LLaVA letter instruction (V*'s own jsonl prompt)."""
-    lines = [question] + [f"({letter}) {text}" for letter, text in options.items()]
-    return "\n".join(lines + [LLAVA_INSTRUCTION])
-
-
-def prompt_and_answer(sample: VQASample) -> tuple[str, str]:
-    """The question as the model is asked it and the answer it should give: multiple choice in the
-    LLaVA style answered with the option's letter, free text asked as-is and answered with the
-    answer itself. ``shapes-vqa`` builds its prompts with it and Stage 2 its training turns, so
-    what Stage 2 teaches is what the benchmark asks.
-
-    >>> from seganswer_cli.data.samples import ImageRef, VQASample
-    >>> image = ImageRef(data=b"png", name="x")
-    >>> prompt_and_answer(VQASample("1", image, "Which colour?", "blue", "t", ["red", "blue"], "B"))[1]
-    'B'
-    >>> prompt_and_answer(VQASample("2", image, "Which colour?", "blue", "t"))
-    ('Which colour?', 'blue')
-    """
-    if sample.options:
-        return llava_prompt(sample.question, lettered(sample.options)), str(sample.answer_letter)
-    return sample.question, sample.answer
-
-
-def lettered(choices: list[str]) -> dict[str, str]:
-    """``["cat", "dog"]`` -> ``{"A": "cat", "B": "dog"}``."""
-    return dict(zip(string.ascii_uppercase, choices, strict=False))
 
 
 def rotate(options: dict[str, str], answer: str, shift: int) -> tuple[dict[str, str], str]:

@@ -23,10 +23,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from seganswer_cli.errors import DataError, UsageError
-from seganswer_cli.eval.answers import answer_span, extract_yes_no
+from seganswer_cli.eval.answers import extract_yes_no
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
 from seganswer_cli.eval.metrics import pope_metrics
 from seganswer_cli.eval.reading import candidate_folders, locate, read_json_records
+from seganswer_cli.model.conversation import answer_of
 
 NAME = "pope"
 SETTINGS = ("random", "popular", "adversarial")
@@ -79,7 +80,7 @@ def score(prediction_text: str, item: EvalItem) -> SampleResult:
     """Yes/no extraction with POPE's default-to-yes rule; correct when it equals the label."""
     extraction = extract_yes_no(prediction_text)
     value, rule = extraction.value, extraction.rule
-    if value is None and answer_span(prediction_text)[0]:
+    if value is None and answer_of(prediction_text).value is not None:
         # POPE's official evaluation counts any answer without a negation as "yes"
         value, rule = "yes", "pope_default_yes"
     return SampleResult(

@@ -40,6 +40,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from seganswer_cli import jsonl
 from seganswer_cli.errors import DataError, UsageError, read_json
 from seganswer_cli.eval import BenchmarkSpec
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
@@ -199,16 +200,15 @@ class EvalRun:
             predict = self._qa_batches if self.spec.task == "qa" else self._mask_batches
             order = {item.id: index for index, item in enumerate(self.items)}
             vis_left = save_vis
-            with (self.folder / PREDICTIONS).open("a", encoding="utf-8") as sink:
+            with jsonl.JsonlAppender(self.folder / PREDICTIONS) as sink:
                 for start in range(0, len(todo), batch_size):
                     batch = todo[start : start + batch_size]
                     for item, record, figure in predict(model, batch, want_vis=vis_left > 0):
-                        sink.write(json.dumps(_jsonable(record), ensure_ascii=False) + "\n")
+                        sink.write(_jsonable(record))
                         self.done[item.id] = record
                         if figure is not None and vis_left > 0:
                             vis_left -= 1
                             self._save_figure(figure(), order[item.id], item.id, record["correct"])
-                    sink.flush()
                     if on_batch is not None:
                         on_batch(len(batch), running_note(self.spec, self.results()))
         summary = self.summary()
@@ -386,31 +386,13 @@ def mask_figure(image, mask, item: EvalItem, result: SampleResult):
 def read_predictions(path: Path, *, repair: bool = True) -> dict[str, dict]:
     """id -> record of every complete line of ``predictions.jsonl`` (empty when there is none).
 
-    A last line without its newline was cut by a kill: with ``repair`` it is removed from the file (so
-    the next append starts on a fresh line) and that sample is evaluated again; readers that only look
-    (``eval sheet``, maybe while the run goes on) pass ``repair=False`` and skip it. A broken line
-    elsewhere is an error.
+    A last line without its newline was cut by a kill (``seganswer_cli.jsonl``'s rules): with ``repair``
+    it is removed from the file and that sample is evaluated again; readers that only look (``eval
+    sheet``, maybe while the run goes on) pass ``repair=False`` and skip it. A broken line elsewhere,
+    or one without ``id`` and ``correct``, is a ``DataError``.
     """
-    path = Path(path)
-    if not path.exists():
-        return {}
-    raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    if repair and len(complete) != len(raw):
-        with path.open("r+b") as handle:
-            handle.truncate(len(complete))
-    done: dict[str, dict] = {}
-    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {number} is not JSON ({e}); fix or remove it to resume") from None
-        if not isinstance(record, dict) or "id" not in record or "correct" not in record:
-            raise DataError(f"{path}: line {number} is not a prediction record (no 'id' or 'correct')")
-        done[str(record["id"])] = record
-    return done
+    read = jsonl.repair if repair else jsonl.read_records
+    return {str(record["id"]): record for record in read(path, require=("id", "correct"))}
 
 
 def _check_run_file(folder: Path, settings: RunSettings) -> dict[str, Any]:

@@ -20,9 +20,9 @@ from seganswer_cli.errors import DataError
 from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 from seganswer_cli.eval.metrics import accuracy_summary
-from seganswer_cli.eval.multiple_choice import lettered, prompt_and_answer
 from seganswer_cli.eval.shapes import DEFAULT_SPLIT, SPLITS, image_of, read_samples
 from seganswer_cli.masks import encode_rle
+from seganswer_cli.model.conversation import lettered, prompt_and_answer
 
 NAME = "shapes-vqa"
 __all__ = ["DEFAULT_SPLIT", "SPLITS", "read", "score", "summarize"]

@@ -24,8 +24,9 @@ from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
 from seganswer_cli.eval.metrics import accuracy_summary
-from seganswer_cli.eval.multiple_choice import LLAVA_INSTRUCTION, split_inline_options
+from seganswer_cli.eval.multiple_choice import split_inline_options
 from seganswer_cli.eval.reading import locate, read_json_records
+from seganswer_cli.model.conversation import LLAVA_INSTRUCTION
 
 NAME = "visulogic"
 SPLITS = ("test",)

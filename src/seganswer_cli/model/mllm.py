@@ -49,6 +49,12 @@ class TokenIds:
             pad=pad,
         )
 
+    @property
+    def visual_placeholders(self) -> tuple[int, ...]:
+        """Tokens that stand for visual input (``<|image_pad|>``, ``<|vision_start|>``, ...): the
+        sequence code places them with their features and positions; the model never generates them."""
+        return (self.image_pad, self.video_pad, self.vision_start, self.vision_end)
+
 
 def add_seg_token(mllm, processor) -> int:
     """Add ``<|seg|>`` to the tokenizer (as a special token) and grow the embeddings; return its id.

@@ -30,6 +30,7 @@ from torch import nn
 from seganswer_cli import __version__
 from seganswer_cli.errors import ModelFolderError, SegTokenError, UsageError, read_json
 from seganswer_cli.model import tokens
+from seganswer_cli.model.conversation import stage1_sequence
 from seganswer_cli.model.losses import LossWeights, mask_losses, total_loss
 from seganswer_cli.model.mask_decoder import ImageEmbeddings, MaskPrediction, SamMaskDecoder, upsample_logits
 from seganswer_cli.model.mllm import TokenIds
@@ -264,31 +265,6 @@ class SegAnswerModel(nn.Module):
     def builder(self) -> SequenceBuilder:
         return SequenceBuilder(self.tokenizer, self.token_ids)
 
-    def chat_sequence(self, image: DenseImage, prompt: str, response: str) -> Sequence:
-        """One exchange: image + ``prompt`` -> ``response`` (the target tokens)."""
-        b = self.builder().system()
-        b.user(prompt, image=image)
-        return b.assistant(response).build()
-
-    def stage1_sequence(self, image: DenseImage, expression: str, response: str = tokens.STAGE1_RESPONSE) -> Sequence:
-        """The paper's Stage 1 conversation: image + ``Segment the "..." in the image.`` -> ``It is <|seg|>.``"""
-        return self.chat_sequence(image, tokens.stage1_prompt(expression), response)
-
-    def stage2_sequence(self, image: DenseImage, question: str, answer: str,
-                        view: SegmentedView | list[SegmentedView] | None = None) -> Sequence:
-        """The paper's Stage 2 conversation: Prompt 1 (image + question + instruction) -> Response 1
-        (``... observe <|seg|>.``) -> Prompt 2 (the segmented view) -> Response 2 (``<answer> ... </answer>.``).
-
-        With ``view=None`` the model answers directly (Response 1 is the answer): segmenting is a choice.
-        The turns are laid out exactly as the reasoning loop lays them out at inference.
-        """
-        b = self.builder().system()
-        b.user(tokens.reasoning_prompt(question), image=image)
-        if view is not None:
-            b.assistant(tokens.SEG_RESPONSE)
-            b.user("", view=view)
-        return b.assistant(tokens.answer_response(answer)).build()
-
     def collate(self, sequences: list[Sequence], *, padding_side: str = "right") -> Batch:
         return collate(sequences, self.token_ids.pad, padding_side=padding_side)
 
@@ -477,7 +453,7 @@ class SegAnswerModel(nn.Module):
 
         Returns per pair the bool ``(H, W)`` mask, the predicted IoU and the object score (probability).
         """
-        sequences = [self.stage1_sequence(self.global_view(img), expr) for img, expr in zip(images, expressions)]
+        sequences = [stage1_sequence(self, self.global_view(img), expr) for img, expr in zip(images, expressions)]
         out = self.forward(sequences, images)
         results = []
         for img, pred in zip(images, out.masks):

@@ -180,8 +180,12 @@ class SequenceBuilder:
         return self.text(text + tokens.turn_close() + tokens.assistant_turn_open())
 
     def assistant(self, text: str) -> SequenceBuilder:
-        """The model's reply and its ``<|im_end|>`` (both targets), then the newline (not a target)."""
+        """The model's reply and its ``<|im_end|>`` (both targets), then ``after_reply``."""
         self.text(text + tokens.IM_END, target=True)
+        return self.after_reply()
+
+    def after_reply(self) -> SequenceBuilder:
+        """The newline that follows a reply's ``<|im_end|>`` (not a target), given or generated."""
         return self.text("\n")
 
     def ids_from(self, start: int) -> list[int]:

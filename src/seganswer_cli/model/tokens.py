@@ -1,12 +1,10 @@
 """The ``<|seg|>`` token, the answer tags, the chat format and the paper's prompt templates.
 
-Defined once here; training (all three stages), the reasoning loop and evaluation build their
-text from these functions, so a prompt cannot drift between training and inference.
+Defined once here; ``conversation.py`` lays the turns out from them for training (all three
+stages), the reasoning loop and evaluation, so a prompt cannot drift between training and inference.
 """
 
 from __future__ import annotations
-
-import re
 
 #: The segmentation token: its last-layer hidden state becomes SAM 2.1's sparse prompt.
 SEG_TOKEN = "<|seg|>"
@@ -58,21 +56,6 @@ def reasoning_prompt(question: str) -> str:
 def answer_response(answer: str) -> str:
     """Response 2: the final answer inside the answer tags."""
     return f"{ANSWER_OPEN} {answer.strip()} {ANSWER_CLOSE}."
-
-
-_ANSWER_RE = re.compile(re.escape(ANSWER_OPEN) + r"(.*?)" + re.escape(ANSWER_CLOSE), re.DOTALL)
-
-
-def extract_tagged_answer(text: str) -> str | None:
-    """The text inside the last ``<answer>...</answer>`` pair, stripped; ``None`` when there is none.
-
-    >>> extract_tagged_answer("It is <|seg|>. <answer> B </answer>.")
-    'B'
-    >>> extract_tagged_answer("no tags") is None
-    True
-    """
-    found = _ANSWER_RE.findall(text)
-    return found[-1].strip() if found else None
 
 
 # -- Chat format (Qwen2.5-VL's template, written out so token positions are under our control) ---

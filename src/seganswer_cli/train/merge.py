@@ -13,15 +13,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from seganswer_cli.config import Stage1Config, from_dict
 from seganswer_cli.errors import UsageError
 from seganswer_cli.train import runs
-
-
-def merge_lora(model, peft_model) -> None:
-    """Fold LoRA (and the trained ``<|seg|>`` rows) into ``model.mllm``'s own weights, in place."""
-    merged = peft_model.merge_and_unload()
-    if merged is not model.mllm:  # peft unloads in place; keep the attribute pointing at what it returns
-        model.mllm = merged
+from seganswer_cli.train.lora import merge_lora
+from seganswer_cli.train.stage1 import STAGE, setup_trainable, training_record
+from seganswer_cli.train.stage_setup import float32_trainables, load_starting_model, quiet_transformers
 
 
 def load_lora_run(run_dir: str | Path, checkpoint: str | None = None):
@@ -30,9 +27,6 @@ def load_lora_run(run_dir: str | Path, checkpoint: str | None = None):
     Returns ``(model, peft_model, settings, checkpoint_path)``.
     """
     from safetensors.torch import load_file
-
-    from seganswer_cli.config import Stage1Config, from_dict
-    from seganswer_cli.train.stage1 import STAGE, load_starting_model, setup_trainable
 
     run = runs.RunFolder(run_dir)
     settings = run.read_settings()
@@ -45,6 +39,7 @@ def load_lora_run(run_dir: str | Path, checkpoint: str | None = None):
     path = run.checkpoint(checkpoint)
     model = load_starting_model(config)
     peft_model = setup_trainable(model, config)
+    float32_trainables(model)
     runs.load_trainable_state(model, load_file(path / runs.TRAINABLE))
     return model.eval(), peft_model, settings, path
 
@@ -52,15 +47,12 @@ def load_lora_run(run_dir: str | Path, checkpoint: str | None = None):
 def merge_lora_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str | None = None,
                    overwrite: bool = False) -> Path:
     """Write the merged model of a ``lora`` run's checkpoint to ``out_dir``; returns the folder."""
-    from seganswer_cli.train.loop import quiet_transformers
-    from seganswer_cli.train.stage1 import training_info
-
     out = Path(out_dir)
     check_output_folder(out, overwrite=overwrite)
     model, peft_model, settings, path = load_lora_run(run_dir, checkpoint)
     merge_lora(model, peft_model)
     step = runs.read_trainer_state(path)["step"]
-    info = training_info(model, settings, runs.RunFolder(run_dir), step)
+    info = training_record(model, settings, runs.RunFolder(run_dir), step)
     info["training"]["merged_from"] = path.name
     if out.exists():
         shutil.rmtree(out) if any(out.iterdir()) else out.rmdir()
@@ -81,4 +73,4 @@ def check_output_folder(out: Path, *, overwrite: bool) -> None:
         raise UsageError(f"{out} already holds a model; pass --overwrite to replace it")
 
 
-__all__ = ["load_lora_run", "merge_lora", "merge_lora_run"]
+__all__ = ["load_lora_run", "merge_lora_run"]

@@ -6,11 +6,12 @@ prompt set's fields, one value per completion (``answer``, ``answer_type``, ``op
 ``answer_letter``), as a dataset would hand them over.
 
 - ``accuracy_reward``: 1.0 when the answer is right, scored by the benchmark scorers of
-  ``eval/answers.py`` (option letters, yes/no, numbers, short text, with their normalisation), so
-  RL optimises exactly what ``seganswer eval`` measures;
+  ``eval/answers.py`` (the one answer rule, ``conversation.answer_of``, then option letters, yes/no,
+  numbers, short text, with their normalisation), so RL optimises exactly what ``seganswer eval``
+  measures;
 - ``format_reward``: 1.0 when ``<|seg|>`` is used the way the reasoning prompt asks (only in turns
   that end by asking for the segmented region) and the final turn answers inside one
-  ``<answer>...</answer>`` pair;
+  ``<answer>...</answer>`` pair (``conversation.well_formed``);
 - ``total_reward``: ``w_a * accuracy + w_f * format`` (paper: 0.8 and 0.2);
 - ``score_completions``: runs several reward functions with weights; a function that raises
   scores the samples it raised on 0 and counts them, so one bad record cannot stop a run.
@@ -18,21 +19,17 @@ prompt set's fields, one value per completion (``answer``, ``answer_type``, ``op
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from seganswer_cli.eval.answers import score_answer
 from seganswer_cli.eval.items import EvalItem
-from seganswer_cli.eval.multiple_choice import lettered
-from seganswer_cli.model import tokens
+from seganswer_cli.model.conversation import lettered, well_formed
 
 RewardFunction = Callable[..., list[float]]
 
 #: The paper's weights (§4.2): w_a = 0.8, w_f = 0.2.
 PAPER_WEIGHTS = {"accuracy": 0.8, "format": 0.2}
-
-_TAGGED = re.compile(re.escape(tokens.ANSWER_OPEN) + r"(.*?)" + re.escape(tokens.ANSWER_CLOSE), re.DOTALL)
 
 
 def scoring_item(answer: str, answer_type: str = "text", options: Sequence[str] | None = None,
@@ -77,48 +74,16 @@ def accuracy_reward(completions: list[str], answer: list[str], answer_type: list
             for text, a, t, o, letter in zip(completions, answer, answer_type, options, answer_letter, strict=True)]
 
 
-def split_turns(completion: str) -> list[str]:
-    """The model's turns of a completion: split after each ``<|im_end|>`` (the last turn may be open).
-
-    >>> split_turns("observe <|seg|>.<|im_end|><answer> a </answer>")
-    ['observe <|seg|>.', '<answer> a </answer>']
-    """
-    parts = completion.split(tokens.IM_END)
-    turns = [p.strip() for p in parts]
-    return [t for i, t in enumerate(turns) if t or i < len(turns) - 1]
-
-
 def format_reward(completions: list[str], **_) -> list[float]:
-    """1.0 per completion that follows the reasoning prompt's format, else 0.0:
-
-    - every turn before the last asks for a region: it contains ``<|seg|>`` and no answer tag;
-    - the last turn contains no ``<|seg|>`` and exactly one ``<answer>...</answer>`` pair with a
-      non-empty answer (nothing after it but a period and the end of the turn).
+    """1.0 per completion that follows the reasoning prompt's format (``conversation.well_formed``:
+    every turn before the last asks for a region, the last answers inside one ``<answer>...</answer>``
+    pair), else 0.0.
 
     >>> format_reward(["To find it, observe <|seg|>.<|im_end|><answer> red </answer>",
     ...                "<answer> red </answer>.<|im_end|>", "red<|im_end|>", "<|seg|><answer> red </answer>"])
     [1.0, 1.0, 0.0, 0.0]
     """
-    return [1.0 if _well_formed(text) else 0.0 for text in completions]
-
-
-def _well_formed(text: str) -> bool:
-    turns = split_turns(text)
-    if not turns:
-        return False
-    *looks, final = turns
-    for turn in looks:
-        if tokens.SEG_TOKEN not in turn or tokens.ANSWER_OPEN in turn or tokens.ANSWER_CLOSE in turn:
-            return False
-    if tokens.SEG_TOKEN in final:
-        return False
-    found = _TAGGED.findall(final)
-    if len(found) != 1 or not found[0].strip():
-        return False
-    if final.count(tokens.ANSWER_OPEN) != 1 or final.count(tokens.ANSWER_CLOSE) != 1:
-        return False
-    after = final.split(tokens.ANSWER_CLOSE, 1)[1]
-    return after.strip() in ("", ".")
+    return [1.0 if well_formed(text) else 0.0 for text in completions]
 
 
 REWARDS: dict[str, RewardFunction] = {"accuracy": accuracy_reward, "format": format_reward}

@@ -36,12 +36,14 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from seganswer_cli import jsonl
 from seganswer_cli.errors import SegAnswerError, UsageError, read_json
 
 SETTINGS = "settings.json"
@@ -135,8 +137,13 @@ def check_run_folder(path: str | os.PathLike, *, resume: bool, overwrite: bool) 
             raise UsageError(f"cannot resume: {run.path} is not a run folder (no {SETTINGS})")
         if run.is_finished:
             raise UsageError(f"cannot resume: the run in {run.path} already finished (its {MODEL}/ exists)")
-        if run.latest_checkpoint() is None:
+        latest = run.latest_checkpoint()
+        if latest is None:
             raise UsageError(f"cannot resume: {run.path} has no checkpoint yet; start it again with --overwrite")
+        problem = checkpoint_problem(latest)
+        if problem is not None:
+            raise UsageError(f"cannot resume: the latest checkpoint {latest} is damaged ({problem}); remove it to "
+                             "resume from the one before")
         return run
     if not run.path.exists() or (run.path.is_dir() and not any(run.path.iterdir())):
         return run
@@ -148,6 +155,64 @@ def check_run_folder(path: str | os.PathLike, *, resume: bool, overwrite: bool) 
         state = "a finished run" if run.is_finished else "an unfinished run (continue it with --resume)"
         raise UsageError(f"{run.path} holds {state}; pass --overwrite to replace it")
     return run
+
+
+@dataclass(frozen=True)
+class ContinueDecision:
+    """What ``--continue`` does with a run folder: ``action`` is ``finished`` (nothing to do),
+    ``resume`` (from the latest checkpoint), ``start`` (a new or empty folder) or ``restart`` (the
+    same run, started but with no checkpoint yet: nothing to keep); ``message`` says it in a line."""
+
+    action: str
+    message: str
+
+
+#: Files a complete checkpoint must hold (``scaler.pt`` and the RNG files are checked when loaded).
+CHECKPOINT_FILES = (TRAINABLE, "optimizer.pt", "scheduler.pt", TRAINER_STATE)
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint folder (a missing file, an unreadable trainer state), or None."""
+    missing = [name for name in CHECKPOINT_FILES if not (checkpoint / name).is_file()]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    try:
+        state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"its {TRAINER_STATE} cannot be read ({e})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return f"its {TRAINER_STATE} has no step"
+    return None
+
+
+def continue_decision(path: str | os.PathLike, *, stage: str, phase: str | None = None) -> ContinueDecision:
+    """The run-folder rule of ``--continue``, for a run of ``stage`` (and Stage 1's ``phase``):
+    finished (``model/`` exists) -> nothing to do; a complete checkpoint -> resume; nothing there, or
+    this run started without a checkpoint yet -> start. ``UsageError`` (nothing is written) for a
+    folder that is not a run, a run of another stage or phase, or a damaged latest checkpoint."""
+    run = RunFolder(path)
+    if not run.path.exists() or (run.path.is_dir() and not any(run.path.iterdir())):
+        return ContinueDecision("start", "starting a new run")
+    if not run.path.is_dir():
+        raise UsageError(f"{run.path} exists and is not a folder")
+    if not run.is_run:
+        raise UsageError(f"{run.path} is not a run folder (no {SETTINGS}) and not empty; choose a new --out")
+    saved = run.read_settings()
+    saved_phase = (saved.get("config") or {}).get("phase") if phase is not None else None
+    if saved.get("stage") != stage or saved_phase != phase:
+        what = f"{saved.get('stage')!r}" + (f" (phase {saved_phase})" if saved_phase else "")
+        wanted = stage + (f" (phase {phase})" if phase else "")
+        raise UsageError(f"{run.path} holds a {what} run, not {wanted}; choose another --out")
+    if run.is_finished:
+        return ContinueDecision("finished", f"finished already ({MODEL}/ exists); nothing to do")
+    latest = run.latest_checkpoint()
+    if latest is None:
+        return ContinueDecision("restart", "started before but no checkpoint was written; starting it again")
+    problem = checkpoint_problem(latest)
+    if problem is not None:
+        raise UsageError(f"cannot continue: the latest checkpoint {latest} is damaged ({problem}); remove it "
+                         "to resume from the one before, or start again with --overwrite")
+    return ContinueDecision("resume", f"resuming from {latest.name}")
 
 
 def resumed_config(run: RunFolder, given, *, stage: str, defaults):
@@ -203,26 +268,22 @@ def settings_differences(saved: dict[str, Any], given: dict[str, Any], prefix: s
 
 
 class MetricsLog:
-    """``metrics.jsonl``: appended one line per record, flushed at once (a killed run keeps its log)."""
+    """``metrics.jsonl``: appended one line per record, flushed at once (a killed run keeps its log; a
+    line cut by the kill is skipped by ``read`` and dropped on resume, see ``seganswer_cli.jsonl``)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def append(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
+        with jsonl.JsonlAppender(self.path, sort_keys=True) as log:
+            log.write(record)
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return jsonl.read_records(self.path)
 
     def truncate_after(self, step: int) -> None:
         """Drop the records of steps after ``step`` (those a resumed run computes again)."""
-        kept = [r for r in self.read() if r.get("step", 0) <= step]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        jsonl.rewrite(self.path, [r for r in self.read() if r.get("step", 0) <= step], sort_keys=True)
 
 
 # -- atomic folders ---------------------------------------------------------------------------------
@@ -371,12 +432,50 @@ def load_checkpoint(checkpoint: Path, accelerator, *, model, optimizer=None, sch
 def training_record(model, settings: dict[str, Any], run: RunFolder, *, stage: str, step: int,
                     **summary: Any) -> dict[str, Any]:
     """What a final model folder's ``seganswer.json`` records about the run that made it: a summary
-    (``training``: stage, run folder, step and the stage's own ``summary`` fields; shown by
-    ``seganswer model info``), the run's resolved settings (``training_settings``) and one summary
-    per run so far, oldest first (``training_history``)."""
-    this = {"stage": stage, "run": str(run.path.resolve()), "step": step, **summary}
+    (``training``: stage, the run folder's name, step and the stage's own ``summary`` fields; shown
+    by ``seganswer model info``), the run's resolved settings (``training_settings``, its paths
+    relative to the run folder: ``card_settings``) and one summary per run so far, oldest first
+    (``training_history``). A card never holds the paths of the machine it was trained on."""
+    this = {"stage": stage, "run": run.path.resolve().name, "step": step, **summary}
     history = list(model.info.get("training_history", []))
-    return {"training": this, "training_settings": settings, "training_history": [*history, this]}
+    return {"training": this, "training_settings": card_settings(settings, run),
+            "training_history": [*history, this]}
+
+
+#: Config keys that may hold a path (a preset name or hub id stays as it is).
+PATH_SETTINGS = ("model", "val_data", "mllm_path", "sam_path")
+
+
+def card_settings(settings: dict[str, Any], run: RunFolder) -> dict[str, Any]:
+    """``settings`` with every path of its config (starting model, data, local MLLM/SAM copies)
+    written relative to the run folder, e.g. ``../3-stage2/model`` and ``rl=../data/rl``."""
+    from seganswer_cli.data.mixture import parse_data_spec, with_data_path
+
+    config = dict(settings.get("config", {}))
+    for key in PATH_SETTINGS:
+        if isinstance(config.get(key), str):
+            config[key] = relative_path(config[key], run.path)
+    if isinstance(config.get("val_data"), str) and "=" in config["val_data"]:
+        config["val_data"] = with_data_path(config["val_data"],
+                                            relative_path(str(parse_data_spec(config["val_data"]).path), run.path))
+    config["data"] = [with_data_path(spec, relative_path(str(parse_data_spec(spec).path), run.path))
+                      for spec in config.get("data", [])]
+    return {**settings, "config": config}
+
+
+def relative_path(value: str, folder: Path) -> str:
+    """``value`` relative to ``folder`` when it is a path (absolute, or naming something that exists
+    from here); anything else (a preset name, a hub id) as it is.
+
+    >>> relative_path("/runs/demo/3-stage2/model", Path("/runs/demo/4-stage3"))
+    '../3-stage2/model'
+    >>> relative_path("shapes-base", Path("/runs/demo/0-standin"))
+    'shapes-base'
+    """
+    path = Path(value).expanduser()
+    if not (path.is_absolute() or path.exists()):
+        return value
+    return os.path.relpath(path.absolute(), folder.absolute())
 
 
 def save_final_model(run: RunFolder, write: callable) -> Path:

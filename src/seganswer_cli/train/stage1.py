@@ -48,14 +48,11 @@ from __future__ import annotations
 
 import random
 import time
-import warnings
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
-from seganswer_cli.config import Stage1Config, to_dict
+from seganswer_cli.config import Stage1Config
 from seganswer_cli.data import (
     SegSample,
     VQASample,
@@ -64,23 +61,30 @@ from seganswer_cli.data import (
     parse_data_spec,
 )
 from seganswer_cli.errors import UsageError
+from seganswer_cli.model import conversation
 from seganswer_cli.train import runs
-from seganswer_cli.train.loop import (
-    TrainProgress,
+from seganswer_cli.train.lora import apply_lora, merge_lora
+from seganswer_cli.train.stage_setup import (
     adamw_with_schedule,
-    clip_gradients,
     data_specs,
-    enable_activation_checkpointing,
     keep_frozen_parts_in_eval,
+    load_starting_model,
+    open_run,
     planned_steps,
-    quiet_transformers,
-    reduce_mean,
-    sample_stream,
+    print_start,
+    ready_to_train,
+    run_settings,
     save_trained_model,
     start_accelerator,
     start_or_resume,
+)
+from seganswer_cli.train.steps import (
+    TrainProgress,
+    clip_gradients,
+    progress_print,
+    reduce_mean,
+    sample_stream,
     stop_if_not_finite,
-    versions,
 )
 
 STAGE = "stage1"
@@ -97,10 +101,8 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     from accelerate.utils import DistributedDataParallelKwargs
 
     # ---------------------------------------------------------------- setup: cheap checks first
-    run = runs.check_run_folder(out, resume=resume, overwrite=overwrite)
-    if resume:
-        config = config_for_resume(run, config)
-    config = config.resolved()
+    run, config = open_run(config, out, resume=resume, overwrite=overwrite, stage=config.stage,
+                           defaults=Stage1Config(phase=config.phase))
     specs = data_specs(config.data)
     val_spec = parse_data_spec(config.val_data) if config.val_data else None
     if val_spec is not None and not val_spec.path.exists():
@@ -130,8 +132,7 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
 
     model = load_starting_model(config)
     peft_model = setup_trainable(model, config)
-    if config.gradient_checkpointing:
-        enable_activation_checkpointing(model.mllm)
+    ready_to_train(model, config)
 
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
@@ -141,25 +142,20 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
-    settings = {
-        "stage": stage_name(config),
-        "config": to_dict(config),
-        "processes": world,
-        "global_batch": global_batch,
-        "dataset_size": dataset_size,
-        "sources": {n: len(s) for n, s in zip(mixture.names, mixture.sources)},
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "warmup_steps": warmup,
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "versions": versions(),
-    }
+    settings = run_settings(config.stage, config, accelerator, mixture, skipped, model,
+                            steps_per_epoch=steps_per_epoch, total_steps=total_steps, warmup_steps=warmup,
+                            global_batch=global_batch)
     state, log = start_or_resume(run, accelerator, settings, resume=resume, overwrite=overwrite, model=model,
                                  optimizer=optimizer, scheduler=scheduler, launch_key="global_batch")
     start_step = state.get("step", 0)
     show = accelerator.is_main_process and not quiet
     if show:
-        print_start(settings, run, start_step, skipped)
+        c = settings["config"]
+        print_start(f"train-stage1 · phase {c['phase']}", settings, run, start_step, skipped, rows={
+            "validation": c["val_data"] or "none",
+            "global batch": f"{global_batch} = {c['batch_size']} x {c['grad_accum']} accum x {world} proc",
+            "lr": f"{c['optim']['lr']:g} ({c['optim']['schedule']})" + (f", SAM 2.1 {c['sam_lr']:g}" if c["sam_lr"] else ""),
+        })
 
     # ---------------------------------------------------------------- train
     weights = loss_weights(config)
@@ -172,7 +168,7 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
         validate_and_log(unwrapped, val_samples, config, accelerator, log, step=0, show=show)
     model.train()
     keep_frozen_parts_in_eval(unwrapped)
-    progress = TrainProgress(total_steps, start_step, enabled=show, label="stage 1" if stage_name(config) == STAGE else "stand-in")
+    progress = TrainProgress(total_steps, start_step, enabled=show, label="stage 1" if config.stage == STAGE else "stand-in")
     step_started = time.perf_counter()
     for step in range(start_step + 1, total_steps + 1):
         batch = [next(stream) for _ in range(global_batch)]  # identical on every process
@@ -240,46 +236,17 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
 
     # ---------------------------------------------------------------- save
     if accelerator.is_main_process and peft_model is not None:
-        from seganswer_cli.train.merge import merge_lora
-
         merge_lora(unwrapped, peft_model)
     return save_trained_model(accelerator, run, unwrapped, config.dtype,
-                              lambda: training_info(unwrapped, settings, run, total_steps), show=show)
+                              lambda: training_record(unwrapped, settings, run, total_steps), show=show)
 
 
 # ---------------------------------------------------------------------- setup helpers
 
 
-def config_for_resume(run: runs.RunFolder, given: Stage1Config) -> Stage1Config:
-    """The run's own settings (``runs.resumed_config``)."""
-    return runs.resumed_config(run, given, stage=stage_name(given), defaults=Stage1Config(phase=given.phase))
-
-
-def stage_name(config: Stage1Config) -> str:
-    """What the run folder says it is: ``stage1``, or ``standin`` for the demo's stand-in pretraining."""
-    return "standin" if config.phase in ("standin", "points") else STAGE
-
-
-def load_starting_model(config: Stage1Config):
-    """The model the phase starts from: a folder, or a preset (with local MLLM/SAM copies)."""
-    from seganswer_cli.model import PRESETS, SegAnswerModel
-
-    dtype = None if config.dtype == "float32" else getattr(torch, config.dtype)
-    with quiet_transformers():
-        if config.mllm_path or config.sam_path:
-            if config.model not in PRESETS:
-                raise UsageError("--mllm-path/--sam-path apply to a preset name, not to a model folder")
-            return SegAnswerModel.from_preset(config.model, mllm_path=config.mllm_path, sam_path=config.sam_path,
-                                              dtype=dtype)
-        return SegAnswerModel.from_pretrained(config.model, dtype=dtype)
-
-
 def setup_trainable(model, config: Stage1Config):
-    """Freeze what the phase freezes; apply LoRA in phase ``lora``. Returns the peft model (its
-    ``merge_and_unload`` merges the adapters into ``model.mllm``) or None in phase ``projector``.
-
-    Trainable parameters are cast to float32 (AdamW on half-precision weights loses the update).
-    """
+    """Freeze what the phase freezes; apply LoRA in phase ``lora``. Returns the peft model
+    (``lora.merge_lora`` folds it into ``model.mllm``) or None in the other phases."""
     model.requires_grad_(config.phase == "standin")
     model.projector.requires_grad_(config.phase != "points")
     if config.phase == "points":
@@ -289,9 +256,6 @@ def setup_trainable(model, config: Stage1Config):
         peft_model = apply_lora(model, config.lora)
         model.mask_decoder.sam.prompt_encoder.requires_grad_(True)
         model.mask_decoder.sam.mask_decoder.requires_grad_(True)
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
     return peft_model
 
 
@@ -305,26 +269,6 @@ def param_groups(model, config: Stage1Config) -> list[dict]:
     groups = [{"params": [p for p in trainable if id(p) not in sam]},
               {"params": [p for p in trainable if id(p) in sam], "lr": config.sam_lr}]
     return [g for g in groups if g["params"]]
-
-
-def apply_lora(model, lora) -> Any:
-    """peft LoRA on the language model's decoder layers, in place on ``model.mllm``; with
-    ``train_seg_rows`` the ``<|seg|>`` rows of the input embedding and LM head train as well."""
-    from peft import LoraConfig, get_peft_model
-
-    names = "|".join(sorted(lora.target_modules))
-    # module names look like model.language_model.layers.3.self_attn.q_proj: the vision tower
-    # (model.visual.blocks...) has its own q/k/v and MLP layers, which stay untouched
-    pattern = rf".*\.language_model\.layers\.\d+\.(self_attn|mlp)\.({names})"
-    seg = model.token_ids.seg
-    peft_config = LoraConfig(
-        r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=pattern, bias="none",
-        trainable_token_indices={"embed_tokens": [seg], "lm_head": [seg]} if lora.train_seg_rows else None,
-    )
-    with warnings.catch_warnings():
-        # peft asks transformers' deprecated `is_gradient_checkpointing` (transformers 5 renamed it)
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model.mllm, peft_config)
 
 
 def loss_weights(config: Stage1Config):
@@ -342,53 +286,44 @@ def stage1_inputs(model, samples: list[SegSample | VQASample], extra_expressions
 
     Phase ``standin`` only: a question becomes a plain exchange, image + question -> answer, with
     no ``<|seg|>`` and no mask (the stand-in's vision-language pretraining), or, for a ``looks``
-    share of the questions that have a region mask, ``look_sequence``'s whole reasoning
-    conversation; a shapes-world scene is asked about ``extra_expressions`` more of its shapes in
-    further turns of the same conversation; ``echo`` answers with ``echo_response``.
+    share of the questions that have a region mask, the whole reasoning conversation of the question
+    with its annotated region as the ``<|seg|>`` target and that region's view (one of
+    ``look_modes``, drawn per sample) as Prompt 2; a shapes-world scene is asked about
+    ``extra_expressions`` more of its shapes in further turns of the same conversation; ``echo``
+    answers with ``conversation.echo_response``.
     """
-    from seganswer_cli.data.synthetic import more_expressions
-    from seganswer_cli.eval.multiple_choice import prompt_and_answer
+    from seganswer_cli.data.shapes_language import more_expressions
     from seganswer_cli.model import tokens
+
+    def response(expression: str) -> str:
+        return conversation.echo_response(expression) if echo else tokens.STAGE1_RESPONSE
 
     images = [s.image.load() for s in samples]
     sequences, masks = [], []
     for image, sample in zip(images, samples):
         if isinstance(sample, VQASample):
             draw = random.Random(f"look:{sample.id}")
+            prompt, answer = conversation.prompt_and_answer(sample)
             if sample.region_masks and draw.random() < looks:
-                sequence, region = look_sequence(model, image, sample, look_modes[draw.randrange(len(look_modes))])
-                sequences.append(sequence)
+                region = sample.region()
+                view, _ = model.second_look(image, region, mode=look_modes[draw.randrange(len(look_modes))])
+                sequences.append(conversation.reasoning_sequence(model, model.global_view(image), prompt, answer,
+                                                                 view=view))
                 masks.append([region])
                 continue
-            sequences.append(model.chat_sequence(model.global_view(image), *prompt_and_answer(sample)))
+            sequences.append(conversation.exchange_sequence(model, model.global_view(image), [(prompt, answer)]))
             masks.append([])
         elif extra_expressions and "scene" in sample.extra:
             pairs = [(sample.expression, sample.mask.decode())] + more_expressions(
                 sample.extra["scene"], extra_expressions, seed=sample.id, exclude=sample.extra.get("target_ids"))
-            b = model.builder().system()
-            for turn, (expression, _) in enumerate(pairs):
-                b.user(tokens.stage1_prompt(expression), image=model.global_view(image) if turn == 0 else None)
-                b.assistant(tokens.STAGE1_RESPONSE if not echo else echo_response(expression))
-            sequences.append(b.build())
+            turns = [(tokens.stage1_prompt(expression), response(expression)) for expression, _ in pairs]
+            sequences.append(conversation.exchange_sequence(model, model.global_view(image), turns))
             masks.append([mask for _, mask in pairs])
         else:
-            response = tokens.STAGE1_RESPONSE if not echo else echo_response(sample.expression)
-            sequences.append(model.stage1_sequence(model.global_view(image), sample.expression, response))
+            sequences.append(conversation.stage1_sequence(model, model.global_view(image), sample.expression,
+                                                          response(sample.expression)))
             masks.append([sample.mask.decode()])
     return sequences, images, masks
-
-
-def look_sequence(model, image, sample: VQASample, mode: str):
-    """The stand-in's second-look conversation of a question and its ground-truth region (the union
-    of ``sample.region_masks``): the reasoning loop's turns as Stage 2 lays them out, with the region
-    as the ``<|seg|>`` target and its ``mode`` view (``mask`` or ``bbox``) as Prompt 2. Returns the
-    sequence and the region mask."""
-    from seganswer_cli.eval.multiple_choice import prompt_and_answer
-
-    region = sample.region()
-    view, _ = model.second_look(image, region, mode=mode)
-    prompt, answer = prompt_and_answer(sample)
-    return model.stage2_sequence(model.global_view(image), prompt, answer, view=view), region
 
 
 def click_points(masks: list[list], rng) -> list[list[tuple[float, float]]]:
@@ -406,18 +341,6 @@ def click_points(masks: list[list], rng) -> list[list[tuple[float, float]]]:
             picked.append((float(xs[i]), float(ys[i])))
         clicks.append(picked)
     return clicks
-
-
-def echo_response(expression: str) -> str:
-    """The stand-in's Response 1, ``It is <|seg|> red star.``: the token after ``<|seg|>`` is the
-    expression's first word, so the next-token loss makes the hidden state at ``<|seg|>`` depend
-    on the expression. With the paper's ``It is <|seg|>.`` a randomly initialised model learns one
-    state for every expression and SAM's decoder learns to ignore its prompt (a mask per image,
-    not per expression); a pretrained LLM has no such problem."""
-    from seganswer_cli.model import tokens
-
-    words = expression.strip().removesuffix(".")
-    return f"It is {tokens.SEG_TOKEN} {words.removeprefix('the ')}."
 
 
 def loss_components(loss, lm, parts: dict) -> dict[str, float]:
@@ -461,41 +384,13 @@ def validate_and_log(model, samples, config, accelerator, log, *, step: int, sho
         log.append({"kind": "eval", "step": step, **result})
         if show:
             line = f"step {step}: val gIoU {result['val_giou']:.4f} cIoU {result['val_ciou']:.4f} ({result['val_samples']} samples)"
-            (progress.console.print if progress is not None and progress.enabled else print)(line)
+            progress_print(progress, line) if progress is not None else print(line)
     accelerator.wait_for_everyone()
 
 
 # ---------------------------------------------------------------------- output helpers
 
 
-def training_info(model, settings: dict[str, Any], run: runs.RunFolder, step: int) -> dict[str, Any]:
-    """``runs.training_record`` with the phase in the summary."""
+def training_record(model, settings: dict, run: runs.RunFolder, step: int) -> dict:
+    """``runs.training_record`` of a Stage 1 run, its phase in the summary (also ``merge-lora``'s)."""
     return runs.training_record(model, settings, run, stage=STAGE, step=step, phase=settings["config"]["phase"])
-
-
-
-def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, skipped: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(stderr=True)
-    c = settings["config"]
-    table = Table(title=f"seganswer train-stage1 · phase {c['phase']} -> {run.path}", show_header=False)
-    rows = {
-        "model": c["model"], "data": ", ".join(c["data"]), "validation": c["val_data"] or "none",
-        "steps": f"{settings['total_steps']} ({settings['steps_per_epoch']}/epoch, warmup {settings['warmup_steps']})",
-        "global batch": f"{settings['global_batch']} = {c['batch_size']} x {c['grad_accum']} accum x {settings['processes']} proc",
-        "lr": f"{c['optim']['lr']:g} ({c['optim']['schedule']})" + (f", SAM 2.1 {c['sam_lr']:g}" if c.get("sam_lr") else ""),
-        "precision": f"{c['dtype']} weights, autocast {c['mixed_precision']}",
-        "trainable": f"{settings['trainable_parameters']:,} parameters",
-    }
-    if start_step:
-        rows["resuming"] = f"from step {start_step}"
-    for key, value in rows.items():
-        table.add_row(key, str(value))
-    console.print(table)
-    for name, errors in skipped.items():
-        if errors.skipped:
-            console.print(f"{name}: {errors.summary()}", highlight=False)
-
-

@@ -1,7 +1,7 @@
 """Stage 2, multimodal interleaved SFT (paper §3.2, §4.2): segmentation as an intermediate turn.
 
 Algorithm. Each question-answer sample becomes the paper's Stage 2 conversation, laid out by
-``SegAnswerModel.stage2_sequence``, the code the reasoning loop's layout is tested against:
+``conversation.reasoning_sequence``, whose turns the reasoning loop builds with the same calls:
 
     Prompt 1   image + "Question: ..." + the reasoning instruction
     Response 1 "To find the answer, it should first observe <|seg|>."
@@ -23,7 +23,7 @@ tower too, unless ``freeze_vision``). Boxes and region masks in the data are nev
 region instead of the model's own mask, or ``seg_loss`` (ours, off by default) trains their
 ``<|seg|>`` masks towards it.
 
-Question text and answer come from ``eval.multiple_choice.prompt_and_answer``, the function
+Question text and answer come from ``conversation.prompt_and_answer``, the function
 ``shapes-vqa`` asks its questions with (multiple choice answered by the letter, free text by the
 answer), so what Stage 2 teaches is what the benchmark asks.
 
@@ -67,7 +67,6 @@ The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/trai
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -80,29 +79,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from seganswer_cli.config import Stage2Config, to_dict
+from seganswer_cli.config import Stage2Config
 from seganswer_cli.data import VQASample, open_mixture
 from seganswer_cli.errors import ImageReadError, ModelFolderError, UsageError, read_json
-from seganswer_cli.eval.multiple_choice import prompt_and_answer
-from seganswer_cli.model import tokens
+from seganswer_cli.jsonl import JsonlAppender, read_records
+from seganswer_cli.model.conversation import prompt_and_answer, reasoning_sequence, seg_request
 from seganswer_cli.model.losses import total_loss
 from seganswer_cli.train import runs
-from seganswer_cli.train.loop import (
-    TrainProgress,
+from seganswer_cli.train.stage_setup import (
     adamw_with_schedule,
-    clip_gradients,
     data_specs,
-    enable_activation_checkpointing,
     keep_frozen_parts_in_eval,
+    load_starting_model,
+    open_run,
     planned_steps,
-    quiet_transformers,
-    reduce_mean,
-    sample_stream,
+    print_start,
+    ready_to_train,
+    run_settings,
     save_trained_model,
     start_accelerator,
     start_or_resume,
+    train_the_mllm,
+)
+from seganswer_cli.train.steps import (
+    TrainProgress,
+    clip_gradients,
+    reduce_mean,
+    sample_stream,
     stop_if_not_finite,
-    versions,
 )
 
 STAGE = "stage2"
@@ -122,10 +126,7 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
     (no final checkpoint, no model folder): how the tests interrupt a run before ``resume``.
     """
     # ---------------------------------------------------------------- setup: cheap checks first
-    run = runs.check_run_folder(out, resume=resume, overwrite=overwrite)
-    if resume:
-        config = config_for_resume(run, config)
-    config = config.resolved()
+    run, config = open_run(config, out, resume=resume, overwrite=overwrite, stage=STAGE, defaults=Stage2Config())
     specs = data_specs(config.data)
     check_starting_model(config)
 
@@ -137,10 +138,8 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
             raise UsageError(f"--data {name}: Stage 2 needs question-answer samples, got {type(source[0]).__name__}")
 
     model = load_starting_model(config)
-    setup_trainable(model, config)
-    if config.gradient_checkpointing:
-        enable_activation_checkpointing(model.mllm)
-    params = [p for p in model.parameters() if p.requires_grad]
+    train_the_mllm(model, freeze_vision=config.freeze_vision)
+    params = ready_to_train(model, config)
 
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
@@ -150,28 +149,25 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
 
-    settings = {
-        "stage": STAGE,
-        "config": to_dict(config),
-        "processes": world,
-        "global_batch": global_batch,
-        "dataset_size": dataset_size,
-        "sources": {n: len(s) for n, s in zip(mixture.names, mixture.sources)},
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "warmup_steps": warmup,
-        "trainable_parameters": sum(p.numel() for p in params),
-        "frozen_parameters": sum(p.numel() for p in unwrapped.parameters() if not p.requires_grad),
-        "records_skipped_reading": {n: len(e.skipped) for n, e in skipped.items()},
-        "versions": versions(),
-    }
+    settings = run_settings(STAGE, config, accelerator, mixture, skipped, unwrapped,
+                            steps_per_epoch=steps_per_epoch, total_steps=total_steps, warmup_steps=warmup,
+                            global_batch=global_batch)
     state, log = start_or_resume(run, accelerator, settings, resume=resume, overwrite=overwrite, model=model,
                                  optimizer=optimizer, scheduler=scheduler, launch_key="global_batch")
     start_step, draws_done, counts = state.get("step", 0), state.get("draws", 0), Counter(state.get("problems", {}))
     show = accelerator.is_main_process and not quiet
     report = ProblemReport(counts, show=show)
     if show:
-        print_start(settings, run, start_step, skipped)
+        c = settings["config"]
+        print_start("train-stage2", settings, run, start_step, skipped, rows={
+            "global batch": f"{global_batch} = {c['batch_size']} x {c['grad_accum']} accum x {world} proc",
+            "masks": f"{c['masks']}, direct answers {c['direct_share']:.0%}"
+                     + (f", annotated regions {c['region_share']:.0%}" if c["region_share"] else "")
+                     + (f", mask loss x{c['seg_loss']:g} on annotated regions" if c["seg_loss"] else ""),
+            "trainable": f"{settings['trainable_parameters']:,} parameters "
+                         f"(MLLM{'' if not c['freeze_vision'] else ', vision frozen'})",
+            "max length": f"{c['max_length']} tokens ({c['too_long']} longer ones)",
+        })
 
     mask_cache = None
     if config.masks == "precomputed":
@@ -259,15 +255,11 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
     if show and accelerator.is_main_process:
         report.print_summary(problems, settings["records_skipped_reading"])
     return save_trained_model(accelerator, run, unwrapped, config.dtype,
-                              lambda: training_info(unwrapped, settings, run, total_steps, problems), show=show)
+                              lambda: runs.training_record(unwrapped, settings, run, stage=STAGE, step=total_steps,
+                                                           masks=config.masks, problems=problems), show=show)
 
 
 # ---------------------------------------------------------------------- setup helpers
-
-
-def config_for_resume(run: runs.RunFolder, given: Stage2Config) -> Stage2Config:
-    """The run's own settings (``runs.resumed_config``)."""
-    return runs.resumed_config(run, given, stage=STAGE, defaults=Stage2Config())
 
 
 def check_starting_model(config: Stage2Config) -> None:
@@ -303,26 +295,6 @@ def segmentation_weights(scale: float):
     from seganswer_cli.model import LossWeights
 
     return LossWeights(**{name: value * scale for name, value in asdict(LossWeights()).items() if name != "lm"})
-
-
-def load_starting_model(config: Stage2Config):
-    from seganswer_cli.model import SegAnswerModel
-
-    dtype = None if config.dtype == "float32" else getattr(torch, config.dtype)
-    with quiet_transformers():
-        return SegAnswerModel.from_pretrained(config.model, dtype=dtype)
-
-
-def setup_trainable(model, config: Stage2Config) -> None:
-    """Every MLLM parameter trains (the vision tower unless ``freeze_vision``); projector and SAM 2.1
-    stay frozen. Trainable parameters are cast to float32 (AdamW on half-precision weights loses the update)."""
-    model.requires_grad_(False)
-    model.mllm.requires_grad_(True)
-    if config.freeze_vision:
-        model.mllm.model.visual.requires_grad_(False)
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
 
 
 # ---------------------------------------------------------------------- drawing samples
@@ -430,14 +402,6 @@ class Example:
     """The annotated region the ``<|seg|>`` mask is trained towards (``seg_loss``; None: no mask loss)."""
 
 
-def seg_prefix(model, dense, prompt: str):
-    """Prompt 1 + Response 1 (``... observe <|seg|>.``): what pass 1 runs. The state at ``<|seg|>``
-    depends only on the tokens before it, so it equals the state the reasoning loop reads."""
-    b = model.builder().system()
-    b.user(tokens.reasoning_prompt(prompt), image=dense)
-    return b.assistant(tokens.SEG_RESPONSE).build()
-
-
 @torch.no_grad()
 def own_masks(model, images: list, prefixes: list) -> list[np.ndarray]:
     """Pass 1: the model's own masks, bool ``(H, W)`` per image, from its ``<|seg|>`` states through
@@ -467,7 +431,7 @@ def prepare_examples(model, drawn: list[Drawn], config: Stage2Config, report: Pr
             report.add("unreadable_image", d.sample, str(e))
             continue
         dense = model.global_view(image)
-        if not d.direct and len(seg_prefix(model, dense, d.prompt)) > config.max_length:
+        if not d.direct and len(seg_request(model, dense, d.prompt)) > config.max_length:
             # even Prompt 1 + Response 1 does not fit: nothing sensible to truncate to
             report.add("too_long_skipped", d.sample, f"the prompt alone is over max_length {config.max_length}")
             continue
@@ -476,7 +440,7 @@ def prepare_examples(model, drawn: list[Drawn], config: Stage2Config, report: Pr
     if mask_cache is not None:
         masks = [mask_cache[sample_key(d.sample)] for d, _, _ in seg]
     elif seg:
-        masks = own_masks(model, [image for _, image, _ in seg], [seg_prefix(model, dense, d.prompt) for d, _, dense in seg])
+        masks = own_masks(model, [image for _, image, _ in seg], [seg_request(model, dense, d.prompt) for d, _, dense in seg])
     else:
         masks = []
     mask_of = {id(d): m for (d, _, _), m in zip(seg, masks)}
@@ -509,9 +473,9 @@ def build_example(model, drawn: Drawn, image, dense, mask: np.ndarray | None) ->
     """The Stage 2 conversation of one sample: direct, or through the segmented view of ``mask``
     (``second_look``: an empty mask shows the original image again, as in the reasoning loop)."""
     if drawn.direct:
-        return Example(model.stage2_sequence(dense, drawn.prompt, drawn.answer), direct=True, mask=None)
+        return Example(reasoning_sequence(model, dense, drawn.prompt, drawn.answer), direct=True, mask=None)
     view, fallback = model.second_look(image, mask, mode="mask")
-    sequence = model.stage2_sequence(dense, drawn.prompt, drawn.answer, view=view)
+    sequence = reasoning_sequence(model, dense, drawn.prompt, drawn.answer, view=view)
     return Example(sequence, direct=False, mask=mask, region=drawn.region, fallback=fallback)
 
 
@@ -569,7 +533,7 @@ def precompute_masks(model, planned: list[Drawn], folder: Path, accelerator, con
     accelerator.wait_for_everyone()
     todo = [d for k, d in wanted.items() if k not in cache][accelerator.process_index :: accelerator.num_processes]
     progress = TrainProgress(len(todo), 0, enabled=show, label="masks (starting model)")
-    with (folder / f"masks-rank{accelerator.process_index}.jsonl").open("a") as sink:
+    with JsonlAppender(folder / f"masks-rank{accelerator.process_index}.jsonl") as sink:
         for i in range(0, len(todo), config.batch_size):
             chunk, images, prefixes, kept = todo[i : i + config.batch_size], [], [], []
             for d in chunk:
@@ -577,7 +541,7 @@ def precompute_masks(model, planned: list[Drawn], folder: Path, accelerator, con
                     image = d.sample.image.load()
                 except ImageReadError:
                     continue  # counted when the training step meets it
-                prefix = seg_prefix(model, model.global_view(image), d.prompt)
+                prefix = seg_request(model, model.global_view(image), d.prompt)
                 if len(prefix) > config.max_length:
                     continue  # skipped (and counted) when the training step meets it
                 images.append(image)
@@ -586,8 +550,7 @@ def precompute_masks(model, planned: list[Drawn], folder: Path, accelerator, con
             with accelerator.autocast():
                 masks = own_masks(model, images, prefixes) if images else []
             for d, mask in zip(kept, masks):
-                sink.write(json.dumps({"key": sample_key(d.sample), "mask": encode_rle(mask)}) + "\n")
-            sink.flush()
+                sink.write({"key": sample_key(d.sample), "mask": encode_rle(mask)})
             progress.update(min(i + config.batch_size, len(todo)), float("nan"), 0.0)
     progress.close()
     accelerator.wait_for_everyone()
@@ -596,14 +559,11 @@ def precompute_masks(model, planned: list[Drawn], folder: Path, accelerator, con
 
 
 def read_mask_cache(folder: Path) -> dict[str, Any]:
-    """key -> RLE of every cached mask (a line cut by a kill is ignored)."""
+    """key -> RLE of every cached mask (a line cut by a kill is skipped, and cut off before the
+    next append: ``jsonl``'s rules)."""
     cache = {}
     for path in sorted(folder.glob("masks-rank*.jsonl")) if folder.is_dir() else []:
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for record in read_records(path, require=("key", "mask")):
             cache[record["key"]] = record["mask"]
     return cache
 
@@ -658,39 +618,3 @@ def gathered_problems(accelerator, report: ProblemReport) -> dict[str, int]:
     t = torch.tensor([local[k] for k in PROBLEMS], dtype=torch.float64, device=accelerator.device)
     summed = accelerator.reduce(t, reduction="sum").tolist()
     return {k: int(local[k] if k in shared else v) for k, v in zip(PROBLEMS, summed)}
-
-
-def training_info(model, settings: dict[str, Any], run: runs.RunFolder, step: int,
-                  problems: dict[str, int]) -> dict[str, Any]:
-    """``runs.training_record`` with the mask mode and the counts of skipped samples in the summary."""
-    return runs.training_record(model, settings, run, stage=STAGE, step=step,
-                                masks=settings["config"]["masks"], problems=problems)
-
-
-
-def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, skipped: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(stderr=True)
-    c = settings["config"]
-    table = Table(title=f"seganswer train-stage2 -> {run.path}", show_header=False)
-    rows = {
-        "model": c["model"], "data": ", ".join(c["data"]),
-        "steps": f"{settings['total_steps']} ({settings['steps_per_epoch']}/epoch, warmup {settings['warmup_steps']})",
-        "global batch": f"{settings['global_batch']} = {c['batch_size']} x {c['grad_accum']} accum x {settings['processes']} proc",
-        "lr": f"{c['optim']['lr']:g} ({c['optim']['schedule']})", "precision": f"{c['dtype']} weights, autocast {c['mixed_precision']}",
-        "masks": f"{c['masks']}, direct answers {c['direct_share']:.0%}"
-                 + (f", annotated regions {c['region_share']:.0%}" if c.get("region_share") else "")
-                 + (f", mask loss x{c['seg_loss']:g} on annotated regions" if c.get("seg_loss") else ""),
-        "trainable": f"{settings['trainable_parameters']:,} parameters (MLLM{'' if not c['freeze_vision'] else ', vision frozen'})",
-        "max length": f"{c['max_length']} tokens ({c['too_long']} longer ones)",
-    }
-    if start_step:
-        rows["resuming"] = f"from step {start_step}"
-    for key, value in rows.items():
-        table.add_row(key, str(value))
-    console.print(table)
-    for name, errors in skipped.items():
-        if errors.skipped:
-            console.print(f"{name}: {errors.summary()}", highlight=False)

@@ -83,27 +83,36 @@ import numpy as np
 import torch
 from torch import nn
 
-from seganswer_cli.config import Stage3Config, to_dict
+from seganswer_cli.config import Stage3Config
 from seganswer_cli.data import VQASample, open_mixture
 from seganswer_cli.errors import SegAnswerError, UsageError
-from seganswer_cli.eval.multiple_choice import prompt_and_answer
+from seganswer_cli.model.conversation import prompt_and_answer
 from seganswer_cli.train import rewards, runs
-from seganswer_cli.train.loop import (
-    TrainProgress,
+from seganswer_cli.train.stage_setup import (
     adamw_with_schedule,
-    clip_gradients,
     data_specs,
     enable_activation_checkpointing,
+    float32_trainables,
     keep_frozen_parts_in_eval,
+    load_starting_model,
+    open_run,
     planned_steps,
-    quiet_transformers,
-    reduce_mean,
-    sample_stream,
+    print_start,
+    run_settings,
     save_trained_model,
     start_accelerator,
     start_or_resume,
+    train_the_mllm,
+)
+from seganswer_cli.train.steps import (
+    TrainProgress,
+    clip_gradients,
+    gather_ints,
+    progress_print,
+    reduce_mean,
+    sample_stream,
     stop_if_not_finite,
-    versions,
+    sum_over_processes,
 )
 
 STAGE = "stage3"
@@ -120,8 +129,8 @@ def group_advantages(rewards_: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """``(n_groups, G)`` rewards -> ``(n_groups, G)`` advantages ``(R - mean) / (std + eps)`` per group
     (``std`` with Bessel's correction).
 
-    >>> group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0]])).tolist()  # std 0.577...
-    [[0.8660239577293396, -0.8660239577293396, -0.8660239577293396, 0.8660239577293396]]
+    >>> [round(a, 4) for a in group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0]]))[0].tolist()]  # std 0.577...
+    [0.866, -0.866, -0.866, 0.866]
     """
     mean = rewards_.mean(dim=1, keepdim=True)  # (n_groups, 1)
     std = rewards_.std(dim=1, keepdim=True)  # (n_groups, 1)
@@ -147,7 +156,7 @@ def overlong_penalty(lengths: list[int], max_tokens: int, buffer: int, penalty: 
     if buffer <= 0:
         return [0.0] * len(lengths)
     start = max_tokens - buffer
-    return [-penalty * min(1.0, max(0, n - start) / buffer) for n in lengths]
+    return [0.0 - penalty * min(1.0, max(0, n - start) / buffer) for n in lengths]  # 0.0, not -0.0
 
 
 @dataclass
@@ -353,21 +362,6 @@ def collect_step_batch(model, stream, config: Stage3Config, accelerator, *, step
     return kept, stats, all_prompts, drawn, spare
 
 
-def gather_ints(accelerator, value: int) -> list[int]:
-    """``value`` of every process, in rank order."""
-    if accelerator.num_processes == 1:
-        return [int(value)]
-    t = torch.tensor([int(value)], dtype=torch.long, device=accelerator.device)
-    return [int(v) for v in accelerator.gather(t).tolist()]
-
-
-def sum_over_processes(accelerator, value: float) -> float:
-    if accelerator.num_processes == 1:
-        return float(value)
-    t = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
-    return float(accelerator.reduce(t, reduction="sum").item())
-
-
 # ---------------------------------------------------------------------- the training entry point
 
 
@@ -379,10 +373,7 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     checkpoint, no model folder): how the tests interrupt a run before ``resume``.
     """
     # ---------------------------------------------------------------- setup: cheap checks first
-    run = runs.check_run_folder(out, resume=resume, overwrite=overwrite)
-    if resume:
-        config = config_for_resume(run, config)
-    config = config.resolved()
+    run, config = open_run(config, out, resume=resume, overwrite=overwrite, stage=STAGE, defaults=Stage3Config())
     unknown = sorted(set(config.reward_weights) - set(rewards.REWARDS))
     if unknown:
         raise UsageError(f"unknown reward(s) {unknown} in reward_weights; known: {', '.join(sorted(rewards.REWARDS))}")
@@ -393,11 +384,11 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     mixture.sources = [verifiable_prompts(name, source) for name, source in zip(mixture.names, mixture.sources)]
 
     model = load_starting_model(config)
-    setup_trainable(model, config)
-    reference = reference_model(model) if config.kl_coef > 0 else None
+    train_the_mllm(model, freeze_vision=config.freeze_vision)
+    params = float32_trainables(model)
+    reference = reference_model(model) if config.kl_coef > 0 else None  # copied before checkpointing is on
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.mllm)
-    params = [p for p in model.parameters() if p.requires_grad]
     world = accelerator.num_processes
     dataset_size = sum(len(s) for s in mixture.sources)
     steps_per_epoch, total_steps = planned_steps(config, dataset_size, config.prompts_per_step)
@@ -406,25 +397,26 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     policy, optimizer = accelerator.prepare(Policy(model), optimizer)
     unwrapped = accelerator.unwrap_model(policy).model
 
-    settings = {
-        "stage": STAGE,
-        "config": to_dict(config),
-        "processes": world,
-        "dataset_size": dataset_size,
-        "sources": {n: len(s) for n, s in zip(mixture.names, mixture.sources)},
-        "steps_per_epoch": steps_per_epoch,
-        "total_steps": total_steps,
-        "optimizer_steps": total_updates,
-        "warmup_steps": warmup,
-        "trainable_parameters": sum(p.numel() for p in params),
-        "versions": versions(),
-    }
+    settings = run_settings(STAGE, config, accelerator, mixture, skipped, unwrapped,
+                            steps_per_epoch=steps_per_epoch, total_steps=total_steps, warmup_steps=warmup,
+                            optimizer_steps=total_updates)
     state, log = start_or_resume(run, accelerator, settings, resume=resume, overwrite=overwrite, model=policy,
                                  optimizer=optimizer, scheduler=scheduler, launch_key="processes")
     start_step, prompts_drawn = state.get("step", 0), state.get("prompts_drawn", 0)
     show = accelerator.is_main_process and not quiet
     if show:
-        print_start(settings, run, start_step, skipped)
+        c = settings["config"]
+        print_start("train-stage3 · DAPO", settings, run, start_step, skipped, rows={
+            "prompts": f"{settings['dataset_size']} verifiable ({settings['sources']})",
+            "steps": f"{total_steps} ({steps_per_epoch}/epoch), {c['mini_batches']} update(s) per step",
+            "per step": f"{c['prompts_per_step']} groups x {c['rollouts_per_prompt']} rollouts over "
+                        f"{world} proc (up to {c['max_refills']} refills)",
+            "rollouts": f"T={c['temperature']} top-p={c['top_p']}, max {c['max_new_tokens']} tokens, "
+                        f"{c['max_seg_steps']} seg round(s), roi {c['roi']}",
+            "DAPO": f"clip [{1 - c['clip_low']:g}, {1 + c['clip_high']:g}], kl {c['kl_coef']:g}, "
+                    f"overlong buffer {c['overlong_buffer']}",
+            "reward": " + ".join(f"{w:g}*{k}" for k, w in c["reward_weights"].items()),
+        })
 
     # ---------------------------------------------------------------- train
     stream = sample_stream(mixture, skip=prompts_drawn)
@@ -483,15 +475,11 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
 
     # ---------------------------------------------------------------- save
     return save_trained_model(accelerator, run, unwrapped, config.dtype,
-                              lambda: training_info(unwrapped, settings, run, total_steps), show=show)
+                              lambda: runs.training_record(unwrapped, settings, run, stage=STAGE, step=total_steps),
+                              show=show)
 
 
 # ---------------------------------------------------------------------- setup helpers
-
-
-def config_for_resume(run: runs.RunFolder, given: Stage3Config) -> Stage3Config:
-    """The run's own settings (``runs.resumed_config``)."""
-    return runs.resumed_config(run, given, stage=STAGE, defaults=Stage3Config())
 
 
 def verifiable_prompts(name: str, source: list) -> list[VQASample]:
@@ -503,26 +491,6 @@ def verifiable_prompts(name: str, source: list) -> list[VQASample]:
         raise UsageError(f"--data {name}: no prompt with a verifiable answer among its {len(source)} records "
                          f"({', '.join(kinds)}); Stage 3 needs question-answer samples with ground-truth answers")
     return kept
-
-
-def load_starting_model(config: Stage3Config):
-    from seganswer_cli.model import SegAnswerModel
-
-    dtype = None if config.dtype == "float32" else getattr(torch, config.dtype)
-    with quiet_transformers():
-        return SegAnswerModel.from_pretrained(config.model, dtype=dtype)
-
-
-def setup_trainable(model, config: Stage3Config) -> None:
-    """The MLLM trains (vision tower unless ``freeze_vision``); the projector and SAM 2.1 are frozen.
-    Trainable parameters are cast to float32 (AdamW on half-precision weights loses the update)."""
-    model.requires_grad_(False)
-    model.mllm.requires_grad_(True)
-    if config.freeze_vision:
-        model.mllm.model.visual.requires_grad_(False)
-    for p in model.parameters():
-        if p.requires_grad and p.dtype != torch.float32:
-            p.data = p.data.float()
 
 
 def reference_model(model):
@@ -616,46 +584,3 @@ def rollout_means(stats: RolloutStats) -> dict[str, float]:
     return out
 
 
-def progress_print(progress: TrainProgress, line: str) -> None:
-    (progress.console.print if progress.enabled else print)(line, highlight=False)
-
-
-# ---------------------------------------------------------------------- output helpers
-
-
-def training_info(model, settings: dict[str, Any], run: runs.RunFolder, step: int) -> dict[str, Any]:
-    """``runs.training_record`` for this stage."""
-    return runs.training_record(model, settings, run, stage=STAGE, step=step)
-
-
-
-def print_start(settings: dict[str, Any], run: runs.RunFolder, start_step: int, skipped: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(stderr=True)
-    c = settings["config"]
-    table = Table(title=f"seganswer train-stage3 · DAPO -> {run.path}", show_header=False)
-    rows = {
-        "model": c["model"], "data": ", ".join(c["data"]),
-        "prompts": f"{settings['dataset_size']} verifiable ({settings['sources']})",
-        "steps": f"{settings['total_steps']} ({settings['steps_per_epoch']}/epoch), "
-                 f"{c['mini_batches']} update(s) per step",
-        "per step": f"{c['prompts_per_step']} groups x {c['rollouts_per_prompt']} rollouts over "
-                    f"{settings['processes']} proc (up to {c['max_refills']} refills)",
-        "rollouts": f"T={c['temperature']} top-p={c['top_p']}, max {c['max_new_tokens']} tokens, "
-                    f"{c['max_seg_steps']} seg round(s), roi {c['roi']}",
-        "DAPO": f"clip [{1 - c['clip_low']:g}, {1 + c['clip_high']:g}], kl {c['kl_coef']:g}, "
-                f"overlong buffer {c['overlong_buffer']}",
-        "reward": " + ".join(f"{w:g}*{k}" for k, w in c["reward_weights"].items()),
-        "lr": f"{c['optim']['lr']:g} ({c['optim']['schedule']})",
-        "trainable": f"{settings['trainable_parameters']:,} parameters",
-    }
-    if start_step:
-        rows["resuming"] = f"from step {start_step}"
-    for key, value in rows.items():
-        table.add_row(key, str(value))
-    console.print(table)
-    for name, errors in skipped.items():
-        if errors.skipped:
-            console.print(f"{name}: {errors.summary()}", highlight=False)
