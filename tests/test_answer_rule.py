@@ -25,6 +25,10 @@ CASES = [
     (SEG + "<answer> red </answer>.<|im_end|>", "red", "tag", "red", True),
     (SEG + "It is red.<|im_end|>", "It is red", "untagged", "It is red", False),
     ("It is <|seg|>.<|im_end|>", None, "missing", "red", False),
+    # what the shipped model wrote on odd images: fragments of the preamble and broken tags, no answers
+    ("To<|im_end|>", None, "missing", "to", False),
+    ("To first observe triangle<|im_end|>", None, "missing", "triangle", False),
+    ("<answer> To square </answer square<|im_end|>", None, "missing", "square", False),
 ]
 
 
@@ -45,7 +49,8 @@ def trajectory_of(output: str) -> Trajectory:
     turns += [last] if last else []
     answer = answer_of("".join(turns))
     return Trajectory(question="q", sequence=_Tokens(), logprobs=torch.zeros(0), steps=[], turns=turns,
-                      answer=answer.value, answer_source=answer.source, stop_reason="answer", timings={})
+                      answer=answer.value, answer_source=answer.source, stop_reason="answer", timings={},
+                      answer_reason=answer.reason)
 
 
 @pytest.mark.parametrize(("output", "answer", "source", "right", "formed"), CASES)
@@ -55,6 +60,7 @@ def test_infer_eval_and_reward_read_one_answer(output, answer, source, right, fo
     assert (traj.answer, traj.answer_source) == (answer, source)  # what `infer` prints
     record = trajectory_record(traj)  # what `infer --json` and `infer --batch` write
     assert (record["answer"], record["answer_source"]) == (answer, source)
+    assert (record["answer_reason"] is None) == (answer is not None)
 
     item = EvalItem(id="0", benchmark="b", image=None, question="q", prompt="q", answer=right, answer_kind="text")
     scored = score_sample(output, item)  # what `eval` scores

@@ -109,3 +109,28 @@ def test_huge_image_is_refused(tmp_path, monkeypatch):
     Image.new("RGB", (400, 300)).save(path)
     with pytest.raises(ImageReadError, match="too large"):
         load_image(path, max_pixels=100_000)
+
+
+def test_no_answer_is_a_result_with_its_own_exit_code(monkeypatch, capsys, tmp_path, noise_image):
+    """A model that stops without an answer: the record says why (answer null), and the exit code is 3,
+    not 1 (failure) or 2 (bad input), so that scripts can tell them apart."""
+    from seganswer_cli.cli import main
+    from seganswer_cli.reasoning import ReasoningLoop
+
+    def preamble_then_stop(self, logits, generator):  # "To" then end of turn: a fragment, no answer
+        row_tokens = self.tokenizer.encode("To")
+        self._said = getattr(self, "_said", 0) + 1
+        return (row_tokens[0] if self._said == 1 else self.model.token_ids.im_end), 0.0
+
+    monkeypatch.setattr(ReasoningLoop, "_choose", preamble_then_stop)
+    image = tmp_path / "noise.png"
+    noise_image.save(image)
+    monkeypatch.setattr(sys, "argv", ["seganswer", "infer", str(image), "What is it?", "--model", "tiny", "--json"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    out = capsys.readouterr()
+    assert exit_info.value.code == 3
+    record = json.loads(out.out)
+    assert record["answer"] is None and record["answer_source"] == "missing"
+    assert record["answer_reason"] == "preamble" and record["turns"][0].startswith("To")
+    assert out.err.strip().count("\n") == 0 and "no answer" in out.err and "preamble" in out.err

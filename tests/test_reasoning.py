@@ -135,8 +135,8 @@ def test_bad_settings_and_questions(tiny_model, noise_image):
 def test_answer_of_fallbacks():
     assert answer_of("<answer> B </answer>.") == Answer("B", "tag")
     assert answer_of("observe <|seg|>.<|im_end|>(B)<|im_end|>") == Answer("(B)", "untagged")
-    assert answer_of("It is <|seg|>. (B)<|im_end|>") == Answer(None, "missing")  # asked for a region
-    assert answer_of("") == Answer(None, "missing")
+    assert answer_of("It is <|seg|>. (B)<|im_end|>") == Answer(None, "missing", "asks_for_region")  # asked for a region
+    assert answer_of("") == Answer(None, "missing", "empty")
 
 
 def test_training_conversation_equals_what_the_loop_builds(patterned_model):

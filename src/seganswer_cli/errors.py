@@ -20,6 +20,13 @@ class UsageError(SegAnswerError):
     exit_code = 2
 
 
+class NoAnswer(SegAnswerError):
+    """The model ran and gave no answer (``infer``): a result, reported after the output, with an exit
+    code of its own so that scripts tell it from bad input (2) and other failures (1)."""
+
+    exit_code = 3
+
+
 class ImageReadError(SegAnswerError):
     """An image file is missing, unreadable, not an image, or absurdly large."""
 

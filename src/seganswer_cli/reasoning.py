@@ -113,6 +113,9 @@ class Trajectory:
     """Seconds per phase: ``prefill`` (turn 1), ``decode`` (one token per step), ``mask`` (SAM 2.1),
     ``segmented_turn`` (building the view and feeding the new turn), ``total``. A batch shares
     its steps, so each row gets the batch's times divided by the number of rows."""
+    answer_reason: str | None = None
+    """Without an answer, why (``conversation.NO_ANSWER_REASONS``: ``asks_for_region``, ``empty``,
+    ``preamble``, ``broken_tag``); None when there is one."""
 
     @property
     def generated_tokens(self) -> int:
@@ -332,6 +335,7 @@ class ReasoningLoop:
             answer_source=answer.source,
             stop_reason=row.stop_reason,
             timings=dict(timings),
+            answer_reason=answer.reason,
         )
 
 
@@ -350,6 +354,7 @@ def trajectory_record(traj: Trajectory, **extra) -> dict:
         question=traj.question,
         answer=traj.answer,
         answer_source=traj.answer_source,
+        answer_reason=traj.answer_reason,
         stop_reason=traj.stop_reason,
         turns=traj.turns,
         steps=[

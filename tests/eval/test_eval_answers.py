@@ -91,7 +91,7 @@ def test_chat_special_tokens_are_not_part_of_the_answer():
     """The reasoning loop's output keeps the special tokens it generated; an answer whose tag was not
     closed before ``<|im_end|>`` still scores by its words."""
     assert answer_of("<answer> star.<|im_end|>") == Answer("star", "unclosed")
-    assert answer_of("It is <|seg|> red.<|im_end|>") == Answer(None, "missing")  # a turn asking for a region
+    assert answer_of("It is <|seg|> red.<|im_end|>") == Answer(None, "missing", "asks_for_region")  # a turn asking for a region
     assert score_answer("<answer> blue<|im_end|>", item("text", "blue")) == 1.0
     assert score_answer("<answer> (C)<|im_end|>", item("choice", "C", OPTIONS)) == 1.0
     assert score_answer("<answer> blue</answer>.<|im_end|>", item("text", "blue")) == 1.0

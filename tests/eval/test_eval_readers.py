@@ -103,6 +103,22 @@ class TestVStar:
         with pytest.raises(UsageError, match="direct_attributes"):
             get_benchmark("vstar").read(vstar_dir, "ocr")
 
+    def test_ids_restarting_per_category_are_keyed_with_it(self, vstar_dir):
+        """A copy whose question_id restarts in each category: each question still has its own id
+        (category/question_id), and one whose pairs repeat too is keyed by line; a run goes through."""
+        import json
+
+        path = vstar_dir / "test_questions.jsonl"
+        records = [json.loads(line) for line in path.read_text(encoding="utf-8-sig").splitlines()]
+        for record in records:
+            record["question_id"] = 0
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+        data = get_benchmark("vstar").read(vstar_dir)
+        assert [i.id for i in data.items] == ["direct_attributes/0", "relative_position/0"]
+        assert [i.answer for i in data.items] == ["B", "A"]
+        path.write_text("".join(json.dumps({**r, "category": "direct_attributes"}) + "\n" for r in records))
+        assert [i.id for i in get_benchmark("vstar").read(vstar_dir).items] == ["line-1", "line-2"]
+
 
 class TestHRBench:
     def test_lazy_base64_images_multiline_questions_and_references(self, hrbench_dir):

@@ -22,7 +22,7 @@ from seganswer_cli.cli.options import (
     QuietOpt,
     load_model,
 )
-from seganswer_cli.errors import DataError, SegAnswerError, UsageError
+from seganswer_cli.errors import DataError, NoAnswer, SegAnswerError, UsageError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -83,7 +83,10 @@ def infer(
     else:
         _print_trajectory(traj, save_vis)
     if traj.answer is None:
-        raise SegAnswerError(f"no answer: the model stopped ({traj.stop_reason}) without one")
+        from seganswer_cli.model.conversation import NO_ANSWER_REASONS
+
+        why = NO_ANSWER_REASONS.get(traj.answer_reason or "", "none was given")
+        raise NoAnswer(f"no answer: the model stopped ({traj.stop_reason}) without one: {why}")
 
 
 def _print_trajectory(traj, save_vis: Path | None) -> None:
@@ -155,7 +158,7 @@ def _infer_batch(batch: Path, out: Path, model: str, settings, batch_size: int, 
     if not quiet:
         err_console.print(f"{len(questions)} questions · {len(done)} already answered in {out} · {len(todo)} to do", highlight=False)
     loop = ReasoningLoop(load_model(model, device, dtype), settings) if todo else None
-    failures = len(errors)
+    failures, unanswered = len(errors), 0
     out.parent.mkdir(parents=True, exist_ok=True)
     with jsonl.JsonlAppender(out) as sink, Progress(
         TextColumn("answering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
@@ -177,9 +180,11 @@ def _infer_batch(batch: Path, out: Path, model: str, settings, batch_size: int, 
                 trajs = loop.run(images, [q["question"] for q in chunk])
                 for q, traj in zip(chunk, trajs):
                     sink.write(trajectory_record(traj, id=q["id"], image=str(q["image"])))
+                    unanswered += traj.answer is None
                     progress.advance(task)
     answered = len(_done_ids(out))
-    err_console.print(f"{answered} answered · {failures} failed · answers in {out}", highlight=False)
+    none = f" ({unanswered} of this run without an answer: `answer` null, see `answer_reason`)" if unanswered else ""
+    err_console.print(f"{answered} answered{none} · {failures} failed · answers in {out}", highlight=False)
     if failures:
         raise DataError(f"{failures} question(s) of {batch} could not be answered (see the lines above)")
 

@@ -9,6 +9,10 @@ Data (``--data``): the ``vstar_bench`` folder as published (``craigwu/vstar_benc
       direct_attributes/        115 images (+ one .json annotation each, not needed here)
       relative_position/        76 images
 
+Ids: ``question_id`` when it is unique in the file (the published file); a copy whose
+``question_id`` restarts in each category is keyed by ``category/question_id``, and one where even
+that repeats by line number (``line-N``), so that predictions stay keyed one per question.
+
 Prompt: the record's ``text`` unchanged (question, ``(A) ...`` options, letter instruction).
 Score: the extracted option letter equals ``label``. Metrics: accuracy per subset and overall
 (``--split direct_attributes`` or ``relative_position`` evaluates one subset).
@@ -43,17 +47,18 @@ def read(root: Path, split: str | None = None) -> BenchmarkData:
     folders = [path.parent, Path(root)]
     items: list[EvalItem] = []
     missing: list[MissingImage] = []
-    for number, record in enumerate(read_json_records(path), start=1):
+    records = list(read_json_records(path))
+    ids = item_ids(records)
+    for number, (record, item_id) in enumerate(zip(records, ids), start=1):
         for key in ("image", "text", "label"):
             if key not in record:
                 hint = (
                     " (an early release without answers; download the current one)" if key == "label" else ""
                 )
                 raise DataError(f"{path}: record {number} has no {key!r}{hint}")
-        category = str(record.get("category") or Path(record["image"]).parts[0])
+        category = _category(record)
         if split != "all" and category != split:
             continue
-        item_id = str(record.get("question_id", number - 1))
         question, options = split_inline_options(str(record["text"]))
         if not options:
             raise DataError(f"{path}: record {number} lists no '(A) ...' options in its text")
@@ -74,6 +79,30 @@ def read(root: Path, split: str | None = None) -> BenchmarkData:
             )
         )
     return BenchmarkData(items, missing, source=str(path))
+
+
+def _category(record: dict) -> str:
+    return str(record.get("category") or Path(str(record.get("image", ""))).parts[0])
+
+
+def item_ids(records: list[dict]) -> list[str]:
+    """One id per record: ``question_id`` when unique, else ``category/question_id`` when that is,
+    else ``line-N`` (records without a ``question_id`` count by line).
+
+    >>> item_ids([{"question_id": 0, "category": "a"}, {"question_id": 1, "category": "b"}])
+    ['0', '1']
+    >>> item_ids([{"question_id": 0, "category": "a"}, {"question_id": 0, "category": "b"}])
+    ['a/0', 'b/0']
+    >>> item_ids([{"question_id": 0, "category": "a"}, {"question_id": 0, "category": "a"}])
+    ['line-1', 'line-2']
+    """
+    plain = [str(r.get("question_id", n)) for n, r in enumerate(records)]
+    if len(set(plain)) == len(plain):
+        return plain
+    paired = [f"{_category(r)}/{qid}" for r, qid in zip(records, plain)]
+    if len(set(paired)) == len(paired):
+        return paired
+    return [f"line-{n}" for n in range(1, len(records) + 1)]
 
 
 def summarize(results: Sequence[SampleResult]) -> dict[str, float]:

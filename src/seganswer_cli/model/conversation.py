@@ -36,7 +36,11 @@ loop decodes them, each closed turn ending in ``<|im_end|>``; only the **last** 
   up to the end of the turn when it was never closed (``unclosed``: generation stopped);
 - without a tag the turn's whole text is the answer (``untagged``); the benchmark scorers then apply
   their own rules (option letters, yes/no, numbers);
-- whitespace is collapsed and one trailing period dropped; nothing left is ``missing``.
+- whitespace is collapsed and one trailing period dropped; nothing left is ``missing``;
+- a fragment of the reasoning preamble (``To``, ``To first observe triangle``: words of Response 1
+  where an answer should be) or a text holding a broken answer tag (``red </answer red``) is no
+  answer either (``missing``): a barely trained model writes such things, and reporting them as
+  answers would score noise. ``Answer.reason`` says why an output has no answer.
 
 ``well_formed`` is the format the reasoning prompt asks for (Stage 3's format reward): every turn
 before the last asks for a region and answers nothing; the last holds no ``<|seg|>`` and exactly one
@@ -193,16 +197,51 @@ _CHAT_TOKEN = re.compile(r"<\|[a-z_]+\|>")
 _OPEN = re.compile(re.escape(tokens.ANSWER_OPEN), re.IGNORECASE)
 _CLOSE = re.compile(re.escape(tokens.ANSWER_CLOSE), re.IGNORECASE)
 
+_BROKEN_TAG = re.compile(r"<\s*/?\s*answer(?!\s*>)|(?<![<\w/])/?answer>", re.IGNORECASE)
+_PREAMBLE_WORDS = re.findall(r"[a-z]+", tokens.SEG_RESPONSE.replace(tokens.SEG_TOKEN, "").lower())
+"""Response 1's words: to find the answer it should first observe."""
+
 #: Where an answer came from (``Answer.source``).
 ANSWER_SOURCES = ("tag", "unclosed", "untagged", "missing")
+#: Why an output has no answer (``Answer.reason`` when ``value`` is None).
+NO_ANSWER_REASONS = {
+    "asks_for_region": "the last turn asks for a region (<|seg|>) and gives no <answer>",
+    "empty": "no text is left once the chat tokens are removed",
+    "preamble": "the text is a fragment of the reasoning preamble, not an answer",
+    "broken_tag": "the text holds a broken answer tag",
+}
 
 
 @dataclass(frozen=True)
 class Answer:
-    """The answer of an output (None when there is none) and where it came from (``ANSWER_SOURCES``)."""
+    """The answer of an output (None when there is none), where it came from (``ANSWER_SOURCES``)
+    and, without one, why (a key of ``NO_ANSWER_REASONS``)."""
 
     value: str | None
     source: str
+    reason: str | None = None
+
+    def __repr__(self) -> str:
+        extra = f", reason={self.reason!r}" if self.reason is not None else ""
+        return f"Answer(value={self.value!r}, source={self.source!r}{extra})"
+
+
+def _no_answer(reason: str) -> Answer:
+    return Answer(None, "missing", reason)
+
+
+def is_preamble_fragment(text: str) -> bool:
+    """Whether ``text`` is words of the reasoning preamble rather than an answer: the preamble's
+    first words (``To``, ``To find the``), or ``To ...`` with its verb ``observe``.
+
+    >>> [is_preamble_fragment(t) for t in ("To", "To find the answer", "To first observe triangle",
+    ...                                    "to the left", "red", "It is observed")]
+    [True, True, True, False, False, False]
+    """
+    words = re.findall(r"[a-z]+", text.lower())
+    if not words or words[0] != _PREAMBLE_WORDS[0]:
+        return False
+    return words == _PREAMBLE_WORDS[: len(words)] or _PREAMBLE_WORDS[-1] in words
 
 
 def model_turns(output: str) -> list[str]:
@@ -233,13 +272,15 @@ def answer_of(output: str) -> Answer:
     >>> answer_of("<answer> blue<|im_end|>"), answer_of("No, there is no dog.")
     (Answer(value='blue', source='unclosed'), Answer(value='No, there is no dog', source='untagged'))
     >>> answer_of("It is <|seg|>.<|im_end|>"), answer_of("<|im_end|>")
-    (Answer(value=None, source='missing'), Answer(value=None, source='missing'))
+    (Answer(value=None, source='missing', reason='asks_for_region'), Answer(value=None, source='missing', reason='empty'))
+    >>> answer_of("To first observe triangle"), answer_of("<answer> To square </answer square")
+    (Answer(value=None, source='missing', reason='preamble'), Answer(value=None, source='missing', reason='broken_tag'))
     """
     turns = model_turns(output)
     last = turns[-1] if turns else ""
     opens = list(_OPEN.finditer(last))
     if not opens and tokens.SEG_TOKEN in last:
-        return Answer(None, "missing")  # the turn asked for a region: it answers nothing
+        return _no_answer("asks_for_region")  # the turn asked for a region: it answers nothing
     last = _CHAT_TOKEN.sub(" ", last)
     opens = list(_OPEN.finditer(last))
     if opens:
@@ -250,7 +291,13 @@ def answer_of(output: str) -> Answer:
         text, source = _CLOSE.sub(" ", last), "untagged"
     text = " ".join(text.split())
     text = text.removesuffix(".").strip()
-    return Answer(text, source) if text else Answer(None, "missing")
+    if not text:
+        return _no_answer("empty")
+    if _BROKEN_TAG.search(text):
+        return _no_answer("broken_tag")
+    if is_preamble_fragment(text):
+        return _no_answer("preamble")
+    return Answer(text, source)
 
 
 def well_formed(output: str) -> bool:
