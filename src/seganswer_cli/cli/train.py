@@ -87,22 +87,19 @@ def launch(cls, params: dict, *, what_data: str, train, check=None) -> None:
           stop_after_step=params["stop_after_step"])
 
 
-def run_stage1(cfg, out, **kwargs) -> None:
-    from seganswer_cli.train.stage1 import train_stage1 as run
+def stage_runner(stage: str):
+    """``train_<stage>`` of ``seganswer_cli.train.<stage>``, imported when the command runs (torch,
+    transformers and the model load only then, after the cheap checks)."""
 
-    run(cfg, out, **kwargs)
+    def run(cfg, out, **kwargs) -> None:
+        import importlib
+
+        getattr(importlib.import_module(f"seganswer_cli.train.{stage}"), f"train_{stage}")(cfg, out, **kwargs)
+
+    return run
 
 
-def run_stage2(cfg, out, **kwargs) -> None:
-    from seganswer_cli.train.stage2 import train_stage2 as run
-
-    run(cfg, out, **kwargs)
-
-
-def run_stage3(cfg, out, **kwargs) -> None:
-    from seganswer_cli.train.stage3 import train_stage3 as run
-
-    run(cfg, out, **kwargs)
+run_stage1, run_stage2, run_stage3 = (stage_runner(s) for s in ("stage1", "stage2", "stage3"))
 
 
 def check_stage2_start(cfg) -> None:

@@ -443,23 +443,24 @@ def training_record(model, settings: dict[str, Any], run: RunFolder, *, stage: s
 
 
 #: Config keys that may hold a path (a preset name or hub id stays as it is).
-PATH_SETTINGS = ("model", "val_data", "mllm_path", "sam_path")
+PATH_SETTINGS = ("model", "mllm_path", "sam_path")
 
 
 def card_settings(settings: dict[str, Any], run: RunFolder) -> dict[str, Any]:
-    """``settings`` with every path of its config (starting model, data, local MLLM/SAM copies)
-    written relative to the run folder, e.g. ``../3-stage2/model`` and ``rl=../data/rl``."""
+    """``settings`` with every path of its config (starting model, data, validation data, local
+    MLLM/SAM copies) written relative to the run folder, e.g. ``../3-stage2/model``, ``rl=../data/rl``."""
     from seganswer_cli.data.mixture import parse_data_spec, with_data_path
+
+    def relative_spec(spec: str) -> str:
+        return with_data_path(spec, relative_path(str(parse_data_spec(spec).path), run.path))
 
     config = dict(settings.get("config", {}))
     for key in PATH_SETTINGS:
         if isinstance(config.get(key), str):
             config[key] = relative_path(config[key], run.path)
-    if isinstance(config.get("val_data"), str) and "=" in config["val_data"]:
-        config["val_data"] = with_data_path(config["val_data"],
-                                            relative_path(str(parse_data_spec(config["val_data"]).path), run.path))
-    config["data"] = [with_data_path(spec, relative_path(str(parse_data_spec(spec).path), run.path))
-                      for spec in config.get("data", [])]
+    if isinstance(config.get("val_data"), str):
+        config["val_data"] = relative_spec(config["val_data"])
+    config["data"] = [relative_spec(spec) for spec in config.get("data", [])]
     return {**settings, "config": config}
 
 
