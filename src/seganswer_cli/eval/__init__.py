@@ -1,10 +1,10 @@
 """Benchmarks by their command-line name: how to read each, prompt it and score it.
 
 ``BENCHMARKS`` maps every name ``seganswer eval`` accepts to a ``BenchmarkSpec``; each spec points at
-one small module (``vstar.py``, ``pope.py``...) exposing ``read(root, split)``, ``score(output, item)``
-and ``summarize(results)``. Modules are imported on first use, so listing names stays cheap.
+one small module (``vstar.py``, ``pope.py``...) exposing ``read(root, split)``, ``score(output, item)``,
+``summarize(results)`` and ``PROTOCOL`` (how it scores, see ``protocol.py``). Modules are imported on first use, so listing names stays cheap.
 
-Adding a benchmark: write a module with those three functions (plus ``SPLITS``, ``DEFAULT_SPLIT``) and
+Adding a benchmark: write a module with those three functions (plus ``SPLITS``, ``DEFAULT_SPLIT``, ``PROTOCOL``) and
 call ``register(BenchmarkSpec(...))``. ``shapes-vqa`` and ``shapes-refseg`` (the shapes world, on top of
 the data package) generate their items when no folder is given, so the harness runs offline.
 
@@ -27,6 +27,7 @@ from typing import Any, Literal
 
 from seganswer_cli.errors import UsageError
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
+from seganswer_cli.eval.protocol import Protocol
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,11 @@ class BenchmarkSpec:
 
     def summarize(self, results: Sequence[SampleResult]) -> dict[str, float]:
         return self.load().summarize(results)
+
+    @property
+    def protocol(self) -> Protocol:
+        """How the module scores (``PROTOCOL``): prompt, extraction, metrics, official source, departures."""
+        return self.load().PROTOCOL
 
 
 def _spec(

@@ -29,11 +29,20 @@ from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
 from seganswer_cli.eval.metrics import HallusionRow, accuracy, hallusion_metrics
+from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.reading import locate, read_json_records
 
 NAME = "hallusionbench"
 SPLITS = ("image", "all")
 DEFAULT_SPLIT = "image"
+
+PROTOCOL = Protocol(
+    prompt="the question, then 'Please answer yes or no.'",
+    extraction="yes/no at the start of the answer, a negation in its first sentence, or a lone yes (answers.py)",
+    metrics="aAcc (all questions), qAcc (question pairs), fAcc (figures)",
+    source="tianyi-lab/HallusionBench: evaluation.py, utils.py",
+    judge="always",
+)
 INSTRUCTION = "Please answer yes or no."
 KEYS = ("category", "subcategory", "set_id", "figure_id", "question_id")
 

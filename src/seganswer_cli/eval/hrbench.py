@@ -26,12 +26,21 @@ from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 from seganswer_cli.eval.metrics import accuracy, hrbench_metrics
+from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.reading import is_blank, locate, read_table, require_columns, resolve_image_references
 from seganswer_cli.model.conversation import vlmevalkit_prompt
 
 RESOLUTIONS = ("4k", "8k")
 SPLITS = ("test",)
 DEFAULT_SPLIT = "test"
+
+PROTOCOL = Protocol(
+    prompt="VLMEvalKit's multiple-choice layout (Question:, Options:, A. ..., the selection instruction)",
+    extraction="the option letter (letter, answer phrase, then option text; answers.py)",
+    metrics="FSP, FCP and overall accuracy within each option cycle, averaged over cycles",
+    source="DreamMr/HR-Bench: eval (VLMEvalKit's multiple-choice evaluation)",
+    judge="fallback",
+)
 
 score = score_sample
 

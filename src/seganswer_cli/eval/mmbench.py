@@ -29,12 +29,21 @@ from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 from seganswer_cli.eval.metrics import accuracy, all_correct_rate
 from seganswer_cli.eval.multiple_choice import rotate
+from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.reading import is_blank, locate, read_table, require_columns, resolve_image_references
 from seganswer_cli.model.conversation import vlmevalkit_prompt
 
 NAME = "mmbench"
 SPLITS = ("dev",)
 DEFAULT_SPLIT = "dev"
+
+PROTOCOL = Protocol(
+    prompt="VLMEvalKit's multiple-choice layout (Hint:, Question:, Options:, A. ..., instruction)",
+    extraction="the option letter (letter, answer phrase, then option text; answers.py)",
+    metrics="CircularEval: a question counts when every rotation of its options is answered right",
+    source="open-compass/VLMEvalKit: vlmeval/dataset/utils/multiple_choice.py",
+    judge="fallback",
+)
 #: VLMEvalKit's offset between a question's circular copies.
 CIRCULAR_OFFSET = 1_000_000
 

@@ -25,12 +25,21 @@ from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
 from seganswer_cli.eval.metrics import accuracy, mmvp_metrics
+from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.reading import locate, read_csv_rows, require_columns
 from seganswer_cli.model.conversation import llava_prompt
 
 NAME = "mmvp"
 SPLITS = ("test",)
 DEFAULT_SPLIT = "test"
+
+PROTOCOL = Protocol(
+    prompt="the question, (A)/(B) options, the letter instruction (LLaVA's layout)",
+    extraction="the option letter or the option's text (answers.py)",
+    metrics="question accuracy and pair accuracy (both questions of an image pair right)",
+    source="tsb0601/MMVP: scripts/evaluate_mllm.py, scripts/gpt_grader.py",
+    judge="always",
+)
 _OPTION = re.compile(r"\(([a-zA-Z])\)\s*([^()]*)")
 
 score = score_sample

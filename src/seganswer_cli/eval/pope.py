@@ -26,6 +26,7 @@ from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.answers import extract_yes_no
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
 from seganswer_cli.eval.metrics import pope_metrics
+from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.reading import candidate_folders, locate, read_json_records
 from seganswer_cli.model.conversation import answer_of
 
@@ -33,6 +34,13 @@ NAME = "pope"
 SETTINGS = ("random", "popular", "adversarial")
 SPLITS = ("all", *SETTINGS)
 DEFAULT_SPLIT = "all"
+
+PROTOCOL = Protocol(
+    prompt="the question, then 'Please answer yes or no.'",
+    extraction="yes/no at the start of the answer, else a negation in its first sentence -> no, else yes",
+    metrics="accuracy, precision, recall, F1, yes-ratio per setting (yes positive); their mean over settings",
+    source="RUCAIBox/POPE: evaluate.py",
+)
 INSTRUCTION = "Please answer yes or no."
 
 

@@ -27,6 +27,7 @@ from PIL import Image
 
 from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage
+from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.reading import read_text
 from seganswer_cli.eval.segmentation import score_mask, summarize_masks
 from seganswer_cli.masks import decode_rle, encode_rle, polygons_to_rle
@@ -34,6 +35,14 @@ from seganswer_cli.masks import decode_rle, encode_rle, polygons_to_rle
 NAME = "reasonseg"
 SPLITS = ("val", "test", "train")
 DEFAULT_SPLIT = "val"
+
+PROTOCOL = Protocol(
+    prompt="LISA's templates: '<text> Please output segmentation mask.' or 'Can you segment the <text> in this image?'",
+    extraction="the predicted mask of the <|seg|> token",
+    metrics="gIoU (mean per-sample IoU) and cIoU (summed intersection over summed union), ignore region excluded",
+    source="dvlab-research/LISA: train_ds.py (validate), utils/utils.py",
+    departures=("polygons rasterized with pycocotools, not OpenCV: boundaries can differ by a pixel",),
+)
 SENTENCE_PROMPT = "{text} Please output segmentation mask."
 PHRASE_PROMPT = "Can you segment the {text} in this image?"
 IGNORE_LABEL = 255

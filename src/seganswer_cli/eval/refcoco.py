@@ -27,6 +27,7 @@ from pathlib import Path
 
 from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, find_file
+from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.reading import read_text
 from seganswer_cli.eval.segmentation import score_mask, summarize_masks
 from seganswer_cli.masks import segmentation_to_rle
@@ -41,6 +42,13 @@ SPLITS: dict[tuple[str, str], tuple[str, str]] = {
     ("refcocog", "val-g"): ("google", "val"),
 }
 DEFAULT_SPLIT = "val"
+
+PROTOCOL = Protocol(
+    prompt="LISA's template: 'Can you segment the <sentence> in this image?', one item per sentence",
+    extraction="the predicted mask of the <|seg|> token",
+    metrics="cIoU (summed intersection over summed union) and gIoU",
+    source="dvlab-research/LISA: train_ds.py (validate), utils/utils.py",
+)
 PROMPT = "Can you segment the {expression} in this image?"
 
 score = score_mask

@@ -265,6 +265,7 @@ class EvalRun:
             "task": self.spec.task,
             "headline": {"metric": self.spec.headline, "value": metrics.get(self.spec.headline)},
             "metrics": metrics,
+            "protocol": self.spec.protocol.to_json(),
             "cost": cost_summary(records) if self.spec.task == "qa" else {},
             "timing": {"seconds_per_sample": _mean([r.get("timings", {}).get("total") for r in records])},
             "counts": {

@@ -18,11 +18,19 @@ from pathlib import Path
 from seganswer_cli.data.samples import SegSample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 from seganswer_cli.eval.metrics import MaskIoU
+from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.segmentation import score_mask, summarize_masks
 from seganswer_cli.eval.shapes import DEFAULT_SPLIT, SPLITS, image_of, read_samples
 
 NAME = "shapes-refseg"
 PROMPT = "Can you segment {expression} in this image?"
+
+PROTOCOL = Protocol(
+    prompt="the paper's Stage 1 segmentation prompt with the expression",
+    extraction="the predicted mask of the <|seg|> token",
+    metrics="cIoU, gIoU, precision@0.5, cIoU per number of targets",
+    source="this project (the shapes world); LISA's cIoU/gIoU",
+)
 __all__ = ["DEFAULT_SPLIT", "SPLITS", "read", "score", "summarize"]
 
 score = score_mask

@@ -20,11 +20,19 @@ from seganswer_cli.errors import DataError
 from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 from seganswer_cli.eval.metrics import accuracy_summary
+from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.shapes import DEFAULT_SPLIT, SPLITS, image_of, read_samples
 from seganswer_cli.masks import encode_rle
 from seganswer_cli.model.conversation import lettered, prompt_and_answer
 
 NAME = "shapes-vqa"
+
+PROTOCOL = Protocol(
+    prompt="V*'s layout: question, (A)... options, the letter instruction; free-text questions alone",
+    extraction="the option letter, or the normalised short answer (answers.py)",
+    metrics="accuracy overall and per question type",
+    source="this project (the shapes world); V*'s prompt layout",
+)
 __all__ = ["DEFAULT_SPLIT", "SPLITS", "read", "score", "summarize"]
 
 score = score_sample

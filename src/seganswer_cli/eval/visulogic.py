@@ -25,12 +25,20 @@ from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
 from seganswer_cli.eval.metrics import accuracy_summary
 from seganswer_cli.eval.multiple_choice import split_inline_options
+from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.reading import locate, read_json_records
 from seganswer_cli.model.conversation import LLAVA_INSTRUCTION
 
 NAME = "visulogic"
 SPLITS = ("test",)
 DEFAULT_SPLIT = "test"
+
+PROTOCOL = Protocol(
+    prompt="the question, then 'Answer with the option's letter from the given choices directly.'",
+    extraction="the option letter (letter, answer phrase or \\boxed{X}; answers.py)",
+    metrics="accuracy overall and per tag",
+    source="VisuLogic-Benchmark/VisuLogic-Eval",
+)
 LETTERS = ("A", "B", "C", "D")
 
 score = score_sample

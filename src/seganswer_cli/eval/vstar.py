@@ -28,12 +28,21 @@ from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
 from seganswer_cli.eval.metrics import accuracy_summary
 from seganswer_cli.eval.multiple_choice import split_inline_options
+from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.reading import locate, read_json_records
 
 NAME = "vstar"
 SUBSETS = ("direct_attributes", "relative_position")
 SPLITS = ("all", *SUBSETS)
 DEFAULT_SPLIT = "all"
+
+PROTOCOL = Protocol(
+    prompt="the record's text as published: question, (A)... options, the letter instruction",
+    extraction="generated answer: the option letter (letter, answer phrase, then option text; answers.py)",
+    metrics="accuracy overall and per subset (direct_attributes, relative_position)",
+    source="penghao-wu/vstar: vstar_bench_eval.py",
+    departures=("the official script picks the option of highest likelihood; we score the generated answer",),
+)
 
 score = score_sample
 
