@@ -104,9 +104,10 @@ class TestPope:
     def test_yes_is_the_positive_class(self):
         predictions = ["yes", "yes", "no", "no", "yes", None]
         labels = ["yes", "no", "no", "yes", "yes", "no"]
-        # tp = 2 (0, 4), fp = 1 (1), fn = 1 (3), tn = 2 (2, and 5: no answer counts as "no")
+        # tp = 2 (0, 4), fp = 1 (1), fn = 1 (3), tn = 1 (2); 5 gave no answer: wrong, not a true negative
         metrics = pope_metrics(predictions, labels)
-        assert metrics["accuracy"] == pytest.approx(4 / 6)
+        assert metrics["accuracy"] == pytest.approx(3 / 6)
+        assert metrics["unanswered"] == 1.0
         assert metrics["precision"] == pytest.approx(2 / 3)
         assert metrics["recall"] == pytest.approx(2 / 3)
         assert metrics["f1"] == pytest.approx(2 / 3)

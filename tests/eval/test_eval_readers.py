@@ -283,6 +283,50 @@ class TestVisuLogic:
         assert data.items[1].options == {"A": "A", "B": "B", "C": "C", "D": "D"}
         assert data.items[0].groups == {"tag": "Quantitative Reasoning"}
 
+    def test_official_prompt(self, visulogic_dir):
+        item = get_benchmark("visulogic").read(visulogic_dir).items[1]
+        assert item.prompt == (
+            "Choose the most appropriate option to fill the question mark.\nSolve the complex visual logical "
+            "reasoning problem through step-by-step reasoning. Think about the reasoning process first and "
+            "answer the question following this format: Answer: \\boxed{$LETTER}."
+        )
+
+    @pytest.mark.parametrize("prefix", ["images/", "VisuLogic/images/", ""])
+    def test_images_zip_as_distributed(self, visulogic_dir, prefix):
+        import io
+        import shutil
+        import zipfile
+
+        from PIL import Image
+
+        from seganswer_cli.eval.items import LazyImage
+
+        shutil.rmtree(visulogic_dir / "images")
+        with zipfile.ZipFile(visulogic_dir / "images.zip", "w") as archive:
+            for name, colour in (("00000.png", "red"), ("00001.png", "blue")):
+                buffer = io.BytesIO()
+                Image.new("RGB", (6, 4), colour).save(buffer, format="PNG")
+                archive.writestr(prefix + name, buffer.getvalue())
+        data = get_benchmark("visulogic").read(visulogic_dir)
+        assert data.missing == [] and all(isinstance(i.image, LazyImage) for i in data.items)
+        assert [i.load_image().getpixel((0, 0)) for i in data.items] == [(255, 0, 0), (0, 0, 255)]
+
+    def test_image_missing_from_the_zip_names_it(self, visulogic_dir):
+        import shutil
+        import zipfile
+
+        shutil.rmtree(visulogic_dir / "images")
+        with zipfile.ZipFile(visulogic_dir / "images.zip", "w") as archive:
+            archive.writestr("images/00000.png", b"")
+        data = get_benchmark("visulogic").read(visulogic_dir)
+        assert [m.item_id for m in data.missing] == ["00001"]
+        assert "images.zip" in str(data.missing[0])
+
+    def test_corrupt_zip_is_one_line(self, visulogic_dir):
+        (visulogic_dir / "images.zip").write_bytes(b"not a zip")
+        with pytest.raises(DataError, match="images.zip: not a readable zip archive"):
+            get_benchmark("visulogic").read(visulogic_dir)
+
     def test_bad_label(self, visulogic_dir):
         path = visulogic_dir / "data.jsonl"
         path.write_text(

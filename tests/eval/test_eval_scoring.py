@@ -45,20 +45,36 @@ def test_hrbench_fsp_fcp(hrbench_dir):
     assert summary["overall"] == pytest.approx((0.5 + 1.0) / 2)
 
 
-def test_pope_official_default_yes_and_summary(pope_dir):
+def test_pope_official_rule_and_summary(pope_dir):
     outputs = {
         "random-1": "<answer>yes</answer>",
-        "random-2": "There is a cat sitting on the sofa.",  # no yes/no, no negation: POPE counts it as yes
+        "random-2": "There is a cat sitting on the sofa.",  # no No/no/not in the first sentence: yes
         "popular-1": "No, I do not see one.",
-        "popular-2": "no",
-        "adversarial-1": "yes",
-        "adversarial-2": "yes",
+        "popular-2": "<answer>Yes, but it is not a real one</answer>",  # official: 'not' -> no (label yes)
+        "adversarial-1": "No.",
+        "adversarial-2": "<|seg|> To look closer",  # a reasoning turn never answered: wrong, not 'yes'
     }
     summary, results = run("pope", pope_dir, outputs)
-    assert results[1].rule == "pope_default_yes" and results[1].correct
+    assert [r.extracted for r in results] == ["yes", "yes", "no", "no", "no", None]
+    assert [r.rule for r in results] == ["tag:pope_official", "untagged:pope_official", "untagged:pope_official",
+                                         "tag:pope_official", "untagged:pope_official", "none"]
     assert summary["random/accuracy"] == 1.0 and summary["popular/accuracy"] == 0.5
-    assert summary["adversarial/yes_ratio"] == 1.0 and summary["adversarial/precision"] == 0.5
+    assert summary["adversarial/yes_ratio"] == 0.0 and summary["adversarial/unanswered"] == 1.0
+    assert summary["adversarial/accuracy"] == 0.5 and summary["unanswered"] == 1.0
     assert summary["accuracy"] == pytest.approx((1.0 + 0.5 + 0.5) / 3)
+
+
+@pytest.mark.parametrize(("answer", "official"), [
+    # the official evaluate.py's reading of typical replies (first sentence, commas dropped, split on spaces)
+    ("Yes", "yes"), ("No", "no"), ("no.", "no"), ("Yes, there is a dog.", "yes"),
+    ("There is no dog in the image.", "no"), ("The dog is not visible", "no"),
+    ("Yes. No other animals are there.", "yes"),  # only the first sentence counts
+    ("NO", "yes"), ("Nope", "yes"),  # the official words are exactly No, no, not
+])
+def test_pope_official_rule_on_hand_cases(answer, official):
+    from seganswer_cli.eval.pope import official_answer
+
+    assert official_answer(answer) == official
 
 
 def test_hallusionbench_summary(hallusion_dir):
@@ -121,3 +137,17 @@ def test_reasonseg_ignore_region_is_not_counted(reasonseg_dir):
     prediction = item.load_gt_mask() | item.load_ignore_mask()
     result = spec.score(prediction, item)
     assert result.intersection == result.union == int(item.load_gt_mask().sum())
+
+
+@pytest.mark.parametrize(("output", "letter", "rule"), [
+    # what the official prompt asks for, with and without the reasoning loop's answer tags
+    ("The count rises by one each step. Answer: \\boxed{C}", "C", "untagged:answer_prefix"),
+    ("<answer>\\boxed{C}</answer>", "C", "tag:answer_prefix"),
+    ("<answer>Answer: \\boxed{C}.</answer>", "C", "tag:answer_prefix"),
+    ("<answer>C</answer>", "C", "tag:letter"),
+    ("<answer>Answer: \\boxed{$LETTER}.</answer>", None, "none"),  # the template echoed: no answer
+])
+def test_visulogic_reads_the_official_answer_format(visulogic_dir, output, letter, rule):
+    item = get_benchmark("visulogic").read(visulogic_dir).items[0]
+    result = get_benchmark("visulogic").score(output, item)
+    assert (result.extracted, result.rule, result.correct) == (letter, rule, letter == "C")

@@ -99,9 +99,9 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         _spec("hrbench-8k", "hrbench", "qa", "HR-Bench 8K: FSP / FCP", "overall", resolution="8k"),
         _spec("mmbench", "mmbench", "qa", "MMBench dev (CircularEval)", "circular_accuracy"),
         _spec("visulogic", "visulogic", "qa", "VisuLogic: visual logic puzzles", "accuracy"),
-        _spec("mmvp", "mmvp", "qa", "MMVP: CLIP-blind image pairs", "question_accuracy"),
+        _spec("mmvp", "mmvp", "qa", "MMVP: CLIP-blind image pairs", "pair_accuracy"),
         _spec("pope", "pope", "qa", "POPE: object hallucination (random/popular/adversarial)", "f1"),
-        _spec("hallusionbench", "hallusionbench", "qa", "HallusionBench: aAcc / qAcc / fAcc", "aAcc"),
+        _spec("hallusionbench", "hallusionbench", "qa", "HallusionBench: qAcc / fAcc / aAcc", "qAcc"),
         _spec(
             "refcoco", "refcoco", "segmentation", "RefCOCO referring segmentation", "ciou", dataset="refcoco"
         ),

@@ -15,7 +15,8 @@ Multiple choice (``extract_choice``), first match wins:
                     if several do, the one that equals the whole answer wins, else nothing is extracted
 Yes/no (``extract_yes_no``):
   ``yes_no``        the answer starts with yes/no (``Yes, there is``, ``No.``)
-  ``negation``      (POPE's official rule) the first sentence has a negation word -> ``no``
+  ``negation``      the first sentence has a negation word -> ``no`` (broader than POPE's official
+                    rule, which ``pope.py`` applies as the official script does)
   ``contains_yes``  ``yes`` appears as a word and no ``no`` -> ``yes``
 Free text / numbers: ``exact`` after ``normalize_text``; ``number`` when both parse as equal numbers.
 

@@ -17,7 +17,10 @@ at ``filename``, or at ``<category>/<subcategory>/<set_id>_<figure_id>.png`` (th
 split do; ``--split all`` adds the text-only ones (item.image is None), as the official evaluation does.
 
 Prompt: the question, then "Please answer yes or no." Score: rule-based yes/no extraction (the official
-harness asks GPT-4 to judge; see answers.py). Metrics: aAcc, qAcc, fAcc (definitions in metrics.py).
+harness asks GPT-4 to judge; see answers.py). Metrics: aAcc, qAcc, fAcc (definitions in metrics.py) and
+``overall``, their mean (VLMEvalKit's "Overall"). The headline is qAcc, question-pair accuracy, by which
+HallusionBench's own leaderboard ranks models; aAcc (per question) is far higher and not comparable
+with tables that report pairs.
 """
 
 from __future__ import annotations
@@ -39,9 +42,10 @@ DEFAULT_SPLIT = "image"
 PROTOCOL = Protocol(
     prompt="the question, then 'Please answer yes or no.'",
     extraction="yes/no at the start of the answer, a negation in its first sentence, or a lone yes (answers.py)",
-    metrics="aAcc (all questions), qAcc (question pairs), fAcc (figures)",
+    metrics="qAcc (question pairs, headline), fAcc (figures), aAcc (all questions), overall (their mean)",
     source="tianyi-lab/HallusionBench: evaluation.py, utils.py",
     judge="always",
+    departures=("the official evaluation asks GPT-4 whether each answer is right; without --judge yes/no is read by rule",),
 )
 INSTRUCTION = "Please answer yes or no."
 KEYS = ("category", "subcategory", "set_id", "figure_id", "question_id")
@@ -103,4 +107,5 @@ def summarize(results: Sequence[SampleResult]) -> dict[str, float]:
     summary = hallusion_metrics(rows)
     overall = accuracy([r.correct for r in results])
     summary.update(aAcc_ci_low=overall.low, aAcc_ci_high=overall.high, n=float(len(results)))
+    summary["overall"] = (summary["aAcc"] + summary["qAcc"] + summary["fAcc"]) / 3
     return summary

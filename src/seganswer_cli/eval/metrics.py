@@ -181,19 +181,25 @@ def all_correct_rate(rows: Iterable[tuple[Hashable, bool]]) -> float:
 
 
 def pope_metrics(predictions: Sequence[str | None], labels: Sequence[str]) -> dict[str, float]:
-    """POPE's metrics, ``yes`` positive. A prediction that is neither yes nor no counts as ``no``.
+    """POPE's metrics, ``yes`` positive (the official ``evaluate.py``), plus ``unanswered``.
 
-    ``yes_ratio`` is the share of ``yes`` predictions (POPE reports it to expose yes-bias).
-    Precision is 0 when nothing was predicted ``yes`` (no positives to be precise about).
+    ``yes_ratio`` is the share of ``yes`` predictions (POPE reports it to expose yes-bias). A prediction
+    that is neither yes nor no (the model gave no answer) is wrong: a missed positive when the label is
+    yes, and not a true negative when it is no. Precision is 0 when nothing was predicted ``yes``.
+
+    >>> m = pope_metrics(["yes", "no", None], ["yes", "no", "no"])
+    >>> m["accuracy"], m["precision"], m["unanswered"]
+    (0.6666666666666666, 1.0, 1.0)
     """
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
     pred_yes = np.array([p == "yes" for p in predictions], dtype=bool)
+    pred_no = np.array([p == "no" for p in predictions], dtype=bool)
     label_yes = np.array([str(x).strip().lower() == "yes" for x in labels], dtype=bool)
     tp = int(np.count_nonzero(pred_yes & label_yes))
     fp = int(np.count_nonzero(pred_yes & ~label_yes))
     fn = int(np.count_nonzero(~pred_yes & label_yes))
-    tn = int(np.count_nonzero(~pred_yes & ~label_yes))
+    tn = int(np.count_nonzero(pred_no & ~label_yes))
     n = len(labels)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
@@ -204,6 +210,7 @@ def pope_metrics(predictions: Sequence[str | None], labels: Sequence[str]) -> di
         "recall": recall,
         "f1": f1,
         "yes_ratio": (tp + fp) / n if n else math.nan,
+        "unanswered": float(n - int(np.count_nonzero(pred_yes | pred_no))),
     }
 
 

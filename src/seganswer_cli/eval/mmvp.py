@@ -11,8 +11,8 @@ Questions ``2k-1`` and ``2k`` (1-based ``Index``) ask the same thing about the t
 
 Prompt: the question, ``(A) Open`` / ``(B) Closed``, and the letter instruction (options re-lettered
 upper case so every benchmark shares one extraction rule). Score: the extracted letter equals the
-``Correct Answer`` letter. Metrics: per-question accuracy and pair accuracy (both questions of a pair
-right), as MMVP reports.
+``Correct Answer`` letter. Metrics: pair accuracy (both questions of a pair right: the headline, the
+number MMVP reports) and per-question accuracy.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ DEFAULT_SPLIT = "test"
 PROTOCOL = Protocol(
     prompt="the question, (A)/(B) options, the letter instruction (LLaVA's layout)",
     extraction="the option letter or the option's text (answers.py)",
-    metrics="question accuracy and pair accuracy (both questions of an image pair right)",
+    metrics="pair accuracy (both questions of an image pair right; headline) and question accuracy",
     source="tsb0601/MMVP: scripts/evaluate_mllm.py, scripts/gpt_grader.py",
     judge="always",
+    departures=("the official grader asks GPT-4 whether each answer matches; without --judge the letter or option text is read by rule",),
 )
 _OPTION = re.compile(r"\(([a-zA-Z])\)\s*([^()]*)")
 

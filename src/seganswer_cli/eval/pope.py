@@ -11,10 +11,15 @@ Data (``--data``): the folder holding the three question files and the images th
 ``--split`` is ``random``, ``popular``, ``adversarial`` or ``all`` (default: the three together; ids are
 prefixed with the setting since each file numbers its questions from 1).
 
-Prompt: the question, then "Please answer yes or no."  Extraction follows POPE's official rule: an
-answer that does not start with yes/no is ``no`` if its first sentence has a negation word, otherwise
-``yes`` (rule ``pope_default_yes``). Metrics per setting (accuracy, precision, recall, F1, yes-ratio,
-``yes`` positive) and their mean over the settings evaluated.
+Prompt: the question, then "Please answer yes or no."  Extraction is POPE's official rule
+(``evaluate.py``), applied to the answer ``conversation.answer_of`` reads from the last model turn
+(the ``<answer>`` content, else the turn's text): keep the text before the first ``.``, drop commas,
+split on spaces; ``No``, ``no`` or ``not`` among the words -> ``no``, anything else -> ``yes``
+(rule ``<source>:pope_official``). So "Yes, but there is no dog" is ``no`` and "There is a cat" is
+``yes``, as the official script counts them. One departure: an output with no answer at all (an
+unfinished reasoning turn) is wrong, where the official script, which has no turns, would call it
+``yes``. Metrics per setting (accuracy, precision, recall, F1, yes-ratio, ``yes`` positive) and
+their mean over the settings evaluated.
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from seganswer_cli.errors import DataError, UsageError
-from seganswer_cli.eval.answers import extract_yes_no
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
 from seganswer_cli.eval.metrics import pope_metrics
 from seganswer_cli.eval.protocol import Protocol
@@ -37,9 +41,10 @@ DEFAULT_SPLIT = "all"
 
 PROTOCOL = Protocol(
     prompt="the question, then 'Please answer yes or no.'",
-    extraction="yes/no at the start of the answer, else a negation in its first sentence -> no, else yes",
+    extraction="the official rule on the answer: 'No'/'no'/'not' in its first sentence -> no, else yes",
     metrics="accuracy, precision, recall, F1, yes-ratio per setting (yes positive); their mean over settings",
     source="RUCAIBox/POPE: evaluate.py",
+    departures=("an output with no answer (an unfinished turn) is wrong; the official script would read it as yes",),
 )
 INSTRUCTION = "Please answer yes or no."
 
@@ -84,18 +89,28 @@ def read(root: Path, split: str | None = None) -> BenchmarkData:
     return BenchmarkData(items, missing, source=", ".join(sources))
 
 
+def official_answer(text: str) -> str:
+    """POPE's ``evaluate.py`` rule: ``no`` when the first sentence has the word ``No``, ``no`` or ``not``.
+
+    >>> [official_answer(t) for t in ("Yes, there is.", "Yes, but there is no dog.", "There is a cat", "No.")]
+    ['yes', 'no', 'yes', 'no']
+    >>> official_answer("Not really")  # only the exact words No, no, not count, as in the official script
+    'yes'
+    """
+    first_sentence = text.split(".")[0] if "." in text else text
+    words = first_sentence.replace(",", "").split(" ")
+    return "no" if {"No", "no", "not"} & set(words) else "yes"
+
+
 def score(prediction_text: str, item: EvalItem) -> SampleResult:
-    """Yes/no extraction with POPE's default-to-yes rule; correct when it equals the label."""
-    extraction = extract_yes_no(prediction_text)
-    value, rule = extraction.value, extraction.rule
-    if value is None and answer_of(prediction_text).value is not None:
-        # POPE's official evaluation counts any answer without a negation as "yes"
-        value, rule = "yes", "pope_default_yes"
+    """The official yes/no of the answer; correct when it equals the label. No answer: wrong, rule ``none``."""
+    answer = answer_of(prediction_text)
+    value = None if answer.value is None else official_answer(answer.value)
     return SampleResult(
         id=item.id,
         correct=value == item.answer,
         extracted=value,
-        rule=rule,
+        rule="none" if value is None else f"{answer.source}:pope_official",
         answer=item.answer,
         groups=dict(item.groups),
     )
@@ -112,5 +127,6 @@ def summarize(results: Sequence[SampleResult]) -> dict[str, float]:
     for metric in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
         values = [summary[f"{s}/{metric}"] for s in present]
         summary[metric] = sum(values) / len(values) if values else float("nan")
+    summary["unanswered"] = float(sum(summary[f"{s}/unanswered"] for s in present))
     summary["n"] = float(len(results))
     return summary

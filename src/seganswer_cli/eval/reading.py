@@ -13,6 +13,7 @@ import csv
 import functools
 import io
 import json
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -264,3 +265,41 @@ def resolve_image_references(path: Path, rows: list[dict[str, Any]], column: str
                     f"{path}: row index {row.get('index')} refers to image of index {value!r}, which has none"
                 )
             row[column] = target[column]
+
+
+class ZipImages:
+    """Images inside a zip archive as distributed (VisuLogic's ``images.zip``), found by the path a
+    record names, read only when an item's image is loaded.
+
+    A record's ``images/00000.png`` matches the member ``images/00000.png``, or ``00000.png``, or any
+    member whose path ends in it (``VisuLogic/images/00000.png``), as ``items.find_file`` does on disk.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                names = [n for n in archive.namelist() if not n.endswith("/")]
+        except (zipfile.BadZipFile, OSError) as e:
+            raise DataError(f"{self.path}: not a readable zip archive: {e}") from None
+        self._by_suffix: dict[str, str] = {}
+        for name in names:
+            parts = Path(name).parts
+            for start in range(len(parts)):  # "a/images/1.png" is found as itself, "images/1.png", "1.png"
+                self._by_suffix.setdefault("/".join(parts[start:]), name)
+
+    def find(self, name: str) -> LazyImage | None:
+        """The image the record's ``name`` points at, or ``None`` when the archive has no such member."""
+        parts = Path(str(name).replace("\\", "/")).parts
+        parts = parts[1:] if parts and parts[0] in (".", "/") else parts
+        for start in range(len(parts)):
+            member = self._by_suffix.get("/".join(parts[start:]))
+            if member is not None:
+                return LazyImage(fetch=functools.partial(_zip_member, str(self.path), member),
+                                 label=f"{self.path.name}:{member}")
+        return None
+
+
+def _zip_member(path: str, member: str) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(member)

@@ -1,18 +1,22 @@
 """VisuLogic (Xu et al., 2025): 1,000 visual-logic puzzles, four choices, one image each.
 
-Data (``--data``): the folder as published (``VisuLogic/VisuLogic``), ``images.zip`` unpacked::
+Data (``--data``): the folder as published (``VisuLogic/VisuLogic``), with ``images.zip`` unpacked or
+not (images are then read from the archive, one at a time, as items are evaluated)::
 
     VisuLogic/
       data.jsonl    {"id": "00000", "image_path": "images/00000.png", "question": "...\\nA: ...\\nB: ...",
                      "label": "A", "tag": "Quantitative Reasoning"}
-      images/       00000.png ...
+      images/       00000.png ...      (or images.zip holding images/00000.png ...)
 
 The options (often drawn inside the image) are part of ``question``; when the question does not list
 them as text, the options are the bare letters A-D.
 
-Prompt: the question, then "Answer with the option's letter from the given choices directly."
-Score: the extracted letter equals ``label`` (the official harness also reads ``\\boxed{X}``, which the
-``answer_prefix`` rule covers). Metrics: accuracy overall and per ``tag`` (reasoning type).
+Prompt, as the official ``VisuLogic-Eval`` (``models/prompts.py``): the question, then "Solve the
+complex visual logical reasoning problem through step-by-step reasoning. Think about the reasoning
+process first and answer the question following this format: Answer: \\boxed{$LETTER}." Score: the
+extracted letter equals ``label``; the official extractor reads the last ``\\boxed{X}``, then phrases such
+as "the answer is X", then asks a judge model; the ``letter`` and ``answer_prefix`` rules of answers.py
+read the first two, ``--judge`` adds the third. Metrics: accuracy overall and per ``tag``.
 """
 
 from __future__ import annotations
@@ -26,20 +30,25 @@ from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, Samp
 from seganswer_cli.eval.metrics import accuracy_summary
 from seganswer_cli.eval.multiple_choice import split_inline_options
 from seganswer_cli.eval.protocol import Protocol
-from seganswer_cli.eval.reading import locate, read_json_records
-from seganswer_cli.model.conversation import LLAVA_INSTRUCTION
+from seganswer_cli.eval.reading import ZipImages, locate, read_json_records
 
 NAME = "visulogic"
 SPLITS = ("test",)
 DEFAULT_SPLIT = "test"
 
 PROTOCOL = Protocol(
-    prompt="the question, then 'Answer with the option's letter from the given choices directly.'",
-    extraction="the option letter (letter, answer phrase or \\boxed{X}; answers.py)",
+    prompt="the question, then the official step-by-step instruction ending 'Answer: \\boxed{$LETTER}.'",
+    extraction="the option letter: \\boxed{X}, a letter, or an answer phrase (answers.py); judge as fallback",
     metrics="accuracy overall and per tag",
-    source="VisuLogic-Benchmark/VisuLogic-Eval",
+    source="VisuLogic-Benchmark/VisuLogic-Eval: evaluation/eval_model.py, models/prompts.py",
+    judge="fallback",
 )
 LETTERS = ("A", "B", "C", "D")
+#: The official instruction (VisuLogic-Eval, ``models/prompts.py``); ``$LETTER`` is literal, as there.
+INSTRUCTION = (
+    "Solve the complex visual logical reasoning problem through step-by-step reasoning. Think about the "
+    "reasoning process first and answer the question following this format: Answer: \\boxed{$LETTER}."
+)
 
 score = score_sample
 
@@ -50,6 +59,8 @@ def read(root: Path, split: str | None = None) -> BenchmarkData:
         raise UsageError(f"{NAME}: VisuLogic has one split, 'test'; got {split!r}")
     path = locate(root, ["data.jsonl", "*.jsonl"], NAME)
     folders = [path.parent, path.parent / "images", Path(root)]
+    archive = next((ZipImages(z) for z in (path.parent / "images.zip", Path(root) / "images.zip") if z.is_file()),
+                   None)
     items: list[EvalItem] = []
     missing: list[MissingImage] = []
     for number, record in enumerate(read_json_records(path), start=1):
@@ -61,9 +72,10 @@ def read(root: Path, split: str | None = None) -> BenchmarkData:
         question_text = str(record["question"]).strip()
         _, listed = split_inline_options(question_text)
         options = listed if len(listed) >= 2 else {letter: letter for letter in LETTERS}
-        image = find_file(image_name, folders)
+        image = find_file(image_name, folders) or (archive.find(image_name) if archive else None)
         if image is None:
-            missing.append(MissingImage(item_id, str(image_name), tuple(str(f) for f in folders)))
+            looked = (*folders, *([archive.path] if archive else []))
+            missing.append(MissingImage(item_id, str(image_name), tuple(str(f) for f in looked)))
             continue
         items.append(
             EvalItem(
@@ -71,7 +83,7 @@ def read(root: Path, split: str | None = None) -> BenchmarkData:
                 benchmark=NAME,
                 image=image,
                 question=question_text,
-                prompt=f"{question_text}\n{LLAVA_INSTRUCTION}",
+                prompt=f"{question_text}\n{INSTRUCTION}",
                 answer=answer,
                 options=options,
                 groups={"tag": str(record.get("tag", ""))},
