@@ -90,3 +90,34 @@ def test_data_cli_module_imports_no_heavy_library():
             "print(sorted(m for m in ('torch', 'numpy', 'PIL', 'pycocotools', 'transformers') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_synth_vstar_layout_is_read_by_the_vstar_reader_both_ways(tmp_path):
+    """``--layout vstar``: test_questions.jsonl with the generator's option order, and per-image annotations
+    with the right option first; the V* reader gives the same questions and right answers from either."""
+    import shutil
+
+    from seganswer_cli.data.shapes_datasets import generate_samples
+    from seganswer_cli.data.shapes_scenes import ShapesConfig
+    from seganswer_cli.eval import get_benchmark
+
+    out = tmp_path / "vstar_bench"
+    result = runner.invoke(app, ["data", "synth", "--kind", "vqa", "--layout", "vstar", "--n", "6", "--size",
+                                 "96x80", "--seed", "5", "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["layout"] == "vstar"
+    published = get_benchmark("vstar").read(out).items
+    assert len(published) == 6 and all(len(item.options) >= 2 for item in published)
+    # the questions are those shapes-vqa asks with this seed and world
+    config = ShapesConfig(width=96, height=80, max_size=64, min_size=16)
+    assert [i.question for i in published] == [s.question for s in generate_samples("vqa", 6, config, seed=5)]
+    annotation = json.loads((out / published[0].groups["category"] / "shapes_000000.json").read_text())
+    assert annotation["options"][0] == published[0].options[published[0].answer]  # right option first
+    (out / "test_questions.jsonl").unlink()
+    annotated = get_benchmark("vstar").read(out).items
+    # read subset by subset, so in another order
+    assert sorted((i.question, i.options[i.answer]) for i in annotated) == sorted(
+        (i.question, i.options[i.answer]) for i in published)
+    shutil.rmtree(out)
+    result = runner.invoke(app, ["data", "synth", "--kind", "refseg", "--layout", "vstar", "--out", str(out)])
+    assert result.exit_code != 0 and "use it with --kind vqa" in str(result.exception)

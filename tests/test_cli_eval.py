@@ -241,3 +241,29 @@ def test_errors_are_one_line_through_the_executable(shapes_data, tmp_path):
     out = run("shapes-vqa", "--data", bad, "--out", tmp_path / "run")
     assert out.returncode == 1 and out.stderr.strip().count("\n") == 0
     assert f"{bad / 'records.jsonl'}: line 1" in out.stderr and "expected a vqa record" in out.stderr
+
+
+def test_vstar_option_order_is_a_setting_of_the_run(tiny_cli, tmp_path):
+    """``--option-order fixed`` (the right option first) is recorded, and a rerun into the folder in the
+    default (shuffled) order is refused rather than mixed in; other benchmarks refuse the option."""
+    from PIL import Image
+
+    root = tmp_path / "vstar_bench"
+    for subset in ("direct_attributes", "relative_position"):
+        (root / subset).mkdir(parents=True)
+        for index in range(2):
+            (root / subset / f"sa_{index}.json").write_text(json.dumps(
+                {"question": f"Which colour is shape {index}?", "options": ["red", "blue", "green", "white"]}))
+            Image.new("RGB", (32, 24), "gray").save(root / subset / f"sa_{index}.jpg")
+    run = tmp_path / "run"
+    result = invoke("vstar", "--data", root, "--out", run, "--option-order", "fixed", "--json", *QA)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["settings"]["option_order"] == "fixed" and summary["counts"]["evaluated"] == 4
+    assert {r["answer"] for r in predictions(run)} == {"A"}
+    assert summary["protocol"]["source"] == "penghao-wu/vstar: vstar_bench_eval.py"
+    result = invoke("vstar", "--data", root, "--out", run, *QA)
+    assert isinstance(result.exception, UsageError) and "option_order: 'fixed' there, 'shuffled' now" in str(
+        result.exception)
+    result = invoke("pope", "--data", root, "--out", tmp_path / "pope", "--option-order", "fixed", *QA)
+    assert isinstance(result.exception, UsageError) and "--option-order applies to" in str(result.exception)

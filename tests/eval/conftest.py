@@ -42,6 +42,22 @@ def write_jsonl(path: Path, records: list[dict], newline: str = "\n", bom: bool 
 
 
 @pytest.fixture
+def vstar_annotations_dir(tmp_path: Path) -> Path:
+    """The layout the official vstar_bench_eval.py reads: per-image annotations, right option first."""
+    root = tmp_path / "vstar_bench"
+    for subset, n, choices in (("direct_attributes", 6, ["red", "blue", "green", "white"]),
+                               ("relative_position", 4, ["left", "right"])):
+        for index in range(n):
+            annotation = {"target_object": ["cup"], "bbox": [[1, 1, 3, 3]],
+                          "question": f"Question {index} of {subset}?", "options": choices}
+            # pretty-printed, as the published annotations are
+            (root / subset).mkdir(parents=True, exist_ok=True)
+            (root / subset / f"sa_{index}.json").write_text(json.dumps(annotation, indent=4))
+            write_image(root / subset / f"sa_{index}.jpg")
+    return root
+
+
+@pytest.fixture
 def vstar_dir(tmp_path: Path) -> Path:
     root = tmp_path / "vstar_bench"
     records = [

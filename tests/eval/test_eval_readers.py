@@ -103,6 +103,36 @@ class TestVStar:
         with pytest.raises(UsageError, match="direct_attributes"):
             get_benchmark("vstar").read(vstar_dir, "ocr")
 
+    def test_fixed_order_puts_the_right_option_first(self, vstar_dir):
+        first = get_benchmark("vstar").read(vstar_dir, option_order="fixed").items[0]
+        assert first.options == {"A": "blue", "B": "red", "C": "green", "D": "white"} and first.answer == "A"
+        assert first.prompt == ("What is the color of the cup?\n(A) blue\n(B) red\n(C) green\n(D) white\n"
+                                "Answer with the option's letter from the given choices directly.")
+
+    def test_annotation_copy_is_read_with_seeded_option_order(self, vstar_annotations_dir):
+        data = get_benchmark("vstar").read(vstar_annotations_dir)
+        assert len(data.items) == 10 and data.missing == []
+        first = data.items[0]
+        assert first.id == "direct_attributes/sa_0" and first.groups == {"category": "direct_attributes"}
+        assert first.options[first.answer] == "red"  # the annotation's first option is the right one
+        assert first.prompt.startswith("Question 0 of direct_attributes?\n(A) ")
+        letters = [item.answer for item in data.items]
+        assert len(set(letters)) > 1, f"the right option should not always be at the same letter: {letters}"
+        again = get_benchmark("vstar").read(vstar_annotations_dir)
+        assert [i.prompt for i in again.items] == [i.prompt for i in data.items]  # seeded: the same each read
+        fixed = get_benchmark("vstar").read(vstar_annotations_dir, option_order="fixed")
+        assert {i.answer for i in fixed.items} == {"A"}
+        assert [i.options["A"] for i in fixed.items] == ["red"] * 6 + ["left"] * 4
+
+    def test_annotation_without_options_is_one_line(self, vstar_annotations_dir):
+        (vstar_annotations_dir / "relative_position" / "sa_0.json").write_text('{"question": "Where?"}')
+        with pytest.raises(DataError, match="sa_0.json: expected an annotation with 'question' and a list of 'options'"):
+            get_benchmark("vstar").read(vstar_annotations_dir)
+
+    def test_unknown_option_order(self, vstar_dir):
+        with pytest.raises(UsageError, match="shuffled, fixed"):
+            get_benchmark("vstar").read(vstar_dir, option_order="random")
+
     def test_ids_restarting_per_category_are_keyed_with_it(self, vstar_dir):
         """A copy whose question_id restarts in each category: each question still has its own id
         (category/question_id), and one whose pairs repeat too is keyed by line; a run goes through."""

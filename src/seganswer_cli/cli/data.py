@@ -61,18 +61,25 @@ def synth(
     min_size: Annotated[int | None, typer.Option(help="Smallest shape side (px).")] = None,
     max_size: Annotated[int | None, typer.Option(help="Largest shape side (px).")] = None,
     clutter: Annotated[int | None, typer.Option(help="Grey specks under the shapes.")] = None,
+    layout: Annotated[str, typer.Option("--layout", help="seganswer (a dataset folder any command reads) or vstar "
+                                        "(--kind vqa only: the multiple-choice questions in V* Bench's published "
+                                        "layout, for seganswer eval vstar).")] = "seganswer",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty --out.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate a shapes-world dataset folder (images + records.jsonl with COCO RLE masks)."""
     from dataclasses import asdict
 
-    from seganswer_cli.data.shapes_datasets import write_synthetic
+    from seganswer_cli.data.shapes_datasets import write_synthetic, write_vstar_layout
     from seganswer_cli.data.shapes_scenes import WORLDS
     from seganswer_cli.data.shapes_scenes import world as named_world
 
     if world not in WORLDS:
         raise UsageError(f"unknown --world {world!r}; choose from {', '.join(WORLDS)}")
+    if layout not in ("seganswer", "vstar"):
+        raise UsageError(f"unknown --layout {layout!r}; choose from seganswer, vstar")
+    if layout == "vstar" and kind.value != "vqa":
+        raise UsageError(f"--layout vstar writes multiple-choice questions: use it with --kind vqa, not {kind.value}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"--out {out} is not empty; pass --overwrite to write into it")
     overrides = {k: v for k, v in dict(min_objects=min_objects, max_objects=max_objects, min_size=min_size,
@@ -87,9 +94,13 @@ def synth(
         err_console.print(f"[bold]data synth[/] kind={kind.value} world={world} n={n} size={config.width}x{config.height} "
                           f"seed={seed} -> {out}")
         err_console.print(f"  shapes world: {asdict(config)}", highlight=False)
-    write_synthetic(out, kind.value, n, config, seed=seed)
+    if layout == "vstar":
+        write_vstar_layout(out, n, config, seed=seed)
+    else:
+        write_synthetic(out, kind.value, n, config, seed=seed)
     if json_out:
-        print(json.dumps({"out": str(out), "kind": kind.value, "count": n, "seed": seed, "config": asdict(config)}))
+        print(json.dumps({"out": str(out), "kind": kind.value, "layout": layout, "count": n, "seed": seed,
+                          "config": asdict(config)}))
     else:
         console.print(f"wrote {n} {kind.value} samples to {out}")
 

@@ -76,6 +76,10 @@ def run(
                                               "it resumes).")] = None,
     save_vis: Annotated[int, typer.Option("--save-vis", help="Write overlay PNGs (mask + answer) for the first "
                                           "N samples evaluated, into RUN_DIR/vis/.")] = 0,
+    option_order: Annotated[str | None, typer.Option("--option-order", help="vstar: shuffled (default: the "
+                                                     "published order, or a seeded one for annotation-only copies) "
+                                                     "or fixed (the right option first: measures position bias).",
+                                                     show_default=False)] = None,
     skip_missing: Annotated[bool, typer.Option("--skip-missing", help="Evaluate without records whose image "
                                                "is missing (counted, reported, out of the denominator).")] = False,
     as_json: JsonOpt = False,
@@ -92,9 +96,14 @@ def run(
     spec = get_benchmark(bench)
     chatty = not (quiet or as_json)
     read_kwargs = {"limit": limit} if data is None and spec.generates else {}
+    if spec.option_orders:
+        read_kwargs["option_order"] = option_order = option_order or spec.option_orders[0]
+    elif option_order is not None:
+        raise UsageError(f"--option-order applies to benchmarks that offer an order (vstar), not {spec.name}")
     bench_data = spec.read(data, split, **read_kwargs)
     settings = RunSettings.create(spec, bench_data, data_path=data, split=split, model=model, roi=roi,
-                                  masks=masks, max_seg_steps=max_seg_steps, max_new_tokens=max_new_tokens, dtype=dtype)
+                                  masks=masks, max_seg_steps=max_seg_steps, max_new_tokens=max_new_tokens, dtype=dtype,
+                                  option_order=option_order)
     evaluation = EvalRun.open(spec, bench_data, settings, out, limit=limit, skip_missing=skip_missing)
     if bench_data.missing:
         err_console.print(f"[yellow]{len(bench_data.missing)} record(s) without an image left out[/] "

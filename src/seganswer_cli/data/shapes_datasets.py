@@ -13,14 +13,19 @@ Four sample kinds come out of the shapes world (``shapes_scenes``, ``shapes_lang
 * ``qseg``: ``SegSample`` whose query is a question, with the mask of the region answering it
   (ReasonSeg style).
 
+``write_vstar_layout`` writes the multiple-choice ``vqa`` questions in V* Bench's published layout
+(``test_questions.jsonl`` + per-image annotations listing the right option first), so that
+``seganswer eval vstar`` and its protocols (option order) run offline on the shapes world.
+
 The same seed gives byte-identical output: each sample ``i`` draws from its own generator seeded
 by ``(seed, kind, i)``, so the first samples do not change when ``n`` grows.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -218,4 +223,46 @@ def write_synthetic(out: Path, kind: str, n: int, config: ShapesConfig | None = 
 
     settings = {"generator": "shapes", "kind": kind, "n": n, "seed": seed, "config": asdict(config)}
     write_dataset(out, kind, records(), settings)
+    return out
+
+
+#: V* Bench's two subsets, by the shapes question type that matches each.
+VSTAR_SUBSETS = {"colour": "direct_attributes", "shape": "direct_attributes", "position": "relative_position"}
+
+
+def write_vstar_layout(out: Path, n: int, config: ShapesConfig | None = None, *, seed: int = 0) -> Path:
+    """The first ``n`` ``vqa`` questions of ``seed``, asked as multiple choice, in V* Bench's layout::
+
+        out/test_questions.jsonl       {"image", "text" (question, (A)... options, letter instruction),
+                                        "category", "question_id", "label"}, options in the generator's order
+        out/direct_attributes/          shapes_<index>.png + shapes_<index>.json {"question", "options":
+        out/relative_position/          [the right one first, ...], "bbox": [[x, y, w, h]] of the target}
+
+    Question ``index`` is the ``vqa`` sample of that index (the scene and question ``shapes-vqa`` asks
+    with this seed and world), with four options.
+    """
+    from seganswer_cli.model.conversation import prompt_and_answer
+
+    # V* asks only multiple choice: every question becomes one (the scene, question and image of sample i
+    # are drawn before the choice, so they are those of shapes-vqa's sample i)
+    config = replace(config or ShapesConfig(), multiple_choice=1.0)
+    out = Path(out)
+    records = []
+    for index in range(n):
+        sample = _one_sample("vqa", index, config, seed)
+        category = VSTAR_SUBSETS[str(sample.extra["question_type"])]
+        stem = f"shapes_{index:06d}"
+        (out / category).mkdir(parents=True, exist_ok=True)
+        (out / category / f"{stem}.png").write_bytes(sample.image.data)
+        rows, cols = np.nonzero(sample.region())
+        # V*'s bbox is [x, y, width, height] in pixels
+        bbox = [int(cols.min()), int(rows.min()), int(cols.max() - cols.min() + 1), int(rows.max() - rows.min() + 1)]
+        others = [o for o in sample.options if o != sample.answer]
+        annotation = {"question": sample.question, "options": [sample.answer, *others], "bbox": [bbox]}
+        (out / category / f"{stem}.json").write_text(json.dumps(annotation, indent=4) + "\n", encoding="utf-8")
+        text, letter = prompt_and_answer(sample)
+        records.append({"image": f"{category}/{stem}.png", "text": text, "category": category,
+                        "question_id": len(records), "label": letter})
+    with (out / "test_questions.jsonl").open("w", encoding="utf-8") as handle:
+        handle.writelines(json.dumps(r) + "\n" for r in records)
     return out

@@ -60,6 +60,11 @@ class BenchmarkSpec:
         return tuple(splits)
 
     @property
+    def option_orders(self) -> tuple[str, ...]:
+        """The option orders ``read(..., option_order=...)`` takes, default first (V*); empty when none."""
+        return tuple(getattr(self.load(), "OPTION_ORDERS", ()))
+
+    @property
     def default_split(self) -> str:
         return self.load().DEFAULT_SPLIT
 

@@ -81,6 +81,10 @@ class RunSettings:
     out: the answer from the first look); None for the other modes. Folders written before this
     setting ran ``--roi none`` as an empty user turn after ``<|seg|>`` and are not resumed."""
 
+    option_order: str | None = None
+    """Order of a multiple-choice benchmark's options where the reader offers a choice (V*:
+    ``shuffled`` or ``fixed``); None for the others."""
+
     def __post_init__(self):
         if self.roi == "none" and self.no_look is None:
             object.__setattr__(self, "no_look", NO_LOOK)
@@ -89,7 +93,8 @@ class RunSettings:
     def create(cls, spec: BenchmarkSpec, data: BenchmarkData, *, data_path: Path | None, split: str | None,
                model: str, **loop: Any) -> RunSettings:
         """Settings with paths made absolute (so a rerun from another folder matches) and the split resolved;
-        ``loop`` (roi, masks, max_seg_steps, max_new_tokens) is dropped for segmentation, which does not use it."""
+        ``loop`` (roi, masks, max_seg_steps, max_new_tokens; option_order) is the other settings; the loop's
+        are dropped for segmentation, which does not use them."""
         model_path = Path(model)
         if spec.task == "segmentation":
             loop = {**loop, "roi": None, "max_seg_steps": None, "max_new_tokens": None, "masks": None}
