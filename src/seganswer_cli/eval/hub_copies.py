@@ -111,12 +111,12 @@ def read_copy(files: Sequence[Path], copy: HubCopy) -> list[dict[str, Any]]:
     rename = {found: wanted for wanted in copy.columns for found in names if found.lower() == wanted.lower()}
     image = next((n for n in names if copy.image and n.lower() == copy.image.lower()), None)
     text_columns = [n for n in names if n != image]
-    rows = [{rename.get(k, k): v for k, v in row.items()} for row in _text_rows(files, text_columns)]
     places = [(f, number, *place) for f in files for number, place in enumerate(_row_places(f))]
+    if not places:
+        raise DataError(f"{', '.join(str(f) for f in files)}: no rows")
+    rows = [{rename.get(k, k): v for k, v in row.items()} for row in _text_rows(files, text_columns)]
     if len(places) != len(rows):
         raise DataError(f"{files[0].parent}: read {len(rows)} rows but the files hold {len(places)}")
-    if not rows:
-        raise DataError(f"{', '.join(str(f) for f in files)}: no rows")
     if image is not None:
         short = {(f, number): cell for f in files for number, cell in _short_text_cells(f, image).items()}
         for row, (path, number, group, position) in zip(rows, places):
