@@ -18,6 +18,10 @@ A copy's file patterns are tried in order (the first that matches anywhere wins)
 layouts (POPE's ``data/test-*`` and ``Full/<setting>-*``) is read once, never twice. All shards a
 pattern matches are read, in name order.
 
+Adding a copy to a benchmark (V*'s ``lmms-lab/vstar-bench``, say) is a ``HubCopy`` constant and two
+lines in its ``read``: ``found = locate_or_copy(root, native_names, COPY, NAME)``; when ``found`` is not
+a ``Path``, ``read_copy(found, COPY)`` gives the rows to hand to the module's own item constructor.
+
 Reading: the text columns go through ``datasets`` (``Dataset.from_parquet`` of those columns only,
 ``keep_in_memory`` with its cache in a temporary folder that is removed afterwards, so nothing is
 written under the user's home and nothing is fetched over the network). The image column is never
