@@ -376,3 +376,165 @@ def reasonseg_dir(tmp_path: Path) -> Path:
     # a record without its image: reported as missing
     (root / "val" / "lost.json").write_text(json.dumps({**annotation, "text": ["x"]}), encoding="utf-8")
     return root
+
+
+# --- parquet copies as the dataset hub serves them (lmms-eval's copies, HR-Bench's export) -------------
+# Each ``*_copy_files`` returns {path inside the copy: columns}, holding the same records as the native
+# fixture above; ``place_copy`` lays them out as a ``--local-dir`` download or as the hub cache does.
+
+
+def png_cell(color: tuple[int, int, int]) -> dict:
+    return {"bytes": image_bytes(color), "path": None}
+
+
+def write_parquet(path: Path, columns: dict[str, list], image: str | None = "image") -> Path:
+    """A parquet file as ``datasets`` writes one: ``image`` holding ``{"bytes", "path"}`` cells is an
+    ``Image`` feature (the schema metadata says so); other columns are typed from their values."""
+    import datasets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = datasets.Dataset.from_dict(columns)
+    if image in columns and isinstance(next(iter(columns[image]), None), dict):
+        table = table.cast_column(image, datasets.Image())
+    table.to_parquet(str(path))
+    return path
+
+
+def place_copy(root: Path, repo: str, files: dict[str, dict[str, list]], layout: str) -> Path:
+    """Write ``files`` as ``huggingface-cli download REPO --local-dir`` does (``layout="local-dir"``) or
+    as the hub cache does (``"hub-cache"``: ``datasets--org--name/snapshots/<hash>/`` holding symlinks to
+    ``blobs/``, ``refs/main`` naming the hash). Returns the folder to pass as ``--data``."""
+    org, name = repo.split("/")
+    if layout == "local-dir":
+        for relative, columns in files.items():
+            write_parquet(root / name / relative, columns)
+        return root / name
+    cache = root / "hub" / f"datasets--{org}--{name}"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    for number, (relative, columns) in enumerate(files.items()):
+        blob = write_parquet(cache / "blobs" / f"blob{number}", columns)
+        link = cache / "snapshots" / revision / relative
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(blob)
+    (cache / "refs").mkdir()
+    (cache / "refs" / "main").write_text(revision)
+    return cache
+
+
+def pope_copy_files() -> dict[str, dict[str, list]]:
+    """lmms-lab/POPE's default config: one test split, the setting in ``category`` (adversarial first)."""
+    rows = [
+        (setting, qid, f"Is there a {animal} in the image?", label)
+        for setting, dog in (("adversarial", "no"), ("popular", "no"), ("random", "yes"))
+        for qid, animal, label in ((1, "dog", dog), (2, "cat", "yes"))
+    ]
+    return {
+        "data/test-00000-of-00001.parquet": {
+            "id": [str(n) for n in range(len(rows))],
+            "question_id": [str(qid) for _, qid, _, _ in rows],
+            "question": [q for _, _, q, _ in rows],
+            "answer": [a for _, _, _, a in rows],
+            "image_source": [f"COCO_val2014_00000000000{qid}" for _, qid, _, _ in rows],
+            "image": [png_cell((qid * 40, 0, 0)) for _, qid, _, _ in rows],
+            "category": [s for s, _, _, _ in rows],
+        }
+    }
+
+
+def hallusion_copy_files() -> dict[str, dict[str, list]]:
+    """lmms-lab/HallusionBench: the JSON's fields plus ``image``, split into image / non_image files."""
+    records = [
+        hallusion_record("VD", "illusion", 0, 0, 0, "1"),
+        hallusion_record("VD", "illusion", 0, 0, 1, "0"),
+        hallusion_record("VD", "illusion", 0, 1, 0, "0"),
+        hallusion_record("VD", "illusion", 0, 1, 1, "1"),
+        hallusion_record("VS", "chart", 1, 1, 0, "0", visual="2"),
+    ]
+    text_only = [hallusion_record("VS", "chart", 1, 0, 0, "1", visual="0")]
+
+    def columns(rows, with_image):
+        table = {key: [r[key] for r in rows] for key in rows[0] if key != "filename"}
+        table["filename"] = [r["filename"] or "" for r in rows]
+        if with_image:
+            table["image"] = [png_cell((0, 90, 0)) for _ in rows]
+        return table
+
+    return {
+        "data/image-00000-of-00001.parquet": columns(records, True),
+        "data/non_image-00000-of-00001.parquet": columns(text_only, False),
+    }
+
+
+def mmbench_copy_files() -> dict[str, dict[str, list]]:
+    """lmms-lab/MMBench, config ``en`` (``cn`` sorts first and must not be picked): every row its image."""
+    def columns(question_prefix):
+        return {
+            "index": [0, 1],
+            "question": [f"{question_prefix}What is the main object?", f"{question_prefix}Which season is it?"],
+            "hint": [None, "Look at the trees."],
+            "A": ["cat", "summer"],
+            "B": ["dog", "winter"],
+            "C": ["cow", None],
+            "D": [None, None],
+            "answer": ["B", "A"],
+            "category": ["object_localization", "image_scene"],
+            "image": [png_cell((10, 20, 30)), png_cell((10, 20, 30))],
+            "source": ["src", "src"],
+            "L2-category": ["finegrained_perception (instance-level)", "coarse_perception"],
+            "comment": [None, None],
+            "split": ["dev", "dev"],
+        }
+
+    return {"cn/dev-00000-of-00001.parquet": columns("中文 "), "en/dev-00000-of-00001.parquet": columns("")}
+
+
+def hrbench_copy_files() -> dict[str, dict[str, list]]:
+    """HR-Bench's own ``hr_bench_4k.parquet``: the TSV's columns, base64 images, one row referring to
+    another's image by index."""
+    red, green = b64_image((255, 0, 0)), b64_image((0, 255, 0))
+    return {
+        "hr_bench_4k.parquet": {
+            "index": [0, 1, 2],
+            "question": ["What is written\non the sign?", "Which car is closer?", "What is written\non the sign?"],
+            "answer": ["A", "C", "D"],
+            "category": ["single", "cross", "single"],
+            "A": ["STOP", "red", "GO"],
+            "B": ["GO", "blue", "EXIT"],
+            "C": ["EXIT", "green", "OPEN"],
+            "D": ["OPEN", "none", "STOP"],
+            "image": [red, green, "0"],
+            "cycle_category": [0, 0, 1],
+        }
+    }
+
+
+def mmvp_copy_files() -> dict[str, dict[str, list]]:
+    """MMVP's questions with their images in the rows (lmms-eval's copy: the CSV's columns + image)."""
+    options = ["(a) Open (b) Closed"] * 2 + ["(a) Left (b) Right"] * 2
+    questions = ["Are the butterfly's wings closer to being open or closed?"] * 2 + [
+        "Is the dog facing left, or right?"
+    ] * 2
+    return {
+        "data/train-00000-of-00001.parquet": {
+            "Index": [1, 2, 3, 4],
+            "Question": questions,
+            "Options": options,
+            "Correct Answer": ["(a)", "(b)", "(b)", "(a)"],
+            "image": [png_cell((200, 30, 30)) for _ in range(4)],
+        }
+    }
+
+
+@pytest.fixture
+def hub():
+    """The copy helpers above, for tests: ``hub.place``, ``hub.write`` and ``hub.files[benchmark]()``."""
+    from types import SimpleNamespace
+
+    files = {
+        "pope": pope_copy_files,
+        "hallusionbench": hallusion_copy_files,
+        "mmbench": mmbench_copy_files,
+        "hrbench-4k": hrbench_copy_files,
+        "mmvp": mmvp_copy_files,
+    }
+    return SimpleNamespace(place=place_copy, write=write_parquet, files=files)

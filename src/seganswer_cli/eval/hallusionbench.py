@@ -9,6 +9,10 @@ Data (``--data``): the folder as published (``tianyi-lab/HallusionBench``, image
                               "filename": "./hallusion_bench/VD/illusion/0_0.png"}, ...]
       hallusion_bench/VD/illusion/0_0.png ...
 
+Parquet copy (when ``HallusionBench.json`` is absent): ``lmms-lab/HallusionBench``,
+``data/image-*.parquet`` (and ``data/non_image-*.parquet`` for ``--split all``, when present), the
+JSON's columns plus ``image``, read by ``hub_copies.py``; the same ids, prompts, answers and groups.
+
 ``category`` is VD (visual dependent) or VS (visual supplement); ``visual_input`` 0 means the question
 is asked without a figure (``filename`` null). ``gt_answer`` "1" is yes, "0" is no. An image is found
 at ``filename``, or at ``<category>/<subcategory>/<set_id>_<figure_id>.png`` (the official layout).
@@ -30,10 +34,11 @@ from pathlib import Path
 
 from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.answers import score_sample
-from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
+from seganswer_cli.eval.hub_copies import HubCopy, find_copy, locate_or_copy, read_copy
+from seganswer_cli.eval.items import BenchmarkData, EvalItem, ImageRef, MissingImage, SampleResult, find_file
 from seganswer_cli.eval.metrics import HallusionRow, accuracy, hallusion_metrics
 from seganswer_cli.eval.protocol import Protocol
-from seganswer_cli.eval.reading import locate, read_json_records
+from seganswer_cli.eval.reading import read_json_records
 
 NAME = "hallusionbench"
 SPLITS = ("image", "all")
@@ -49,6 +54,13 @@ PROTOCOL = Protocol(
 )
 INSTRUCTION = "Please answer yes or no."
 KEYS = ("category", "subcategory", "set_id", "figure_id", "question_id")
+HUB_COPY = HubCopy(
+    "lmms-lab/HallusionBench", ("data/image-*.parquet", "image-*.parquet"), (*KEYS, "question", "gt_answer")
+)
+#: The copy's split of text-only questions (no ``image`` column needed).
+TEXT_ONLY_COPY = HubCopy(
+    HUB_COPY.repo, ("data/non_image-*.parquet", "non_image-*.parquet"), HUB_COPY.columns, image=None
+)
 
 score = score_sample
 
@@ -58,7 +70,10 @@ def read(root: Path, split: str | None = None) -> BenchmarkData:
     split = split or DEFAULT_SPLIT
     if split not in SPLITS:
         raise UsageError(f"{NAME}: unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    path = locate(root, ["HallusionBench.json"], NAME)
+    found = locate_or_copy(root, ["HallusionBench.json"], HUB_COPY, NAME)
+    if not isinstance(found, Path):
+        return _read_copy(root, found, split)
+    path = found
     folders = [path.parent, path.parent / "hallusion_bench", Path(root)]
     items: list[EvalItem] = []
     missing: list[MissingImage] = []
@@ -67,38 +82,59 @@ def read(root: Path, split: str | None = None) -> BenchmarkData:
             raise DataError(
                 f"{path}: record {number} lacks one of {', '.join((*KEYS, 'question', 'gt_answer'))}"
             )
-        groups = {k: str(record[k]) for k in KEYS}
-        item_id = "_".join(groups[k] for k in KEYS)
-        answer = {"1": "yes", "0": "no"}.get(str(record["gt_answer"]).strip())
-        if answer is None:
-            raise DataError(
-                f"{path}: record {number} ({item_id}) has gt_answer {record['gt_answer']!r}, not 0/1"
-            )
         image = None
-        if str(record.get("visual_input", "1")) != "0" and record.get("filename"):
+        if _has_figure(record) and record.get("filename"):
+            groups = {k: str(record[k]) for k in KEYS}
             official = (
                 f"{groups['category']}/{groups['subcategory']}/{groups['set_id']}_{groups['figure_id']}.png"
             )
             image = find_file(record["filename"], folders) or find_file(official, folders)
             if image is None:
+                item_id = "_".join(groups[k] for k in KEYS)
                 missing.append(MissingImage(item_id, str(record["filename"]), tuple(str(f) for f in folders)))
                 continue
         elif split == "image":
             continue
-        question = str(record["question"]).strip()
-        items.append(
-            EvalItem(
-                id=item_id,
-                benchmark=NAME,
-                image=image,
-                question=question,
-                prompt=f"{question}\n{INSTRUCTION}",
-                answer=answer,
-                answer_kind="yesno",
-                groups=groups,
-            )
-        )
+        items.append(_item(record, image, f"{path}: record {number}"))
     return BenchmarkData(items, missing, source=str(path))
+
+
+def _read_copy(root: Path, files: list[Path], split: str) -> BenchmarkData:
+    """Items from lmms-lab's ``image`` split, plus its ``non_image`` split (if downloaded) for ``all``."""
+    rows = read_copy(files, HUB_COPY)
+    text_only = find_copy(root, TEXT_ONLY_COPY.files) if split == "all" else []
+    if text_only:
+        rows += [{**row, "image": None} for row in read_copy(text_only, TEXT_ONLY_COPY)]
+    items = [
+        _item(row, row["image"] if _has_figure(row) else None, f"{files[0].parent}: row {number}")
+        for number, row in enumerate(rows, start=1)
+        if _has_figure(row) or split == "all"
+    ]
+    return BenchmarkData(items, [], source=", ".join(str(f) for f in [*files, *text_only]))
+
+
+def _has_figure(record: dict) -> bool:
+    """``visual_input`` 0 marks a question asked without its figure (the JSON's ``filename`` is null)."""
+    return str(record.get("visual_input", "1")) != "0"
+
+
+def _item(record: dict, image: ImageRef | None, where: str) -> EvalItem:
+    groups = {k: str(record[k]) for k in KEYS}
+    item_id = "_".join(groups[k] for k in KEYS)
+    answer = {"1": "yes", "0": "no"}.get(str(record["gt_answer"]).strip())
+    if answer is None:
+        raise DataError(f"{where} ({item_id}) has gt_answer {record['gt_answer']!r}, not 0/1")
+    question = str(record["question"]).strip()
+    return EvalItem(
+        id=item_id,
+        benchmark=NAME,
+        image=image,
+        question=question,
+        prompt=f"{question}\n{INSTRUCTION}",
+        answer=answer,
+        answer_kind="yesno",
+        groups=groups,
+    )
 
 
 def summarize(results: Sequence[SampleResult]) -> dict[str, float]:

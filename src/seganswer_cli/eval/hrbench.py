@@ -6,6 +6,9 @@ Data (``--data``): the folder holding the published TSV (``DreamMr/HR-Bench``), 
       hr_bench_4k.tsv    columns: index, question, answer, category, A, B, C, D, image (base64), cycle_category
       hr_bench_8k.tsv
 
+Parquet copy (when the TSV is absent): ``DreamMr/HR-Bench``'s ``hr_bench_4k.parquet`` /
+``hr_bench_8k.parquet`` (or ``hrbench_4k-*.parquet`` shards), the same columns, read by ``hub_copies.py``.
+
 ``category`` is ``single`` (FSP, fine-grained single-instance perception) or ``cross`` (FCP,
 fine-grained cross-instance perception). Each question appears once per ``cycle_category``, with its
 options cyclically shifted. Images are decoded lazily, one row at a time (the 8K TSV is several GB).
@@ -24,10 +27,11 @@ from pathlib import Path
 
 from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.answers import score_sample
+from seganswer_cli.eval.hub_copies import HubCopy, locate_or_copy, read_copy
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 from seganswer_cli.eval.metrics import accuracy, hrbench_metrics
 from seganswer_cli.eval.protocol import Protocol
-from seganswer_cli.eval.reading import is_blank, locate, read_table, require_columns, resolve_image_references
+from seganswer_cli.eval.reading import is_blank, read_tsv_lazy, require_columns, resolve_image_references
 from seganswer_cli.model.conversation import vlmevalkit_prompt
 
 RESOLUTIONS = ("4k", "8k")
@@ -42,7 +46,16 @@ PROTOCOL = Protocol(
     judge="fallback",
 )
 
+#: Columns the TSV and the parquet copy both need (besides ``image``).
+COLUMNS = ("index", "question", "answer", "category", "A", "B")
+
 score = score_sample
+
+
+def hub_copy(resolution: str) -> HubCopy:
+    """HR-Bench's own parquet export of one resolution."""
+    patterns = (f"hr_bench_{resolution}*.parquet", f"hrbench_{resolution}*.parquet", f"*{resolution}*.parquet")
+    return HubCopy("DreamMr/HR-Bench", patterns, COLUMNS)
 
 
 def read(root: Path, split: str | None = None, *, resolution: str = "4k") -> BenchmarkData:
@@ -52,13 +65,13 @@ def read(root: Path, split: str | None = None, *, resolution: str = "4k") -> Ben
     if (split or DEFAULT_SPLIT) not in SPLITS:
         raise UsageError(f"hrbench-{resolution}: HR-Bench has one split, 'test'; got {split!r}")
     name = f"hrbench-{resolution}"
-    path = locate(
-        root,
-        [f"hr_bench_{resolution}.tsv", f"hr_bench_{resolution}*.parquet", f"*{resolution}*.parquet"],
-        name,
-    )
-    header, rows = read_table(path, {"image"})
-    require_columns(path, header, ["index", "question", "answer", "category", "A", "B", "image"])
+    found = locate_or_copy(root, [f"hr_bench_{resolution}.tsv"], hub_copy(resolution), name)
+    if isinstance(found, Path):
+        path = found
+        header, rows = read_tsv_lazy(path, {"image"})
+        require_columns(path, header, [*COLUMNS, "image"])
+    else:
+        path, rows = found[0], read_copy(found, hub_copy(resolution))
     resolve_image_references(path, rows)
     items: list[EvalItem] = []
     for number, row in enumerate(rows, start=1):

@@ -6,6 +6,9 @@ or the parquet export (``dev-*.parquet``)::
     columns: index, question, hint, A, B, C, D, answer, category, image (base64), source, l2-category,
              comment, split
 
+Parquet copy (when no TSV is there): ``lmms-lab/MMBench``'s English dev split, ``en/dev-*.parquet``
+(the same columns, ``L2-category`` capitalised, the image a ``datasets`` Image), read by ``hub_copies.py``.
+
 A repeated image is stored once; other rows hold the ``index`` of the row that has it.
 
 CircularEval: a question with n options is asked n times, its options cyclically shifted; it counts as
@@ -26,11 +29,12 @@ from pathlib import Path
 
 from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.answers import score_sample
+from seganswer_cli.eval.hub_copies import HubCopy, locate_or_copy, read_copy
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 from seganswer_cli.eval.metrics import accuracy, all_correct_rate
 from seganswer_cli.eval.multiple_choice import rotate
 from seganswer_cli.eval.protocol import Protocol
-from seganswer_cli.eval.reading import is_blank, locate, read_table, require_columns, resolve_image_references
+from seganswer_cli.eval.reading import is_blank, read_tsv_lazy, require_columns, resolve_image_references
 from seganswer_cli.model.conversation import vlmevalkit_prompt
 
 NAME = "mmbench"
@@ -46,6 +50,9 @@ PROTOCOL = Protocol(
 )
 #: VLMEvalKit's offset between a question's circular copies.
 CIRCULAR_OFFSET = 1_000_000
+#: Columns the TSV and the parquet copies both need (besides ``image``).
+COLUMNS = ("index", "question", "A", "B", "answer")
+HUB_COPY = HubCopy("lmms-lab/MMBench", ("en/dev-*.parquet", "dev-*.parquet", "dev*.parquet"), COLUMNS)
 
 score = score_sample
 
@@ -55,11 +62,15 @@ def read(root: Path, split: str | None = None, *, circular: bool = True) -> Benc
     split = split or DEFAULT_SPLIT
     if split not in SPLITS:
         raise UsageError(f"{NAME}: only the dev split has public answers; got split {split!r}")
-    path = locate(root, ["MMBench_DEV_EN*.tsv", "MMBench*.tsv", "dev*.parquet", "*.tsv", "*.parquet"], NAME)
-    header, rows = read_table(path, {"image"})
-    require_columns(path, header, ["index", "question", "A", "B", "answer", "image"])
+    found = locate_or_copy(root, ["MMBench_DEV_EN*.tsv", "MMBench*.tsv", "*.tsv"], HUB_COPY, NAME)
+    if isinstance(found, Path):
+        path = found
+        header, rows = read_tsv_lazy(path, {"image"})
+        require_columns(path, header, [*COLUMNS, "image"])
+    else:
+        path, rows = found[0], read_copy(found, HUB_COPY)
     resolve_image_references(path, rows)
-    if "split" in header:
+    if rows and "split" in rows[0]:
         rows = [r for r in rows if is_blank(r.get("split")) or str(r["split"]).strip() == split]
     for row in rows:
         try:
@@ -102,7 +113,7 @@ def _item(row: dict, index: int, options: dict[str, str], answer: str) -> EvalIt
             "circular_group": str(index % CIRCULAR_OFFSET),
             "shift": str(index // CIRCULAR_OFFSET),
             "category": str(row.get("category", "")),
-            "l2_category": str(row.get("l2-category", "")),
+            "l2_category": str(row.get("l2-category", row.get("L2-category", ""))),
         },
     )
 

@@ -8,6 +8,10 @@ Data (``--data``): the folder holding the three question files and the images th
       coco_pope_adversarial.json
       val2014/                     (or the images next to the files, or ``images/``, or ``coco/val2014/``)
 
+Parquet copy (when the question files are absent): ``lmms-lab/POPE``, ``data/test-*.parquet`` (or its
+``Full/<setting>-*.parquet``), columns ``question_id, question, answer, image, category`` (the setting),
+read by ``hub_copies.py``; the same ids, prompts and answers as the question files.
+
 ``--split`` is ``random``, ``popular``, ``adversarial`` or ``all`` (default: the three together; ids are
 prefixed with the setting since each file numbers its questions from 1).
 
@@ -28,7 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from seganswer_cli.errors import DataError, UsageError
-from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
+from seganswer_cli.eval.hub_copies import HubCopy, locate_or_copy, read_copy
+from seganswer_cli.eval.items import BenchmarkData, EvalItem, ImageRef, MissingImage, SampleResult, find_file
 from seganswer_cli.eval.metrics import pope_metrics
 from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.reading import candidate_folders, locate, read_json_records
@@ -47,6 +52,11 @@ PROTOCOL = Protocol(
     departures=("an output with no answer (an unfinished turn) is wrong; the official script would read it as yes",),
 )
 INSTRUCTION = "Please answer yes or no."
+HUB_COPY = HubCopy(
+    "lmms-lab/POPE",
+    ("data/test-*.parquet", "Full/*.parquet", "test-*.parquet", "*.parquet"),
+    ("question_id", "question", "answer", "category"),
+)
 
 
 def read(root: Path, split: str | None = None) -> BenchmarkData:
@@ -55,38 +65,68 @@ def read(root: Path, split: str | None = None) -> BenchmarkData:
     if split not in SPLITS:
         raise UsageError(f"{NAME}: unknown split {split!r}; choose from {', '.join(SPLITS)}")
     settings = SETTINGS if split == "all" else (split,)
+    found = locate_or_copy(root, _file_names(settings[0]), HUB_COPY, NAME)
+    if not isinstance(found, Path):
+        return _read_copy(found, settings)
     items: list[EvalItem] = []
     missing: list[MissingImage] = []
     sources = []
     for setting in settings:
-        path = locate(root, [f"coco_pope_{setting}.json", f"coco_pope_{setting}.jsonl"], NAME)
+        path = locate(root, _file_names(setting), NAME)
         sources.append(str(path))
         folders = []
         for base in dict.fromkeys([path.parent, *candidate_folders(Path(root))]):
             folders += [base, base / "val2014", base / "images", base / "coco" / "val2014"]
         for number, record in enumerate(read_json_records(path), start=1):
-            label = str(record.get("label", "")).strip().lower()
-            if label not in ("yes", "no") or "image" not in record or "text" not in record:
+            label = _label(record.get("label"))
+            if label is None or "image" not in record or "text" not in record:
                 raise DataError(f"{path}: record {number} needs 'image', 'text' and a yes/no 'label'")
             item_id = f"{setting}-{record.get('question_id', number)}"
             image = find_file(record["image"], folders)
             if image is None:
                 missing.append(MissingImage(item_id, record["image"], tuple(str(f) for f in folders)))
                 continue
-            question = str(record["text"]).strip()
-            items.append(
-                EvalItem(
-                    id=item_id,
-                    benchmark=NAME,
-                    image=image,
-                    question=question,
-                    prompt=f"{question}\n{INSTRUCTION}",
-                    answer=label,
-                    answer_kind="yesno",
-                    groups={"setting": setting},
-                )
-            )
+            items.append(_item(item_id, setting, record["text"], label, image))
     return BenchmarkData(items, missing, source=", ".join(sources))
+
+
+def _file_names(setting: str) -> list[str]:
+    return [f"coco_pope_{setting}.json", f"coco_pope_{setting}.jsonl"]
+
+
+def _read_copy(files: list[Path], settings: tuple[str, ...]) -> BenchmarkData:
+    """Items of ``settings`` from lmms-lab's rows, in the question files' order (setting by setting)."""
+    items: list[EvalItem] = []
+    for number, row in enumerate(read_copy(files, HUB_COPY), start=1):
+        setting, label = str(row["category"]).strip().lower(), _label(row["answer"])
+        if setting not in SETTINGS or label is None:
+            raise DataError(
+                f"{files[0]}: row {number} needs a category among {', '.join(SETTINGS)} and a yes/no answer; "
+                f"got {row['category']!r}, {row['answer']!r}"
+            )
+        if setting in settings:
+            items.append(_item(f"{setting}-{row['question_id']}", setting, row["question"], label, row["image"]))
+    items.sort(key=lambda item: SETTINGS.index(item.groups["setting"]))
+    return BenchmarkData(items, [], source=", ".join(str(f) for f in files))
+
+
+def _label(value: object) -> str | None:
+    label = str(value or "").strip().lower()
+    return label if label in ("yes", "no") else None
+
+
+def _item(item_id: str, setting: str, text: str, label: str, image: ImageRef) -> EvalItem:
+    question = str(text).strip()
+    return EvalItem(
+        id=item_id,
+        benchmark=NAME,
+        image=image,
+        question=question,
+        prompt=f"{question}\n{INSTRUCTION}",
+        answer=label,
+        answer_kind="yesno",
+        groups={"setting": setting},
+    )
 
 
 def official_answer(text: str) -> str:

@@ -3,6 +3,7 @@
 Benchmarks arrive unpacked one folder deeper or shallower than documented (``vstar_bench/vstar_bench/``,
 or the user points at the file itself), saved on Windows (CRLF, BOM, UTF-16), or as multi-GB TSVs of
 base64 images. These helpers absorb that so each benchmark file only states what it expects.
+Parquet copies (hub downloads, HR-Bench's and MMBench's exports) are read by ``hub_copies.py``.
 """
 
 from __future__ import annotations
@@ -188,59 +189,6 @@ def decode_base64_image(value: str, label: str) -> bytes:
         return base64.b64decode(value, validate=False)
     except (ValueError, TypeError) as e:
         raise DataError(f"{label}: image cell is not base64: {e}") from None
-
-
-def read_parquet_lazy(path: Path, lazy_columns: set[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Header and rows of a parquet file; ``lazy_columns`` become ``LazyImage`` fetchers by row group.
-
-    Image cells may be HF ``{"bytes": ..., "path": ...}`` structs, raw bytes, or base64 strings.
-    """
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as e:  # pyarrow raises its own error types for corrupt files
-        raise DataError(f"{path}: not a readable parquet file: {e}") from None
-    names = parquet.schema_arrow.names
-    eager = [n for n in names if n not in lazy_columns]
-    rows: list[dict[str, Any]] = []
-    for group in range(parquet.num_row_groups):
-        table = parquet.read_row_group(group, columns=eager)
-        for position, record in enumerate(table.to_pylist()):
-            for column in lazy_columns & set(names):
-                record[column] = LazyImage(
-                    fetch=functools.partial(_parquet_image, str(path), group, position, column),
-                    label=f"{path.name} row group {group} row {position}",
-                )
-            rows.append(record)
-    return names, rows
-
-
-@functools.lru_cache(maxsize=1)
-def _parquet_column(path: str, group: int, column: str) -> list[Any]:
-    """One row group's image column; cached so items read in order decode each group once."""
-    import pyarrow.parquet as pq
-
-    return pq.ParquetFile(path).read_row_group(group, columns=[column]).column(0).to_pylist()
-
-
-def _parquet_image(path: str, group: int, position: int, column: str) -> bytes:
-    value = _parquet_column(path, group, column)[position]
-    if isinstance(value, dict):
-        value = value.get("bytes")
-    if isinstance(value, str):
-        return decode_base64_image(value, f"{Path(path).name} row {position}")
-    if not isinstance(value, bytes):
-        raise DataError(f"{path}: row group {group} row {position} has no image bytes in column {column!r}")
-    return value
-
-
-def read_table(path: Path, lazy_columns: set[str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """A TSV or parquet file as (header, rows) with lazily loaded ``lazy_columns``."""
-    if Path(path).suffix == ".parquet":
-        return read_parquet_lazy(path, lazy_columns)
-    return read_tsv_lazy(path, lazy_columns)
 
 
 def is_blank(value: Any) -> bool:
