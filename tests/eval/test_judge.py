@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from seganswer_cli.cli import app
 from seganswer_cli.errors import UsageError
 from seganswer_cli.eval import judge as judge_module
+from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import EvalItem
 from seganswer_cli.eval.judge import JUDGE_CACHE, PROMPT_ID, RetryPolicy, build_prompt, parse_verdict
 
@@ -323,3 +324,34 @@ def test_prompts_hold_the_question_and_reply_not_the_gold_answer():
         EvalItem("t", "x", None, "?", "", "1", answer_kind="number"), "1") is None
     assert parse_verdict("Yes.", yesno) == "yes" and parse_verdict("unclear", yesno) is None
     assert parse_verdict("**B**", item) == "B" and parse_verdict("The answer is B", item) is None
+
+
+def test_retries_back_off_and_stop_at_errors_that_do_not_heal(tmp_path):
+    from seganswer_cli.eval.judge import Judge, JudgeCache, JudgeCallError, JudgeConfig
+
+    class Flaky:
+        config = JudgeConfig("http://judge/v1", "http", "m")
+        retry = RetryPolicy(tries=4, first_wait=0.5, give_up_after=2)
+
+        def __init__(self, errors):
+            self.errors, self.calls = list(errors), 0
+
+        def complete(self, prompt):
+            self.calls += 1
+            if self.errors:
+                raise self.errors.pop(0)
+            return "no"
+
+    item = EvalItem("h", "hallusionbench", None, "Is it red?", "", "no", answer_kind="yesno")
+    rules = score_sample("?", item)
+    waits = []
+    client = Flaky([JudgeCallError("timed out"), JudgeCallError("HTTP 503")])
+    judge = Judge(client, "always", JudgeCache(tmp_path / JUDGE_CACHE), sleep=waits.append)
+    result, fields = judge.review("?", item, rules)
+    assert client.calls == 3 and waits == [0.5, 1.0] and result.correct and fields["judge"]["verdict"] == "no"
+    assert rules.rule == "none" and fields["rule_based"]["rule"] == "none"
+    client = Flaky([JudgeCallError("HTTP 400", transient=False)] * 2)
+    judge = Judge(client, "always", JudgeCache(tmp_path / "other.jsonl"), sleep=waits.append)
+    assert judge.review("a", item, rules)[1]["judge_failed"] and client.calls == 1  # not retried
+    assert judge.review("b", item, rules)[1]["judge_failed"] and judge.down  # two failed samples in a row
+    assert judge.review("c", item, rules)[1]["judge"]["error"].startswith("not asked") and client.calls == 2
