@@ -27,6 +27,7 @@ from seganswer_cli.cli.options import (
     ModelDefaultOpt,
     QuietOpt,
     load_model,
+    resolve_device,
 )
 from seganswer_cli.errors import UsageError
 
@@ -82,6 +83,15 @@ def run(
                                                      show_default=False)] = None,
     skip_missing: Annotated[bool, typer.Option("--skip-missing", help="Evaluate without records whose image "
                                                "is missing (counted, reported, out of the denominator).")] = False,
+    judge: Annotated[str | None, typer.Option("--judge", help="Judge model, for benchmarks whose protocol "
+                                              "uses one (docs/evaluation.md, Judge): an OpenAI-compatible "
+                                              "endpoint (http://host:port/v1) or a local causal-LM folder. "
+                                              "Replies are cached in RUN_DIR/judge_cache.jsonl.")] = None,
+    judge_model: Annotated[str | None, typer.Option("--judge-model", help="The model name the --judge "
+                                                    "endpoint serves. API key: $SEGANSWER_JUDGE_API_KEY, "
+                                                    "else $OPENAI_API_KEY.")] = None,
+    judge_timeout: Annotated[float, typer.Option("--judge-timeout", min=0.1, help="Seconds a judge call may "
+                                                 "take; failed calls are retried with backoff.")] = 60.0,
     as_json: JsonOpt = False,
     quiet: QuietOpt = False,
     device: DeviceOpt = "auto",
@@ -91,10 +101,17 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from seganswer_cli.eval import get_benchmark
-    from seganswer_cli.eval.runner import PREDICTIONS, EvalRun, RunSettings, running_note
+    from seganswer_cli.eval.judge import JudgeConfig, check_protocol, client_for
+    from seganswer_cli.eval.runner import PREDICTIONS, RUN_FILE, EvalRun, RunSettings, running_note
 
     spec = get_benchmark(bench)
     chatty = not (quiet or as_json)
+    if judge_model is not None and judge is None:
+        raise UsageError("--judge-model names the model of a --judge endpoint; give --judge too")
+    judge_config = None
+    if judge is not None:
+        check_protocol(spec.name, spec.protocol.judge)
+        judge_config = JudgeConfig.from_options(judge, judge_model)
     read_kwargs = {"limit": limit} if data is None and spec.generates else {}
     if spec.option_orders:
         read_kwargs["option_order"] = option_order = option_order or spec.option_orders[0]
@@ -103,7 +120,14 @@ def run(
     bench_data = spec.read(data, split, **read_kwargs)
     settings = RunSettings.create(spec, bench_data, data_path=data, split=split, model=model, roi=roi,
                                   masks=masks, max_seg_steps=max_seg_steps, max_new_tokens=max_new_tokens, dtype=dtype,
-                                  option_order=option_order)
+                                  option_order=option_order, judge=judge_config)
+    judge_client = None
+    if judge_config is not None:
+        local = judge_config.kind != "http"
+        judge_client = client_for(judge_config, timeout=judge_timeout, device=resolve_device(device) if local else None)
+    fresh = not (out / RUN_FILE).is_file()
+    if judge_client is not None and fresh:
+        judge_client.probe()  # before the folder is written, so a fixed --judge-model can reuse it
     evaluation = EvalRun.open(spec, bench_data, settings, out, limit=limit, skip_missing=skip_missing)
     if bench_data.missing:
         err_console.print(f"[yellow]{len(bench_data.missing)} record(s) without an image left out[/] "
@@ -116,6 +140,15 @@ def run(
                           f"  data: {bench_data.source}\n"
                           f"  {len(evaluation.items)} items · {len(evaluation.items) - todo} already in "
                           f"{out / PREDICTIONS} · {todo} to do", highlight=False)
+    if judge_config is not None:
+        again = len(evaluation.judge_failed)
+        if chatty:
+            served = f" ({judge_config.model})" if judge_config.model else ""
+            retry = f" · {again} earlier failure(s) to ask again" if again else ""
+            err_console.print(f"  judge: {judge_config.target}{served} · asked {spec.protocol.judge}{retry}",
+                              highlight=False)
+        if not fresh and (todo or again):
+            judge_client.probe()
 
     def load():
         if chatty:
@@ -126,8 +159,13 @@ def run(
                   TimeRemainingColumn(), console=err_console, disable=quiet) as progress:
         task = progress.add_task(spec.name, total=len(evaluation.items), completed=len(evaluation.items) - todo,
                                  note=running_note(spec, evaluation.results()))
-        summary = evaluation.execute(load, batch_size=batch_size, save_vis=save_vis,
+        summary = evaluation.execute(load, batch_size=batch_size, save_vis=save_vis, judge_client=judge_client,
                                      on_batch=lambda n, note: progress.update(task, advance=n, note=note))
+    judged = summary.get("judge") or {}
+    if judged.get("judge_failed"):
+        down = f"; {evaluation.judge.down}" if evaluation.judge and evaluation.judge.down else ""
+        err_console.print(f"[yellow]{judged['judge_failed']} judge call(s) failed[/]: those samples are scored by "
+                          f"the rules (judge_failed in {out / PREDICTIONS}); rerun to ask again{down}", highlight=False)
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))
         return
@@ -250,6 +288,10 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     limit = f" (--limit {counts['limit']})" if counts.get("limit") else ""
     rows.append(("evaluated", f"{counts.get('evaluated')} of {counts.get('items')}{limit}"))
     rows.append(("missing images", str(counts.get("missing_images", 0))))
+    judge = summary.get("judge")
+    if judge:
+        rows.append(("judge", f"{judge['model'] or Path(judge['target']).name} ({judge['use']}): {judge['judged']} "
+                              f"judged ({judge['cached']} cached), {judge['judge_failed']} failed"))
     return rows
 
 

@@ -14,7 +14,9 @@ A run folder (``--out RUN_DIR``)::
                        folder with other settings is refused
     predictions.jsonl  one JSON object per sample (see ``qa_record`` / ``mask_record``)
     summary.json       metrics, cost (visual tokens of the second look, generated tokens), seconds per
-                       sample, counts (items, evaluated, missing images), settings, model, versions
+                       sample, counts (items, evaluated, missing images), settings, model, versions,
+                       the judge and its counts (``judge``, None without ``--judge``)
+    judge_cache.jsonl  with ``--judge``: every judge reply, so a resumed run never asks twice (judge.py)
     vis/               overlays of ``--save-vis N`` samples, named ``<index>_<ok|wrong>_<id>.png``
 
 ``--limit`` and ``--batch-size`` are not settings of the run: ``--limit 20`` then no limit resumes
@@ -43,6 +45,7 @@ from typing import Any
 from seganswer_cli import jsonl
 from seganswer_cli.errors import DataError, UsageError, read_json
 from seganswer_cli.eval import BenchmarkSpec
+from seganswer_cli.eval import judge as judging
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
 
 RUN_FILE = "run.json"
@@ -80,6 +83,15 @@ class RunSettings:
     """How ``--roi none`` answers: ``direct`` (the turn opens with ``<answer>`` and ``<|seg|>`` is masked
     out: the answer from the first look); None for the other modes. Folders written before this
     setting ran ``--roi none`` as an empty user turn after ``<|seg|>`` and are not resumed."""
+    judge: str | None = None
+    """The judge model (``--judge``): an OpenAI-compatible endpoint's base URL or a local model folder
+    (absolute); None when answers are read by rules only. See ``judge.JudgeConfig``."""
+    judge_model: str | None = None
+    """The model name the judge endpoint serves (None for a local folder, or without a judge)."""
+    judge_prompt: str | None = None
+    """The judge prompts' id and hash (``judge.PROMPT_ID``): reworded prompts are another judge."""
+    judge_temperature: float | None = None
+    """The judge's sampling temperature (0: greedy)."""
 
     option_order: str | None = None
     """Order of a multiple-choice benchmark's options where the reader offers a choice (V*:
@@ -91,7 +103,7 @@ class RunSettings:
 
     @classmethod
     def create(cls, spec: BenchmarkSpec, data: BenchmarkData, *, data_path: Path | None, split: str | None,
-               model: str, **loop: Any) -> RunSettings:
+               model: str, judge: judging.JudgeConfig | None = None, **loop: Any) -> RunSettings:
         """Settings with paths made absolute (so a rerun from another folder matches) and the split resolved;
         ``loop`` (roi, masks, max_seg_steps, max_new_tokens; option_order) is the other settings; the loop's
         are dropped for segmentation, which does not use them."""
@@ -103,6 +115,7 @@ class RunSettings:
             split=split or spec.default_split,
             data=str(data_path.resolve()) if data_path is not None else data.source,
             model=str(model_path.resolve()) if model_path.exists() else model,
+            **(judge.settings() if judge is not None else {}),
             **loop,
         )
 
@@ -147,10 +160,17 @@ class EvalRun:
         self.run_info = run_info
         self.limit = limit
         """``--limit`` of this invocation (recorded in the summary's counts; not a setting of the run)."""
+        self.judge: judging.Judge | None = None
+        """The judge of this invocation, once ``execute`` has made it (``--judge`` runs only)."""
 
     @property
     def todo(self) -> list[EvalItem]:
         return [item for item in self.items if item.id not in self.done]
+
+    @property
+    def judge_failed(self) -> list[EvalItem]:
+        """Done items whose judge call failed: ``execute`` asks the judge again, from the recorded output."""
+        return [item for item in self.items if self.done.get(item.id, {}).get("judge_failed")]
 
     @classmethod
     def open(cls, spec: BenchmarkSpec, data: BenchmarkData, settings: RunSettings, folder: Path, *,
@@ -181,22 +201,32 @@ class EvalRun:
             ReasoningSettings(roi=settings.roi, max_seg_steps=settings.max_seg_steps,
                               max_new_tokens=settings.max_new_tokens)  # validates them
             check_mask_source(spec, settings, items)
+        if settings.judge is not None:
+            judging.check_protocol(spec.name, spec.protocol.judge)
         folder = Path(folder)
         run_info = _check_run_file(folder, settings)
         done = read_predictions(folder / PREDICTIONS)
         return cls(spec, data, settings, folder, items, done, run_info, limit)
 
     def execute(self, load_model: Callable[[], Any], *, batch_size: int = 8, save_vis: int = 0,
-                on_batch: Callable[[int, str], None] | None = None) -> dict[str, Any]:
+                on_batch: Callable[[int, str], None] | None = None, judge_client: Any = None) -> dict[str, Any]:
         """Evaluate the items not done yet, appending predictions; write and return ``summary.json``.
 
         ``load_model()`` is called only when there is something to evaluate. ``on_batch(n, note)`` is
-        called after each batch with the number of samples it added and the running metric.
+        called after each batch with the number of samples it added and the running metric. With a
+        judge in the settings, ``judge_client`` asks it (default: ``judge.client_for`` the settings'
+        judge); samples whose judge call failed in an earlier invocation are judged again first, from
+        their recorded output (the model is not run for them).
         """
         if batch_size < 1:
             raise UsageError("--batch-size must be >= 1")
         self.folder.mkdir(parents=True, exist_ok=True)
         todo = self.todo
+        config = judging.JudgeConfig.from_settings(self.settings)
+        if config is not None and (todo or self.judge_failed):
+            self.judge = judging.Judge(judge_client or judging.client_for(config), self.spec.protocol.judge,
+                                       judging.JudgeCache(self.folder / judging.JUDGE_CACHE))
+            self._judge_again()
         if todo:
             model = load_model()
             self.run_info["model_info"] = _jsonable(getattr(model, "info", {}))
@@ -232,9 +262,30 @@ class EvalRun:
         regions = [item.load_gt_mask() for item in batch] if s.masks == "gt" else None
         trajectories = loop.run(images, [item.prompt for item in batch], regions)
         for item, image, traj in zip(batch, images, trajectories, strict=True):
-            result = self.spec.score(traj.text, item)
+            result, judged = self._score_text(traj.text, item)
             figure = functools.partial(_trajectory_figure, image, traj) if want_vis else None
-            yield item, qa_record(item, result, traj), figure
+            yield item, {**qa_record(item, result, traj), **judged}, figure
+
+    def _score_text(self, output: str, item: EvalItem) -> tuple[SampleResult, dict[str, Any]]:
+        """The rules' score, then the judge's where the protocol asks one (the record fields it adds)."""
+        result = self.spec.score(output, item)
+        if self.judge is None:
+            return result, {}
+        return self.judge.review(output, item, result)
+
+    def _judge_again(self) -> None:
+        """Ask the judge again for done samples whose judge call failed; ``predictions.jsonl`` is
+        rewritten in place (through a temporary file) when any of them gets a verdict."""
+        retried = False
+        for item in self.judge_failed:
+            record = self.done[item.id]
+            result, judged = self._score_text(record["output"], item)
+            if judged.get("judge_failed") is False:
+                self.done[item.id] = {**record, **result.to_json(), **judged}
+                retried = True
+        if retried:
+            path = self.folder / PREDICTIONS
+            jsonl.rewrite(path, [self.done.get(str(r["id"]), r) for r in jsonl.read_records(path)])
 
     def _mask_batches(self, model, batch: list[EvalItem], want_vis: bool):
         images = [item.load_image() for item in batch]
@@ -271,6 +322,8 @@ class EvalRun:
             "headline": {"metric": self.spec.headline, "value": metrics.get(self.spec.headline)},
             "metrics": metrics,
             "protocol": self.spec.protocol.to_json(),
+            "judge": judging.judge_summary(judging.JudgeConfig.from_settings(self.settings),
+                                           self.spec.protocol.judge, records),
             "cost": cost_summary(records) if self.spec.task == "qa" else {},
             "timing": {"seconds_per_sample": _mean([r.get("timings", {}).get("total") for r in records])},
             "counts": {
