@@ -29,7 +29,7 @@ PROTOCOL = Protocol(
     prompt="the paper's Stage 1 segmentation prompt with the expression",
     extraction="the predicted mask of the <|seg|> token",
     metrics="cIoU, gIoU, precision@0.5, cIoU per number of targets",
-    source="this project (the shapes world); LISA's cIoU/gIoU",
+    source="this project: the shapes world, LISA's cIoU and gIoU",
 )
 __all__ = ["DEFAULT_SPLIT", "SPLITS", "read", "score", "summarize"]
 

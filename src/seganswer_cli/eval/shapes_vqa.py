@@ -31,7 +31,7 @@ PROTOCOL = Protocol(
     prompt="V*'s layout: question, (A)... options, the letter instruction; free-text questions alone",
     extraction="the option letter, or the normalised short answer (answers.py)",
     metrics="accuracy overall and per question type",
-    source="this project (the shapes world); V*'s prompt layout",
+    source="this project: the shapes world, V*'s prompt layout",
 )
 __all__ = ["DEFAULT_SPLIT", "SPLITS", "read", "score", "summarize"]
 
