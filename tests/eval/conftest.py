@@ -525,6 +525,22 @@ def mmvp_copy_files() -> dict[str, dict[str, list]]:
     }
 
 
+def vstar_copy_files() -> dict[str, dict[str, list]]:
+    """lmms-lab/vstar-bench: the jsonl's fields with the image in the row (the ``image`` column)."""
+    return {
+        "data/test-00000-of-00001.parquet": {
+            "text": ["What is the color of the cup?\n(A) red\n(B) blue\n(C) green\n(D) white\n"
+                     "Answer with the option's letter from the given choices directly.",
+                     "Is the dog on the left or right side of the car?\n(A) left\n(B) right\n"
+                     "Answer with the option's letter from the given choices directly."],
+            "label": ["B", "A"],
+            "category": ["direct_attributes", "relative_position"],
+            "question_id": [0, 1],
+            "image": [png_cell((0, 0, 200)), png_cell((0, 200, 0))],
+        }
+    }
+
+
 @pytest.fixture
 def hub():
     """The copy helpers above, for tests: ``hub.place``, ``hub.write`` and ``hub.files[benchmark]()``."""
@@ -536,5 +552,6 @@ def hub():
         "mmbench": mmbench_copy_files,
         "hrbench-4k": hrbench_copy_files,
         "mmvp": mmvp_copy_files,
+        "vstar": vstar_copy_files,
     }
     return SimpleNamespace(place=place_copy, write=write_parquet, files=files)

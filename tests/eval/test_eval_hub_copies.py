@@ -22,6 +22,8 @@ CASES = [
     ("mmbench", "dev", "lmms-lab/MMBench", "mmbench_dir"),
     ("hrbench-4k", "test", "DreamMr/HR-Bench", "hrbench_dir"),
     ("mmvp", "test", "lmms-lab-eval/MMVP", "mmvp_dir"),
+    ("vstar", "all", "lmms-lab/vstar-bench", "vstar_dir"),
+    ("vstar", "relative_position", "lmms-lab/vstar-bench", "vstar_dir"),
 ]
 
 

@@ -9,7 +9,9 @@ Data (``--data``): the ``vstar_bench`` folder as published (``craigwu/vstar_benc
       direct_attributes/        115 images + one annotation each: sa_4690.json {"question", "options":
       relative_position/        76 images    [the right one first, ...], "target_object", "bbox"}
 
-The jsonl is read when present. A copy without it (the layout the official ``vstar_bench_eval.py``
+The jsonl is read when present, else lmms-lab's parquet copy (``lmms-lab/vstar-bench``:
+``data/test-*.parquet``, the jsonl's ``text, label, category, question_id`` with the image in the row,
+read by ``hub_copies.py``). A copy with neither (the layout the official ``vstar_bench_eval.py``
 reads) is read from the per-image annotations, whose ``options`` list the right answer first: there
 the options are put in a seeded order per question (``option_order``), so the right one is not always
 ``(A)``, a position a model can learn or be biased toward (scores rise several points when it is).
@@ -32,18 +34,19 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from seganswer_cli.errors import DataError, UsageError
 from seganswer_cli.eval.answers import score_sample
-from seganswer_cli.eval.items import BenchmarkData, EvalItem, MissingImage, SampleResult, find_file
+from seganswer_cli.eval.hub_copies import HubCopy, locate_or_copy, read_copy
+from seganswer_cli.eval.items import BenchmarkData, EvalItem, ImageRef, MissingImage, SampleResult, find_file
 from seganswer_cli.eval.metrics import accuracy_summary
 from seganswer_cli.eval.multiple_choice import split_inline_options
 from seganswer_cli.eval.protocol import Protocol
-from seganswer_cli.eval.reading import candidate_folders, locate, read_json_records, read_text
+from seganswer_cli.eval.reading import candidate_folders, read_json_records, read_text
 from seganswer_cli.model.conversation import lettered, llava_prompt
 
 NAME = "vstar"
@@ -51,6 +54,9 @@ SUBSETS = ("direct_attributes", "relative_position")
 SPLITS = ("all", *SUBSETS)
 DEFAULT_SPLIT = "all"
 OPTION_ORDERS = ("shuffled", "fixed")
+#: lmms-lab's parquet copy: the jsonl's records with the image inside each row.
+HUB_COPY = HubCopy("lmms-lab/vstar-bench", ("data/test-*.parquet", "data/*.parquet", "*.parquet"),
+                   ("text", "label", "category", "question_id"))
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 PROTOCOL = Protocol(
@@ -68,24 +74,35 @@ score = score_sample
 
 
 def read(root: Path, split: str | None = None, *, option_order: str = "shuffled") -> BenchmarkData:
-    """Items of ``split`` (``all`` or one subset) from ``test_questions.jsonl``, or else from the
-    per-image annotations of the subset folders."""
+    """Items of ``split`` (``all`` or one subset) from ``test_questions.jsonl``, else from lmms-lab's
+    parquet copy, else from the per-image annotations of the subset folders."""
     split = split or DEFAULT_SPLIT
     if split not in SPLITS:
         raise UsageError(f"{NAME}: unknown split {split!r}; choose from {', '.join(SPLITS)}")
     if option_order not in OPTION_ORDERS:
         raise UsageError(f"{NAME}: unknown option order {option_order!r}; choose from {', '.join(OPTION_ORDERS)}")
-    annotated = _annotation_folders(Path(root))
     try:
-        path = locate(root, ["test_questions.jsonl"], NAME)
+        found = locate_or_copy(root, ["test_questions.jsonl"], HUB_COPY, NAME)
     except DataError:
+        annotated = _annotation_folders(Path(root))
         if annotated is None:
             raise
         return _read_annotations(annotated, split, option_order)
-    folders = [path.parent, Path(root)]
+    if isinstance(found, Path):
+        folders = [found.parent, Path(root)]
+        return _read_records(read_json_records(found), str(found), split, option_order,
+                             lambda record: find_file(record["image"], folders), tuple(str(f) for f in folders))
+    # the copy's rows carry their image (a LazyImage) where the jsonl names a file
+    return _read_records(read_copy(found, HUB_COPY), ", ".join(str(f) for f in found), split, option_order,
+                         lambda row: row["image"], ())
+
+
+def _read_records(records: list[dict], source: str, split: str, option_order: str,
+                  image_of: Callable[[dict], ImageRef | None], looked_in: tuple[str, ...]) -> BenchmarkData:
+    """Items from jsonl records (or the copy's rows, the same fields); ``image_of(record)`` is the
+    record's image, ``None`` when it is missing."""
     items: list[EvalItem] = []
     missing: list[MissingImage] = []
-    records = list(read_json_records(path))
     ids = item_ids(records)
     for number, (record, item_id) in enumerate(zip(records, ids), start=1):
         for key in ("image", "text", "label"):
@@ -93,26 +110,26 @@ def read(root: Path, split: str | None = None, *, option_order: str = "shuffled"
                 hint = (
                     " (an early release without answers; download the current one)" if key == "label" else ""
                 )
-                raise DataError(f"{path}: record {number} has no {key!r}{hint}")
+                raise DataError(f"{source}: record {number} has no {key!r}{hint}")
         category = _category(record)
         if split != "all" and category != split:
             continue
         question, options = split_inline_options(str(record["text"]))
         answer = str(record["label"]).strip().strip("()").upper()
         if not options or answer not in options:
-            raise DataError(f"{path}: record {number} lists no '(A) ...' options with its label {answer!r}")
+            raise DataError(f"{source}: record {number} lists no '(A) ...' options with its label {answer!r}")
         prompt = str(record["text"]).strip()
         if option_order == "fixed":
             texts = [options[answer], *(t for k, t in options.items() if k != answer)]
             options, answer = lettered(texts), "A"
             prompt = llava_prompt(question, options)
-        image = find_file(record["image"], folders)
+        image = image_of(record)
         if image is None:
-            missing.append(MissingImage(item_id, record["image"], tuple(str(f) for f in folders)))
+            missing.append(MissingImage(item_id, str(record["image"]), looked_in))
             continue
         items.append(EvalItem(id=item_id, benchmark=NAME, image=image, question=question, prompt=prompt,
                               answer=answer, options=options, groups={"category": category}))
-    return BenchmarkData(items, missing, source=str(path))
+    return BenchmarkData(items, missing, source=source)
 
 
 def _annotation_folders(root: Path) -> Path | None:
