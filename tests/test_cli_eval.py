@@ -267,3 +267,25 @@ def test_vstar_option_order_is_a_setting_of_the_run(tiny_cli, tmp_path):
         result.exception)
     result = invoke("pope", "--data", root, "--out", tmp_path / "pope", "--option-order", "fixed", *QA)
     assert isinstance(result.exception, UsageError) and "--option-order applies to" in str(result.exception)
+
+    # the official protocol: the question alone, each option scored as the final answer
+    run = tmp_path / "likelihood"
+    result = invoke("vstar", "--data", root, "--out", run, "--protocol", "likelihood", "--json", *QA)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["settings"]["protocol"] == "likelihood" and summary["counts"]["evaluated"] == 4
+    def prompt_tokens(record):
+        return record["sequence_tokens"] - record["generated_tokens"] - record["kept_tokens"]
+
+    generated = {r["id"]: r for r in predictions(tmp_path / "run")}
+    for record in predictions(run):
+        nll = record["option_nll"]
+        assert set(nll) == {"A", "B", "C", "D"} and record["rule"] == "likelihood"
+        assert record["extracted"] == min(nll, key=nll.get)
+        assert record["correct"] == (record["extracted"] == record["answer"])
+        # asked without the options and the letter instruction
+        assert prompt_tokens(record) < prompt_tokens(generated[record["id"]])
+    result = invoke("vstar", "--data", root, "--out", tmp_path / "x", "--protocol", "vote", *QA)
+    assert isinstance(result.exception, UsageError) and "choose from generate, likelihood" in str(result.exception)
+    result = invoke("pope", "--data", root, "--out", tmp_path / "pope", "--protocol", "likelihood", *QA)
+    assert isinstance(result.exception, UsageError) and "--protocol applies to" in str(result.exception)

@@ -219,3 +219,23 @@ def test_visual_placeholders_are_never_generated(tiny_model, noise_image, monkey
     generated = traj.sequence.input_ids[traj.sequence.target_mask]
     assert traj.stop_reason in ("length", "eos", "answer", "end_of_turn", "max_seg_steps")
     assert not set(generated.tolist()) & set(ids.visual_placeholders)
+
+
+def test_answer_likelihood_is_the_training_conversations_final_turn(patterned_model):
+    """``answer_nll`` scores an answer as the final turn after the model's own seg turn and second look:
+    the same tokens Stage 2 trains on (``reasoning_sequence``), so its value is the mean of that
+    sequence's last-turn log-probs; the taught answer scores best."""
+    from seganswer_cli.reasoning import answer_nll
+
+    model, cases = patterned_model
+    image, question, _, answer = cases[0]
+    traj = run(model, image, question, ReasoningSettings(max_new_tokens=80))
+    assert traj.steps and tokens.SEG_TOKEN in traj.turns[0]
+    candidates = [answer, "blue", "square"]
+    nll = answer_nll(model, image, traj, candidates)
+    final_turn = model.tokenizer(tokens.answer_response(answer) + tokens.IM_END, add_special_tokens=False)["input_ids"]
+    built = reasoning_sequence(model, model.global_view(image), question, answer, view=traj.steps[0].view)
+    with torch.no_grad():
+        (logprobs,) = model.token_logprobs([built])
+    assert nll[0] == pytest.approx(-float(logprobs[-len(final_turn):].mean()), abs=1e-5)
+    assert min(range(3), key=nll.__getitem__) == 0 and nll[0] < 0.5 < min(nll[1:])

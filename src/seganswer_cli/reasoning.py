@@ -344,6 +344,31 @@ def run(model, image: Image.Image, question: str, settings: ReasoningSettings | 
     return ReasoningLoop(model, settings).run([image], [question])[0]
 
 
+@torch.no_grad()
+def answer_nll(model, image: Image.Image, trajectory: Trajectory, answers: list[str],
+               system: str = tokens.DEFAULT_SYSTEM) -> list[float]:
+    """The mean negative log-likelihood of each of ``answers`` as the model's final turn
+    (``<answer> A </answer>.<|im_end|>``) after the turns of ``trajectory``: its question, then each
+    turn that asked to segment followed by the segmented view it got. The likelihood protocol of V*'s
+    official evaluation (options scored as replies, the lowest mean loss chosen), asked after the
+    model's own second look.
+
+    Earlier turns are given (not targets), so each value averages over the final turn's tokens only."""
+    dense = model.global_view(image)
+    sequences = []
+    for answer in answers:
+        b = conversation.reasoning_start(model, dense, trajectory.question, system=system)
+        remaining = list(trajectory.steps)
+        for turn in trajectory.turns:
+            asked = turn.count(tokens.SEG_TOKEN)
+            if not asked or len(remaining) < asked:  # the answer turn, or a request that got no view
+                break
+            conversation.second_look_turn(b.text(turn).after_reply(), [step.view for step in remaining[:asked]])
+            remaining = remaining[asked:]
+        sequences.append(b.assistant(tokens.answer_response(answer)).build())
+    return [-float(logprobs.mean()) for logprobs in model.token_logprobs(sequences)]
+
+
 def trajectory_record(traj: Trajectory, **extra) -> dict:
     """A JSON-able summary of a trajectory (``infer --json``, batch output, eval predictions):
     answer, turns, each step's mask as COCO RLE with its box and kept tokens, token counts, timings."""

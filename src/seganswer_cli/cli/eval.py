@@ -81,6 +81,9 @@ def run(
                                                      "published order, or a seeded one for annotation-only copies) "
                                                      "or fixed (the right option first: measures position bias).",
                                                      show_default=False)] = None,
+    protocol: Annotated[str | None, typer.Option("--protocol", help="vstar: generate (default: the answer the "
+                                                 "model writes) or likelihood (the official script's: each "
+                                                 "option scored as the final answer).", show_default=False)] = None,
     skip_missing: Annotated[bool, typer.Option("--skip-missing", help="Evaluate without records whose image "
                                                "is missing (counted, reported, out of the denominator).")] = False,
     judge: Annotated[str | None, typer.Option("--judge", help="Judge model, for benchmarks whose protocol "
@@ -117,10 +120,17 @@ def run(
         read_kwargs["option_order"] = option_order = option_order or spec.option_orders[0]
     elif option_order is not None:
         raise UsageError(f"--option-order applies to benchmarks that offer an order (vstar), not {spec.name}")
+    if spec.protocol_variants:
+        protocol = protocol or spec.protocol_variants[0]
+        if protocol not in spec.protocol_variants:
+            raise UsageError(f"unknown --protocol {protocol!r} for {spec.name}; choose from "
+                             f"{', '.join(spec.protocol_variants)}")
+    elif protocol is not None:
+        raise UsageError(f"--protocol applies to benchmarks with scoring variants (vstar), not {spec.name}")
     bench_data = spec.read(data, split, **read_kwargs)
     settings = RunSettings.create(spec, bench_data, data_path=data, split=split, model=model, roi=roi,
                                   masks=masks, max_seg_steps=max_seg_steps, max_new_tokens=max_new_tokens, dtype=dtype,
-                                  option_order=option_order, judge=judge_config)
+                                  option_order=option_order, protocol=protocol, judge=judge_config)
     judge_client = None
     if judge_config is not None:
         local = judge_config.kind != "http"

@@ -65,6 +65,12 @@ class BenchmarkSpec:
         return tuple(getattr(self.load(), "OPTION_ORDERS", ()))
 
     @property
+    def protocol_variants(self) -> tuple[str, ...]:
+        """The scoring variants ``--protocol`` takes, default first (V*: generate, likelihood); empty
+        when the benchmark has one way."""
+        return tuple(getattr(self.load(), "PROTOCOL_VARIANTS", ()))
+
+    @property
     def default_split(self) -> str:
         return self.load().DEFAULT_SPLIT
 

@@ -277,3 +277,17 @@ def score_sample(prediction_text: str, item: EvalItem) -> SampleResult:
         answer=item.answer,
         groups=dict(item.groups),
     )
+
+
+def choice_by_likelihood(nll: dict[str, float], item: EvalItem) -> SampleResult:
+    """The option of lowest mean negative log-likelihood (letter -> value), scored as the chosen
+    letter (rule ``likelihood``): the likelihood protocol, where options are scored, not generated.
+
+    >>> item = EvalItem("q1", "vstar", None, "Color?", "", "B", options={"A": "red", "B": "blue"})
+    >>> result = choice_by_likelihood({"A": 2.5, "B": 0.75}, item)
+    >>> result.extracted, result.rule, result.correct
+    ('B', 'likelihood', True)
+    """
+    chosen = min(nll, key=nll.__getitem__)
+    return SampleResult(id=item.id, correct=chosen == item.answer, extracted=chosen, rule="likelihood",
+                        answer=item.answer, groups=dict(item.groups))

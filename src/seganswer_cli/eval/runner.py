@@ -96,6 +96,9 @@ class RunSettings:
     option_order: str | None = None
     """Order of a multiple-choice benchmark's options where the reader offers a choice (V*:
     ``shuffled`` or ``fixed``); None for the others."""
+    protocol: str | None = None
+    """How answers are read where a benchmark offers variants (V*: ``generate``, the written answer,
+    or ``likelihood``, the options scored as the final answer); None for the others."""
 
     def __post_init__(self):
         if self.roi == "none" and self.no_look is None:
@@ -260,9 +263,20 @@ class EvalRun:
                                                       max_new_tokens=s.max_new_tokens))  # cheap: no state
         images = [item.load_image() for item in batch]
         regions = [item.load_gt_mask() for item in batch] if s.masks == "gt" else None
-        trajectories = loop.run(images, [item.prompt for item in batch], regions)
+        likelihood = s.protocol == "likelihood"
+        # the likelihood protocol asks the question alone: the options are scored, not shown
+        questions = [item.question if likelihood else item.prompt for item in batch]
+        trajectories = loop.run(images, questions, regions)
         for item, image, traj in zip(batch, images, trajectories, strict=True):
-            result, judged = self._score_text(traj.text, item)
+            if likelihood:
+                from seganswer_cli.eval.answers import choice_by_likelihood
+                from seganswer_cli.reasoning import answer_nll
+
+                nll = dict(zip(item.options, answer_nll(model, image, traj, list(item.options.values())),
+                               strict=True))
+                result, judged = choice_by_likelihood(nll, item), {"option_nll": nll}
+            else:
+                result, judged = self._score_text(traj.text, item)
             figure = functools.partial(_trajectory_figure, image, traj) if want_vis else None
             yield item, {**qa_record(item, result, traj), **judged}, figure
 

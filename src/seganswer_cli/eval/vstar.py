@@ -24,7 +24,11 @@ that repeats by line number (``line-N``). Annotation copies are keyed ``category
 published order, or the seeded order above) or ``fixed`` (the right option first, as the
 annotations list it: to measure a model's position bias, never to report).
 
-Prompt: the record's ``text`` unchanged; V*'s layout (question, ``(A) ...`` lines, the letter
+``--protocol likelihood`` follows the official script: the model is asked the question alone, takes
+its second look, and each option's text is scored as its final answer (``<answer> text </answer>.``,
+mean negative log-likelihood of that turn's tokens, ``reasoning.answer_nll``); the lowest wins.
+
+Prompt (the default, ``generate``): the record's ``text`` unchanged; V*'s layout (question, ``(A) ...`` lines, the letter
 instruction) when the options were reordered or came from an annotation. Score: the extracted option
 letter equals the right one. Metrics: accuracy per subset and overall (``--split direct_attributes``
 or ``relative_position`` evaluates one subset).
@@ -54,6 +58,10 @@ SUBSETS = ("direct_attributes", "relative_position")
 SPLITS = ("all", *SUBSETS)
 DEFAULT_SPLIT = "all"
 OPTION_ORDERS = ("shuffled", "fixed")
+#: How answers are read (``seganswer eval vstar --protocol``): ``generate`` (the default: the answer the
+#: model writes, from the prompt with the options) or ``likelihood`` (the official script's: the question
+#: alone, then each option scored as the final answer, the one of lowest mean loss chosen).
+PROTOCOL_VARIANTS = ("generate", "likelihood")
 #: lmms-lab's parquet copy: the jsonl's records with the image inside each row.
 HUB_COPY = HubCopy("lmms-lab/vstar-bench", ("data/test-*.parquet", "data/*.parquet", "*.parquet"),
                    ("text", "label", "category", "question_id"))
@@ -65,7 +73,8 @@ PROTOCOL = Protocol(
     metrics="accuracy overall and per subset (direct_attributes, relative_position)",
     source="penghao-wu/vstar: vstar_bench_eval.py",
     departures=(
-        "the official script picks the option of highest likelihood; we score the generated answer",
+        "by default we score the generated answer; --protocol likelihood scores the options as the "
+        "official script does, after the model's own second look",
         "annotation-only copies list the right option first; we put options in a seeded order per question",
     ),
 )
