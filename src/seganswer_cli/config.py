@@ -403,8 +403,13 @@ class Stage3Config(MllmRunConfig):
     """Second look of the rollouts: ``mask`` (the paper's sparse segmented view), ``bbox`` or ``none``
     (direct answers from the first look: a no-second-look ablation of Stage 3)."""
     max_refills: int = 4
-    """Dynamic sampling: extra rounds of prompts drawn in one step to replace groups whose rewards
-    are all equal. A step that still has no group left after them stops the run."""
+    """Dynamic sampling: extra rounds of prompts drawn in one step to replace the groups it drops.
+    A step that still has no group left after them stops the run."""
+    dynamic_sampling: str = "accuracy"
+    """Which groups dynamic sampling drops: ``accuracy`` (DAPO's rule: those whose rollouts are all
+    right or all wrong, format-only groups included) or ``reward`` (only those whose total rewards
+    are all equal: a model that is never right still learns the format). Without an ``accuracy``
+    reward, ``reward`` is used."""
     mini_batches: int = 1
     """Policy updates (optimizer steps) per rollout batch: the kept trajectories are split into this
     many mini-batches; the first update is on-policy, later ones reuse the rollout's log-probs."""
@@ -433,6 +438,8 @@ class Stage3Config(MllmRunConfig):
         _at_least(self, 0, "max_refills", "max_seg_steps", "overlong_buffer")
         if self.roi not in ROI_CHOICES:
             raise UsageError(f"unknown roi {self.roi!r}; expected one of {', '.join(ROI_CHOICES)}")
+        if self.dynamic_sampling not in ("accuracy", "reward"):
+            raise UsageError(f"unknown dynamic_sampling {self.dynamic_sampling!r}; expected accuracy or reward")
         if self.rollouts_per_prompt < 2:
             raise UsageError(f"rollouts_per_prompt must be >= 2 (a group needs two rollouts), got {self.rollouts_per_prompt}")
         if self.overlong_buffer >= self.max_new_tokens:

@@ -70,3 +70,77 @@ def test_a_raising_reward_scores_zero_and_is_counted():
 def test_a_prompt_without_answer_raises_in_accuracy_and_is_counted():
     scores = score_completions(["<answer> red </answer>"] * 2, rewards.PAPER_WEIGHTS, answer=["red", ""])
     assert scores.total == [1.0, 0.2] and scores.errors == {"accuracy": 1}
+
+
+# ---------------------------------------------------------------------- maths (math_verify)
+
+FRACTION = r"\frac{3}{4}"
+
+
+@pytest.mark.parametrize(("said", "expected"), [
+    ("3/4", 1.0), ("0.75", 1.0), (FRACTION, 1.0), (r"\boxed{\frac34}", 1.0), (r"$\dfrac{3}{4}$", 1.0),
+    ("0.7", 0.0), ("4/3", 0.0), ("-3/4", 0.0), ("three quarters", 0.0),
+])
+def test_maths_answers_are_verified(said, expected):
+    assert accuracy_reward([f"<answer> {said} </answer>"], answer=[FRACTION], answer_type=["math"]) == [expected]
+
+
+def test_maths_cheap_rules_come_first_and_text_is_not_read_as_maths():
+    texts = ["<answer> -3 </answer>", "<answer> 2\\sqrt{3} </answer>", "<answer> der </answer>",
+             "<answer> Red. </answer>", "<answer> 12 cm </answer>"]
+    # normalize_text would make -3 equal 3; read bare, 2\sqrt{3} is 2; as maths "red" is E*d*r = "der"
+    assert accuracy_reward(texts, answer=["3", "2", "red", "red", "12"], answer_type=["math"] * 5) == [
+        0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def test_an_unparseable_maths_answer_scores_zero_and_is_counted():
+    texts = [r"<answer> \frac{ </answer>", "<answer> 0.75 </answer>", "no tags at all {"]
+    scores = score_completions(texts, rewards.PAPER_WEIGHTS, answer=[FRACTION] * 3, answer_type=["math"] * 3)
+    assert scores.parts["accuracy"] == [0.0, 1.0, 0.0]
+    assert scores.errors == {} and scores.counts == {"math_unparsed": 2}
+    assert scores.total == [0.2, 1.0, 0.0]
+
+
+def test_a_maths_check_that_times_out_scores_zero_and_is_counted(monkeypatch):
+    import math_verify
+    from math_verify.errors import TimeoutException
+
+    from seganswer_cli.eval import answers
+
+    def hangs(*args, **kwargs):
+        raise TimeoutException("Operation timed out!")  # what math_verify's SIGALRM raises
+
+    monkeypatch.setattr(math_verify, "parse", hangs)
+    answers.verify_math.cache_clear()
+    try:
+        scores = score_completions(["<answer> 0.7 </answer>"], {"accuracy": 1.0}, answer=[FRACTION], answer_type=["math"])
+    finally:
+        answers.verify_math.cache_clear()  # nothing computed under the stub outlives the test
+    assert scores.total == [0.0] and scores.errors == {} and scores.counts == {"math_timeout": 1}
+
+
+# ---------------------------------------------------------------------- options written in the question
+
+INLINE_QUESTIONS = [
+    "What is x?\n(A) 12\n(B) 15",
+    "What is x?\nChoices:\nA. 12\nB. 15\nC. 18",
+    "What is x? A. 12 B. 15 C. 18",
+    "What is x? Choices: A: 12 B: 15",
+]
+
+
+@pytest.mark.parametrize("question", INLINE_QUESTIONS)
+@pytest.mark.parametrize("truth", ["A", "(A)", "12"])
+def test_inline_options_match_by_letter_or_text(question, truth):
+    said = ["(A) 12", "A", "A. 12", "12", "(B) 15", "B", "15"]
+    texts = [f"<answer> {s} </answer>" for s in said]
+    n = len(texts)
+    got = accuracy_reward(texts, answer=[truth] * n, answer_type=["math"] * n, question=[question] * n)
+    assert got == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
+def test_a_truth_that_names_no_listed_option_is_scored_as_maths():
+    # "(A)"-like lines that are not the answer's options: the truth 20 is none of them
+    question = "Sum the terms:\n(A) 12\n(B) 8"
+    assert accuracy_reward(["<answer> 20 </answer>", "<answer> A </answer>"], answer=["20", "20"],
+                           answer_type=["math", "math"], question=[question] * 2) == [1.0, 0.0]

@@ -1,11 +1,13 @@
 """Stage 3 (DAPO on segmented rollouts) on CPU.
 
 - the DAPO pieces against hand computations (asymmetric clip, token mean over the batch,
-  group-normalised advantages, all-equal groups filtered, overlong shaping);
+  group-normalised advantages, dynamic sampling on accuracy with format-only groups counted,
+  overlong shaping);
 - the loss mask of a hand-built two-turn conversation is exactly the model's tokens;
 - the training forward recomputes the rollout's log-probs (greedy and sampled, segmented turn included);
 - short runs from a stand-in Stage 2 model (the ``patterned_model`` recipe): the mean reward rises,
-  kill + ``--resume`` equals an uninterrupted run, and the bad inputs stop with one clear line.
+  kill + ``--resume`` equals an uninterrupted run, and the bad inputs stop with one clear line;
+- multi-image ViRL39K records are left out of the prompt set and counted.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from seganswer_cli.train.stage3 import (
     AllGroupsFilteredError,
     Policy,
     dapo_policy_loss,
+    differs_within,
     group_advantages,
     informative_groups,
     overlong_penalty,
@@ -92,6 +95,63 @@ def test_group_advantages_and_dynamic_sampling_filter():
     # group 2: mean 0.2, std sqrt((3 * 0.04 + 0.36) / 3) = 0.4
     assert adv[1].tolist() == pytest.approx([-0.5, -0.5, 1.5, -0.5], abs=1e-5)
     assert group_advantages(r[1:2]).abs().max().item() == 0.0  # all-equal: zero advantage, nothing to learn
+
+
+def test_dynamic_sampling_is_on_accuracy_as_in_dapo():
+    # R = 0.8 * accuracy + 0.2 * format, per rollout of four groups
+    accuracy = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0]])
+    format_ = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    r = 0.8 * accuracy + 0.2 * format_
+    # group 0 is format-only (all wrong, format differs), group 2 all right: DAPO drops both
+    assert informative_groups(r, accuracy).tolist() == [False, True, False, True]
+    assert informative_groups(r).tolist() == [True, True, True, True]  # the total-reward rule keeps them
+    assert (differs_within(r) & ~differs_within(accuracy)).tolist() == [True, False, True, False]
+    # equal accuracy and equal reward (weights 0.5/0.5 make right-unformatted = wrong-formatted): zero advantage
+    tied = torch.tensor([[0.5, 0.5]])
+    assert informative_groups(tied, torch.tensor([[1.0, 0.0]])).tolist() == [False]
+
+
+def fake_group(prompt, accuracy: list[float], format_: list[float]) -> list[stage3.Rollout]:
+    from types import SimpleNamespace
+
+    return [stage3.Rollout(prompt, SimpleNamespace(steps=[], generated_tokens=3), 0.8 * a + 0.2 * f,
+                           {"accuracy": a, "format": f}) for a, f in zip(accuracy, format_)]
+
+
+@pytest.mark.parametrize(("rule", "kept_first"), [("accuracy", False), ("reward", True)])
+def test_collect_step_batch_drops_and_counts_format_only_groups(monkeypatch, rule, kept_first):
+    from types import SimpleNamespace
+
+    from seganswer_cli.data import VQASample
+    from seganswer_cli.data.samples import ImageRef
+
+    prompts = iter([VQASample(f"p{i}", ImageRef(path="x.png"), "q?", "4", "x") for i in range(4)])
+    rounds = [
+        [fake_group("format-only", [0, 0, 0, 0], [1, 0, 1, 0])],  # all wrong, format differs
+        [fake_group("mixed", [1, 0, 0, 0], [1, 1, 0, 0])],
+    ]
+    seen = []
+
+    def roll_out(model, mine, config, *, seed_parts):
+        seen.append(seed_parts)
+        return rounds[len(seen) - 1], rewards.RewardScores(total=[], parts={}, counts={"math_unparsed": 1})
+
+    monkeypatch.setattr(stage3, "roll_out", roll_out)
+    config = Stage3Config(prompts_per_step=1, max_refills=1, dynamic_sampling=rule, seed=7)
+    accelerator = SimpleNamespace(num_processes=1, process_index=0)
+    kept, stats, _, drawn, _ = stage3.collect_step_batch(None, prompts, config, accelerator, step=3)
+    assert stats.format_only == 1  # counted under either rule
+    if kept_first:  # the total-reward rule keeps it and the step is full after one round
+        assert [g[0].prompt for g in kept] == ["format-only"] and stats.rounds == 1 and drawn == 1
+        assert [r.advantage for r in kept[0]] == pytest.approx([0.866, -0.866, 0.866, -0.866], abs=1e-3)
+    else:  # DAPO's rule drops it and refills
+        assert [g[0].prompt for g in kept] == ["mixed"] and stats.rounds == 2 and drawn == 2
+        # mixed: R = [1.0, 0.2, 0.0, 0.0], mean 0.3, sample std sqrt((0.49 + 0.01 + 0.09 + 0.09) / 3)
+        std = math.sqrt(0.68 / 3)
+        assert [r.advantage for r in kept[0]] == pytest.approx([0.7 / std, -0.1 / std, -0.3 / std, -0.3 / std], abs=1e-5)
+        assert stats.counts == {"math_unparsed": 2}
+    assert seen[0] == (7, 3, 0, 0)  # seeded by (seed, step, round, rank)
+    assert stats.groups == stats.rounds and stats.kept_groups == 1
 
 
 def test_overlong_shaping_and_padding():
@@ -211,7 +271,9 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(stage3_setup, tmp_path)
     assert [r["step"] for r in records] == [1, 2]
     for r in records:
         assert 0 < r["groups_kept"] <= 2 and r["groups_sampled"] >= 2 and r["loss_tokens"] > 0
-        assert {"reward", "accuracy", "format", "segment_rate", "view_tokens", "clip_high_fraction"} <= r.keys()
+        assert {"reward", "accuracy", "format", "segment_rate", "view_tokens", "clip_high_fraction",
+                "groups_format_only", "math_unparsed", "math_timeout", "math_error"} <= r.keys()
+        assert 0 <= r["groups_format_only"] <= r["groups_sampled"] and r["math_unparsed"] == 0
     settings = runs.RunFolder(tmp_path / "full").read_settings()
     assert settings["stage"] == "stage3" and settings["config"]["clip_high"] == 0.28
     from seganswer_cli.model import SegAnswerModel
@@ -278,16 +340,61 @@ def test_prompts_without_verifiable_answers_are_refused(stage3_setup, tmp_path):
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+def write_virl39k_jsonl(root):
+    """A ViRL39K export (JSONL + images/): two one-image questions and one with two images."""
+    import json
+
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    for name, colour in (("q1", (200, 30, 30)), ("q2", (30, 30, 200)), ("q3a", (30, 200, 30)), ("q3b", (9, 9, 9))):
+        Image.new("RGB", (96, 96), colour).save(root / "images" / f"{name}.png")
+    rows = [
+        {"qid": "q1", "question": "<image>What colour is the image?", "answer": "\\boxed{red}",
+         "image": ["images/q1.png"]},
+        {"qid": "q2", "question": "<image>What is x?\n(A) 12\n(B) 15", "answer": "\\boxed{A}",
+         "image": ["images/q2.png"]},
+        {"qid": "q3", "question": "<image><image>Which is darker? A. left B. right", "answer": "\\boxed{B}",
+         "image": ["images/q3a.png", "images/q3b.png"]},
+    ]
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_multi_image_prompts_are_left_out_and_counted(stage3_setup, tmp_path, capsys):
+    from seganswer_cli.data import open_dataset
+
+    model_dir, _ = stage3_setup
+    root = write_virl39k_jsonl(tmp_path / "virl")
+    samples = open_dataset(root, "virl39k").take()
+    assert [len(s.extra_images) for s in samples] == [0, 0, 1]
+    kept, left_out = stage3.verifiable_prompts("virl", samples)
+    assert [s.id for s in kept] == ["virl39k:q1", "virl39k:q2"]
+    assert left_out == {"no_answer": 0, "several_images": 1}
+    with pytest.raises(UsageError, match=r"no prompt with a verifiable answer among its 1 records \(VQASample, "
+                                         r"1 answered but with several images\)"):
+        stage3.verifiable_prompts("virl", samples[2:])
+
+    # a run: the count is printed, recorded in settings.json, and the two-image record never drawn
+    config = tiny_config(model_dir, None, data=[f"virl={root}"], max_steps=1, prompts_per_step=1,
+                         reward_weights={"format": 1.0}, max_refills=8)
+    train_stage3(config, tmp_path / "run", quiet=False)
+    assert "virl: left out 1 with several images (the reasoning loop takes one per question)" in capsys.readouterr().err
+    settings = runs.RunFolder(tmp_path / "run").read_settings()
+    assert settings["prompts_left_out"] == {"virl": {"no_answer": 0, "several_images": 1}}
+    assert settings["dataset_size"] == 2 and settings["sources"] == {"virl": 2}
+
+
 def test_configs_parse_and_bad_values_are_refused():
     tiny = load_config(Stage3Config, "stage3-tiny")
     big = load_config(Stage3Config, "stage3-7b")
     assert big.rollouts_per_prompt == 4 and big.optim.lr == 2e-5 and big.epochs == 1
     assert big.reward_weights == {"accuracy": 0.8, "format": 0.2} and (big.clip_low, big.clip_high) == (0.2, 0.28)
     assert big.kl_coef == 0 and big.overlong_buffer == 0
-    assert tiny.rollouts_per_prompt == 4
+    assert tiny.rollouts_per_prompt == 4 and tiny.dynamic_sampling == "reward" and big.dynamic_sampling == "accuracy"
     assert Stage3Config().optim == OptimizerConfig(lr=2e-5, schedule="constant", warmup_ratio=0.0)
     for bad in ({"rollouts_per_prompt": 1}, {"roi": "box"}, {"clip_low": 1.0}, {"overlong_buffer": 600},
-                {"reward_weights": {}}, {"temperature": 0}):
+                {"reward_weights": {}}, {"temperature": 0}, {"dynamic_sampling": "format"}):
         with pytest.raises(UsageError):
             Stage3Config(**bad)
 

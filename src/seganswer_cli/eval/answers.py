@@ -19,16 +19,24 @@ Yes/no (``extract_yes_no``):
                     rule, which ``pope.py`` applies as the official script does)
   ``contains_yes``  ``yes`` appears as a word and no ``no`` -> ``yes``
 Free text / numbers: ``exact`` after ``normalize_text``; ``number`` when both parse as equal numbers.
+Maths (``answer_kind="math"``, ``same_maths``), cheap rules first: the same text (spaces ignored); a
+word answer (``looks_mathematical`` false) after ``normalize_text``; a plain-number truth equal to
+the answer's number; then ``verify_math`` (math_verify: LaTeX or plain expressions read into SymPy,
+compared numerically and symbolically: ``3/4``, ``0.75``, ``\\boxed{\\frac34}`` all equal
+``\\frac{3}{4}``). ``normalize_text`` is not used on maths: it would make ``-3`` equal ``3``.
 
-When nothing matches the rule is ``none`` and the answer is wrong. All functions are pure.
+When nothing matches the rule is ``none`` and the answer is wrong. All functions are pure
+(``verify_math`` has a time limit, see there).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
 from dataclasses import dataclass
+from typing import Literal
 
 from seganswer_cli.eval.items import EvalItem, SampleResult
 from seganswer_cli.model.conversation import answer_of
@@ -227,6 +235,89 @@ def normalize_number(text: str) -> float | None:
     return value / 100 if percent else value
 
 
+_MATHS_SIGN = re.compile(r"[\d\\^_=+*/<>]")
+
+
+def looks_mathematical(text: str) -> bool:
+    """Whether an answer is worth a symbolic check: it has a digit, a LaTeX command or an operator.
+    Words are not: read as maths ``red`` is the product ``E*d*r`` (``e`` is Euler's number) and would
+    equal ``der``.
+
+    >>> looks_mathematical(r"\\frac{3}{4}"), looks_mathematical("x^2"), looks_mathematical("red")
+    (True, True, False)
+    """
+    return _MATHS_SIGN.search(text) is not None
+
+
+MathVerdict = Literal["equal", "different", "unparsed", "timeout", "error"]
+
+
+@functools.lru_cache(maxsize=8192)  # pure; a group of rollouts repeats its answers
+def verify_math(answer: str, truth: str, timeout_s: int = 5) -> MathVerdict:
+    """Whether ``answer`` states the same mathematical object as ``truth``, by math_verify (``parse``
+    reads LaTeX or plain expressions into SymPy, ``verify`` compares them numerically, then
+    symbolically): ``equal`` or ``different``; ``unparsed`` when either side is not maths it can read;
+    ``timeout`` when parsing or comparing took over ``timeout_s`` seconds (SymPy can take minutes on a
+    hostile expression); ``error`` when the comparison raised.
+
+    Each side is read as one expression, ``$...$`` (read bare, ``2\\sqrt{3}`` is ``2``), unless it
+    marks its maths already (``\\boxed{...}``, ``$``). The time limit is math_verify's ``SIGALRM``,
+    which only the main thread can set: elsewhere there is none.
+
+    >>> verify_math("0.75", r"\\frac{3}{4}"), verify_math(r"\\boxed{\\frac34}", "3/4"), verify_math("0.7", "3/4")
+    ('equal', 'equal', 'different')
+    >>> verify_math(r"\\frac{", "3/4")
+    'unparsed'
+    """
+    import threading
+
+    # imported here: math_verify brings SymPy and ANTLR (half a second), which eval never needs otherwise
+    from math_verify import parse, verify
+    from math_verify.errors import TimeoutException
+
+    seconds = timeout_s if threading.current_thread() is threading.main_thread() else None
+    try:
+        parsed = [parse(_as_maths(side), fallback_mode="no_fallback", parsing_timeout=seconds, raise_on_error=True)
+                  for side in (truth, answer)]
+    except TimeoutException:  # a BaseException: no ``except Exception`` above would stop it
+        return "timeout"
+    except Exception:  # noqa: BLE001 - whatever the parser raises, the text is not maths it reads
+        return "unparsed"
+    if not all(parsed):
+        return "unparsed"
+    try:
+        return "equal" if verify(parsed[0], parsed[1], timeout_seconds=seconds, raise_on_error=True) else "different"
+    except TimeoutException:
+        return "timeout"
+    except Exception:  # noqa: BLE001 - SymPy may raise on any pair; a reward must not
+        return "error"
+
+
+def _as_maths(text: str) -> str:
+    text = text.strip()
+    return text if "$" in text or "\\boxed" in text else f"${text}$"
+
+
+_PLAIN_NUMBER = re.compile(r"\s*" + _NUMBER.pattern + r"\s*")
+
+
+def same_maths(answer: str, truth: str) -> bool:
+    """Whether a maths answer is right (rules in the module docstring).
+
+    >>> same_maths("3/4", r"\\frac{3}{4}"), same_maths("-3", "3"), same_maths("Triangle.", "triangle")
+    (True, False, True)
+    """
+    if "".join(answer.split()).rstrip(".") == "".join(truth.split()).rstrip("."):
+        return True
+    if not looks_mathematical(truth):
+        return normalize_text(answer) == normalize_text(truth)
+    if re.search(r"\d", truth) and _PLAIN_NUMBER.fullmatch(truth):
+        got, want = normalize_number(answer), normalize_number(truth)
+        if got is not None and want is not None and math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9):
+            return True
+    return verify_math(answer, truth) == "equal"
+
+
 def extract_for(text: str, item: EvalItem) -> Extraction:
     """Extract the answer in the form ``item.answer_kind`` calls for."""
     if item.answer_kind == "choice":
@@ -236,7 +327,8 @@ def extract_for(text: str, item: EvalItem) -> Extraction:
     answer = answer_of(text)
     if answer.value is None:
         return Extraction(None, "none")
-    return Extraction(answer.value, f"{answer.source}:{'number' if item.answer_kind == 'number' else 'exact'}")
+    method = item.answer_kind if item.answer_kind in ("number", "math") else "exact"
+    return Extraction(answer.value, f"{answer.source}:{method}")
 
 
 def is_correct(extracted: str | None, item: EvalItem) -> bool:
@@ -248,6 +340,8 @@ def is_correct(extracted: str | None, item: EvalItem) -> bool:
     if item.answer_kind == "number":
         got, want = normalize_number(extracted), normalize_number(item.answer)
         return got is not None and want is not None and math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
+    if item.answer_kind == "math":
+        return same_maths(extracted, item.answer)
     if normalize_text(extracted) == normalize_text(item.answer):
         return True
     got, want = normalize_number(extracted), normalize_number(item.answer)

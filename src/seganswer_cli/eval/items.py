@@ -22,8 +22,9 @@ from PIL import Image
 
 from seganswer_cli.images import load_image
 
-#: How an answer is checked: a letter among ``options``, yes/no, free text, a number, or a mask.
-AnswerKind = Literal["choice", "yesno", "text", "number", "mask"]
+#: How an answer is checked: a letter among ``options``, yes/no, free text, a number, a maths
+#: expression (``eval/answers.py::verify_math``), or a mask.
+AnswerKind = Literal["choice", "yesno", "text", "number", "math", "mask"]
 
 
 @dataclass(frozen=True)

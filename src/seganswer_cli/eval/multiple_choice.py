@@ -45,3 +45,42 @@ def split_inline_options(text: str) -> tuple[str, dict[str, str]]:
         else:
             break
     return "\n".join(question_lines).strip(), options
+
+
+
+# an option's mark: "(A) ", "A. ", "A: ", "A) " after a space or at a line's start
+_OPTION_MARK = re.compile(r"(?:^|(?<=\s))(?:\(([A-Z])\)|([A-Z])[\.:\)])\s+", re.MULTILINE)
+
+
+def inline_options(text: str) -> dict[str, str]:
+    """The options a question lists in its text, whichever way it lists them: one per line (as
+    ``split_inline_options`` reads them), else several to a line, ``A. 12 B. 15`` / ``(A) 12 (B) 15``
+    / ``Choices: A: 12 B: 15``: the last run of marks ``A``, ``B``, ... in order (two at least), each
+    option running to the next mark or the end of its line. Empty when there is none.
+
+    >>> inline_options("What is x?\\nChoices:\\n(A) 12\\n(B) 15")
+    {'A': '12', 'B': '15'}
+    >>> inline_options("What is x? Choices: A: 12 B: 15 C: 18\\nAnswer with the letter.")
+    {'A': '12', 'B': '15', 'C': '18'}
+    >>> inline_options("Which? A. 1 cm B. 2 cm\\nC. 3 cm D. 4 cm")
+    {'A': '1 cm', 'B': '2 cm', 'C': '3 cm', 'D': '4 cm'}
+    >>> inline_options("Point A. lies on BC."), inline_options("How many?")
+    ({}, {})
+    """
+    _, options = split_inline_options(text)
+    if len(options) >= 2:
+        return options
+    marks = [(m.group(1) or m.group(2), m) for m in _OPTION_MARK.finditer(text)]
+    # the last "A" that starts a run: an "A." earlier in the question ("point A. lies") starts none
+    for start in reversed([i for i, (letter, _) in enumerate(marks) if letter == "A"]):
+        chain = [marks[start][1]]
+        for letter, mark in marks[start + 1 :]:
+            if letter == string.ascii_uppercase[len(chain)]:
+                chain.append(mark)
+        if len(chain) < 2:
+            continue
+        ends = [m.start() for m in chain[1:]] + [len(text)]
+        found = {m.group(1) or m.group(2): text[m.end() : end].split("\n")[0].strip() for m, end in zip(chain, ends)}
+        if all(found.values()):
+            return found
+    return {}

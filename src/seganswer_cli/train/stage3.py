@@ -3,17 +3,25 @@
 Algorithm, one step:
 
 1. Rollouts. Draw prompts (questions with verifiable answers: ViRL39K, the shapes world's RL
-   prompts) from the seeded mixture; every prompt is rolled out ``G = rollouts_per_prompt`` times
+   prompts; records with several images are left out and counted, see below) from the seeded
+   mixture; every prompt is rolled out ``G = rollouts_per_prompt`` times
    (paper: 4) through ``reasoning.ReasoningLoop`` — the loop ``infer`` and ``eval`` use: sampled
    (temperature, top-p), batched, the KV cache continued, a ``<|seg|>`` answered by the sparse
    segmented view at the original image's M-RoPE positions. Each trajectory keeps its whole
    conversation (``Trajectory.sequence``) and the log-prob of every generated token.
 2. Rewards (``train/rewards.py``): ``R = 0.8 * accuracy + 0.2 * format`` (weights configurable),
-   accuracy by the eval package's scorers. Optional DAPO overlong shaping (off by default).
-3. Dynamic sampling. A group whose ``G`` rewards are all equal has zero advantage and teaches
-   nothing: it is dropped, and more prompts are drawn and rolled out until ``prompts_per_step``
-   groups are kept (at most ``max_refills`` extra rounds; a step left with fewer trains on what it
-   has; a step left with none stops the run with the count).
+   accuracy by the eval package's scorers (maths by math_verify, options written inside the
+   question read as multiple choice). Optional DAPO overlong shaping (off by default).
+3. Dynamic sampling, on accuracy as DAPO does. A group whose ``G`` accuracies are all 0 or all 1
+   is dropped, and more prompts are drawn and rolled out until ``prompts_per_step`` groups are
+   kept (at most ``max_refills`` extra rounds; a step left with fewer trains on what it has; a step
+   left with none stops the run with the count). That includes the "format-only" groups, equal in
+   accuracy but not in format reward: their advantages are not zero, but they would teach format
+   alone while taking a batch slot from a prompt the model sometimes gets right; DAPO filters on
+   accuracy, so do we (their count is logged, ``groups_format_only``). A group whose total rewards
+   are all equal is dropped too (zero advantage). ``dynamic_sampling: reward`` (the tiny CPU
+   recipe, whose stand-in model is almost never right) and a run whose reward weights have no
+   ``accuracy`` filter on the total reward alone, keeping format-only groups.
 4. Advantages, per group: ``A_i = (R_i - mean(R)) / (std(R) + eps)`` (``std`` with Bessel's
    correction, as GRPO implementations use), the same for every token of trajectory ``i``.
 5. Policy updates. The kept trajectories are split into ``mini_batches`` mini-batches, one
@@ -33,11 +41,17 @@ What trains: the MLLM (language model, embeddings, LM head, and the vision tower
 ``freeze_vision``); the projector and SAM 2.1 are frozen (the ``<|seg|>`` state still learns
 through the language model, the mask path does not). Paper: lr 2e-5, 1 epoch, 4 rollouts.
 
+Prompts: the reasoning loop shows one image per question, so a record with several images (some
+of ViRL39K's) cannot be asked whole; rather than ask it about its first image alone, Stage 3
+leaves it out, prints the count per source and records it in ``settings.json``
+(``prompts_left_out``), with the records that have no answer to verify.
+
 Where this departs from the paper (which names DAPO, the two rewards, their weights, lr, epochs and
 rollouts, nothing else): the batch size, temperature, clip range (DAPO's), refill cap, mini-batch
 count, constant learning rate and the length limit are our choices; an "epoch" counts the prompts
 whose groups train. The tiny CPU recipe (``configs/stage3-tiny.yaml``) uses a far higher learning
-rate because its model is tiny and the run short.
+rate because its model is tiny and the run short, and dynamic sampling on the total reward because
+its stand-in model is almost never right (DAPO's rule would drop nearly every group).
 
 Distributed: every process draws the same prompts from the seeded stream and rolls out its own
 slice (whole groups, so rewards and advantages are computed where the group lives); kept-group
@@ -119,7 +133,8 @@ STAGE = "stage3"
 
 
 class AllGroupsFilteredError(SegAnswerError):
-    """Every group of a step had equal rewards, even after the refills: nothing to learn from."""
+    """Every group of a step had equal accuracy (or equal rewards), even after the refills: nothing
+    to learn from."""
 
 
 # ---------------------------------------------------------------------- the DAPO pieces (pure)
@@ -137,13 +152,34 @@ def group_advantages(rewards_: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (rewards_ - mean) / (std + eps)
 
 
-def informative_groups(rewards_: torch.Tensor) -> torch.Tensor:
-    """``(n_groups,)`` bool: the groups whose rewards are not all equal (dynamic sampling keeps these).
+def differs_within(values: torch.Tensor) -> torch.Tensor:
+    """``(n_groups, G)`` -> ``(n_groups,)`` bool: the groups whose values are not all equal.
 
-    >>> informative_groups(torch.tensor([[1.0, 1.0], [0.2, 1.0], [0.0, 0.0]])).tolist()
-    [False, True, False]
+    >>> differs_within(torch.tensor([[1.0, 1.0], [0.2, 1.0]])).tolist()
+    [False, True]
     """
-    return (rewards_.max(dim=1).values - rewards_.min(dim=1).values) > 1e-9
+    return (values.max(dim=1).values - values.min(dim=1).values) > 1e-9
+
+
+def informative_groups(rewards_: torch.Tensor, accuracy: torch.Tensor | None = None) -> torch.Tensor:
+    """``(n_groups,)`` bool: the groups dynamic sampling keeps, from ``(n_groups, G)`` total rewards
+    and accuracies: accuracy neither all 0 nor all 1 (DAPO's rule; not all equal, were accuracy ever
+    fractional), and rewards not all equal (else every advantage is 0). Without ``accuracy`` (no
+    accuracy reward in the weights) the rewards alone decide.
+
+    >>> rewards_ = torch.tensor([[1.0, 0.2], [0.2, 0.0], [0.0, 0.0]])  # 0.8 * accuracy + 0.2 * format
+    >>> informative_groups(rewards_, torch.tensor([[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]])).tolist()
+    [True, False, False]
+    >>> informative_groups(rewards_).tolist()
+    [True, True, False]
+    """
+    keep = differs_within(rewards_)
+    return keep if accuracy is None else keep & differs_within(accuracy)
+
+
+def filters_on_accuracy(config: Stage3Config) -> bool:
+    """Whether dynamic sampling drops groups by accuracy (DAPO) rather than by total reward."""
+    return config.dynamic_sampling == "accuracy" and "accuracy" in config.reward_weights
 
 
 def overlong_penalty(lengths: list[int], max_tokens: int, buffer: int, penalty: float = 1.0) -> list[float]:
@@ -248,6 +284,11 @@ class RolloutStats:
     generated: list[int] = field(default_factory=list)
     groups: int = 0
     kept_groups: int = 0
+    format_only: int = 0
+    """This process's groups equal in accuracy but not in total reward, of every round (dropped
+    under ``dynamic_sampling: accuracy``, kept under ``reward``)."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """This process's reward counts (``rewards.COUNTS``)."""
     rounds: int = 0
     reward_errors: int = 0
     reward_messages: list[str] = field(default_factory=list)
@@ -261,6 +302,7 @@ def reward_columns(samples: list[VQASample]) -> dict[str, list]:
         "answer_type": [s.answer_type for s in samples],
         "options": [list(s.options) for s in samples],
         "answer_letter": [s.answer_letter for s in samples],
+        "question": [s.question for s in samples],
     }
 
 
@@ -323,6 +365,8 @@ def collect_step_batch(model, stream, config: Stage3Config, accelerator, *, step
         stats.rounds += 1
         stats.reward_errors += scores.error_count
         stats.reward_messages += [m for m in scores.messages if m not in stats.reward_messages]
+        for name, value in scores.counts.items():
+            stats.counts[name] = stats.counts.get(name, 0) + value
         informative = []
         for group in groups:
             for r in group:
@@ -334,7 +378,12 @@ def collect_step_batch(model, stream, config: Stage3Config, accelerator, *, step
                 stats.view_tokens += [s.kept_tokens for s in t.steps]
                 stats.generated.append(t.generated_tokens)
             values = torch.tensor([[r.reward for r in group]], dtype=torch.float64)  # (1, G)
-            if bool(informative_groups(values)[0]):
+            accuracy = None
+            if "accuracy" in config.reward_weights:
+                accuracy = torch.tensor([[r.parts["accuracy"] for r in group]], dtype=torch.float64)  # (1, G)
+                stats.format_only += int(differs_within(values)[0] and not differs_within(accuracy)[0])
+            on_accuracy = accuracy if filters_on_accuracy(config) else None
+            if bool(informative_groups(values, on_accuracy)[0]):
                 for r, a in zip(group, group_advantages(values, config.advantage_eps)[0].tolist()):
                     r.advantage = a
                 informative.append(group)
@@ -354,9 +403,10 @@ def collect_step_batch(model, stream, config: Stage3Config, accelerator, *, step
     stats.seconds = time.perf_counter() - started
     if kept_total == 0:
         mean = float(np.mean(stats.rewards)) if stats.rewards else float("nan")
+        filtered_on = "accuracy" if filters_on_accuracy(config) else "rewards"
         raise AllGroupsFilteredError(
             f"step {step}: all {stats.groups} prompt groups ({config.rollouts_per_prompt} rollouts each, "
-            f"{stats.rounds} rounds: 1 + {stats.rounds - 1} refills) had equal rewards within the group "
+            f"{stats.rounds} rounds: 1 + {stats.rounds - 1} refills) had equal {filtered_on} within the group "
             f"(mean reward {mean:.3f}); nothing to learn from. Use prompts the model sometimes gets right, "
             f"a higher temperature, or more max_refills")
     return kept, stats, all_prompts, drawn, spare
@@ -381,7 +431,9 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
 
     accelerator = start_accelerator(config)
     mixture, skipped = open_mixture(specs, on_error=config.on_error, seed=config.seed)
-    mixture.sources = [verifiable_prompts(name, source) for name, source in zip(mixture.names, mixture.sources)]
+    prompt_sets = [verifiable_prompts(name, source) for name, source in zip(mixture.names, mixture.sources)]
+    mixture.sources = [kept for kept, _ in prompt_sets]
+    left_out = {name: counts for name, (_, counts) in zip(mixture.names, prompt_sets) if any(counts.values())}
 
     model = load_starting_model(config)
     train_the_mllm(model, freeze_vision=config.freeze_vision)
@@ -399,7 +451,7 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
 
     settings = run_settings(STAGE, config, accelerator, mixture, skipped, unwrapped,
                             steps_per_epoch=steps_per_epoch, total_steps=total_steps, warmup_steps=warmup,
-                            optimizer_steps=total_updates)
+                            optimizer_steps=total_updates, prompts_left_out=left_out)
     state, log = start_or_resume(run, accelerator, settings, resume=resume, overwrite=overwrite, model=policy,
                                  optimizer=optimizer, scheduler=scheduler, launch_key="processes")
     start_step, prompts_drawn = state.get("step", 0), state.get("prompts_drawn", 0)
@@ -417,6 +469,8 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
                     f"overlong buffer {c['overlong_buffer']}",
             "reward": " + ".join(f"{w:g}*{k}" for k, w in c["reward_weights"].items()),
         })
+        for name, counts in left_out.items():
+            print_left_out(name, counts)
 
     # ---------------------------------------------------------------- train
     stream = sample_stream(mixture, skip=prompts_drawn)
@@ -453,8 +507,11 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
                   "clip_high_fraction": totals["clipped_high"] / max(totals["loss_tokens"], 1),
                   "kl": totals["kl"] / max(totals["loss_tokens"], 1),
                   "grad_norm": float(np.mean(grad_norms)), "groups_sampled": stats.groups,
-                  "groups_kept": stats.kept_groups, "refills": stats.rounds - 1, "prompts_drawn": prompts_drawn,
+                  "groups_kept": stats.kept_groups,
+                  "groups_format_only": int(sum_over_processes(accelerator, stats.format_only)),
+                  "refills": stats.rounds - 1, "prompts_drawn": prompts_drawn,
                   "reward_errors": int(sum_over_processes(accelerator, stats.reward_errors)),
+                  **{name: int(sum_over_processes(accelerator, stats.counts.get(name, 0))) for name in rewards.COUNTS},
                   "rollout_seconds": stats.seconds, "update_seconds": update_seconds}
         if accelerator.is_main_process and (step % config.log_every == 0 or step == total_steps):
             log.append(record)
@@ -482,15 +539,41 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
 # ---------------------------------------------------------------------- setup helpers
 
 
-def verifiable_prompts(name: str, source: list) -> list[VQASample]:
-    """The source's question-answer samples that carry an answer to check; none at all is an error."""
-    kept = [s for s in source if isinstance(s, VQASample) and str(s.answer or "").strip()
-            and (not s.options or s.answer_letter or s.answer in s.options)]
+def verifiable_prompts(name: str, source: list) -> tuple[list[VQASample], dict[str, int]]:
+    """The source's question-answer samples that carry an answer to check and have one image, and
+    how many records were left out, by reason (``no_answer``, ``several_images``: the reasoning loop
+    shows one image per question, and asking about the first alone would reward guesses about
+    images the model never saw); none left is an error.
+
+    >>> from seganswer_cli.data.samples import ImageRef
+    >>> one, two = [ImageRef(path="a.png")], [ImageRef(path="b.png")]
+    >>> kept, left_out = verifiable_prompts("x", [VQASample("1", one[0], "q?", "4", "x"),
+    ...                                           VQASample("2", one[0], "q?", "4", "x", extra_images=two)])
+    >>> [s.id for s in kept], left_out
+    (['1'], {'no_answer': 0, 'several_images': 1})
+    """
+    answered = [s for s in source if isinstance(s, VQASample) and str(s.answer or "").strip()
+                and (not s.options or s.answer_letter or s.answer in s.options)]
+    kept = [s for s in answered if not s.extra_images]
+    left_out = {"no_answer": len(source) - len(answered), "several_images": len(answered) - len(kept)}
     if not kept:
         kinds = sorted({type(s).__name__ for s in source})
+        several = (f", {left_out['several_images']} answered but with several images"
+                   if left_out["several_images"] else "")
         raise UsageError(f"--data {name}: no prompt with a verifiable answer among its {len(source)} records "
-                         f"({', '.join(kinds)}); Stage 3 needs question-answer samples with ground-truth answers")
-    return kept
+                         f"({', '.join(kinds)}{several}); Stage 3 needs question-answer samples with "
+                         f"ground-truth answers and one image each")
+    return kept, left_out
+
+
+def print_left_out(name: str, counts: dict[str, int]) -> None:
+    """One line on stderr: the records of a prompt source that Stage 3 does not use, and why."""
+    from rich.console import Console
+
+    reasons = {"no_answer": "without a verifiable answer",
+               "several_images": "with several images (the reasoning loop takes one per question)"}
+    parts = [f"{n} {reasons[k]}" for k, n in counts.items() if n]
+    Console(stderr=True).print(f"{name}: left out {'; '.join(parts)}", highlight=False)
 
 
 def reference_model(model):
