@@ -151,3 +151,37 @@ def test_visulogic_reads_the_official_answer_format(visulogic_dir, output, lette
     item = get_benchmark("visulogic").read(visulogic_dir).items[0]
     result = get_benchmark("visulogic").score(output, item)
     assert (result.extracted, result.rule, result.correct) == (letter, rule, letter == "C")
+
+
+#: A trajectory as the reasoning loop writes it: a first turn that mentions other answers and asks for
+#: the region, then the answer turn. Only the last turn answers.
+TWO_TURNS = ("To tell whether it is (A) or no, it should first observe <|seg|>.<|im_end|>\n"
+             "<answer>{}</answer>.<|im_end|>")
+
+
+@pytest.mark.parametrize(("name", "fixture", "answers"), [
+    ("vstar", "vstar_dir", {"0": "B", "1": "A"}),
+    ("hrbench-4k", "hrbench_dir", {"0": "A", "1": "C", "2": "D"}),
+    ("mmbench", "mmbench_dir", None),  # every rotation's own right letter
+    ("visulogic", "visulogic_dir", {"00000": "\\boxed{C}", "00001": "A"}),
+    ("mmvp", "mmvp_dir", {"1": "(a)", "2": "(b) Closed", "3": "B", "4": "A"}),
+    ("pope", "pope_dir", None),  # the label, as a sentence
+    ("hallusionbench", "hallusion_dir", None),
+])
+def test_two_turn_outputs_are_scored_by_their_last_turn(name, fixture, answers, request):
+    """Every question benchmark reads the answer turn, not the reasoning turn before it (which names
+    '(A)' and 'no'), and scores a right answer right; the same output without its answer turn is none."""
+    spec = get_benchmark(name)
+    items = spec.read(request.getfixturevalue(fixture)).items
+    for item in items:
+        if answers is not None:
+            answer = answers[item.id]
+        elif item.answer_kind == "yesno":
+            answer = "Yes, there is." if item.answer == "yes" else "There is not."
+        else:
+            answer = item.answer
+        result = spec.score(TWO_TURNS.format(answer), item)
+        assert result.correct, (name, item.id, answer, result)
+        assert result.rule.startswith("tag:"), result.rule
+        unanswered = spec.score(TWO_TURNS.split("\n")[0], item)
+        assert unanswered.extracted is None and not unanswered.correct
