@@ -37,13 +37,14 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Per-GPU memory of a recipe (weights, gradients, AdamW, activations) for DDP and FSDP: does it fit?"""
-    from seganswer_cli.config import Stage1Config, Stage2Config, Stage3Config, load_config
+    from seganswer_cli.config import Stage1Config, Stage2Config, Stage3Config, load_config, read_yaml
     from seganswer_cli.errors import UsageError
     from seganswer_cli.train.memory_plan import STAGES, STRATEGIES, parse_gpu_memory, stage_of
 
     memory = parse_gpu_memory(gpu_memory)
     if gpus < 1:
         raise UsageError(f"--gpus must be >= 1, got {gpus}")
+    read_yaml(config)  # a recipe that is not there: said before anything else
     stage = stage or stage_of(config)
     if stage not in STAGES:
         raise UsageError(f"say which stage {config} is for: --stage {'|'.join(STAGES)}")

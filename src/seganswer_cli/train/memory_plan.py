@@ -353,7 +353,7 @@ def layer_activation_bytes(hidden: int, intermediate: int, kv_dim: int, compute:
     dtype; the norms' inputs at the residual stream's.
 
     >>> layer_activation_bytes(4, 8, 2, compute=2, residual=4)
-    188
+    192
     """
     return compute * (10 * hidden + 4 * intermediate + 4 * kv_dim) + residual * 2 * hidden
 
