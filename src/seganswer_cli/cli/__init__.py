@@ -16,6 +16,7 @@ from seganswer_cli.cli import data as data_cli
 from seganswer_cli.cli import eval as eval_cli
 from seganswer_cli.cli import infer as infer_cli
 from seganswer_cli.cli import model as model_cli
+from seganswer_cli.cli import plan as plan_cli
 from seganswer_cli.cli import plot as plot_cli
 from seganswer_cli.cli import train as train_cli
 from seganswer_cli.errors import SegAnswerError
@@ -40,6 +41,7 @@ app.command("train-stage1")(train_cli.train_stage1)
 app.command("merge-lora")(train_cli.merge_lora)
 app.command("train-stage2")(train_cli.train_stage2)
 app.command("train-stage3")(train_cli.train_stage3)
+app.command("plan")(plan_cli.plan)
 
 
 def _version(value: bool) -> None:
