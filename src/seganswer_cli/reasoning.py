@@ -9,7 +9,11 @@ For each (image, question):
    the original image is never prefilled twice. At most ``max_seg_steps`` such rounds.
    ``--roi none`` is the no-second-look baseline: the model's turn opens with ``<answer>`` (the
    direct-answer format Stage 2 trains beside the segmenting one) and ``<|seg|>`` is never chosen
-   (its logit is masked out), so it answers from the first look.
+   (its logit is masked out), so it answers from the first look. Greedy or sampled, the choice
+   never falls on a visual placeholder nor on an id the tokenizer does not have (the LM head's
+   padding rows past ``len(tokenizer)``). The checkpoint's ``generation_config.json`` (repetition
+   penalty, top-k, its sampling defaults) is not used: ``ReasoningSettings`` alone decides
+   (``GENERATION_CONFIG_NOTE``).
 3. Stop at ``</answer>``, ``<|im_end|>`` of a turn without ``<|seg|>``, EOS, or the token limit; the
    answer is ``conversation.answer_of`` of the model's turns (the one rule eval and the rewards use).
 
@@ -39,6 +43,29 @@ from seganswer_cli.model import conversation, tokens
 from seganswer_cli.model.mask_decoder import upsample_logits
 from seganswer_cli.model.sequence import Sequence, SequenceBuilder
 from seganswer_cli.model.sparse_patches import ROI_MODES, SegmentedView
+
+#: What ``infer`` and ``eval`` print when the MLLM's checkpoint carries generation settings.
+GENERATION_CONFIG_NOTE = (
+    "the checkpoint's generation_config.json ({settings}) is not used: decoding is greedy, or "
+    "--sample at its own temperature and top-p, with no repetition penalty or top-k"
+)
+
+#: The fields of a ``GenerationConfig`` that would change what the loop chooses.
+_GENERATION_FIELDS = ("do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
+
+
+def generation_config_note(model) -> str | None:
+    """The line saying the checkpoint's generation settings are overridden, or None when it sets none
+    that differ from plain greedy decoding (a tiny model built in code)."""
+    config = getattr(model.mllm, "generation_config", None)
+    if config is None:
+        return None
+    plain = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "top_k": 50, "repetition_penalty": 1.0}
+    set_here = {k: getattr(config, k, None) for k in _GENERATION_FIELDS}
+    differing = {k: v for k, v in set_here.items() if v is not None and v != plain[k]}
+    if not differing:
+        return None
+    return GENERATION_CONFIG_NOTE.format(settings=", ".join(f"{k}={v}" for k, v in differing.items()))
 
 
 @dataclass
@@ -158,6 +185,9 @@ class ReasoningLoop:
         ids = model.token_ids
         self.stop_ids = {ids.end_of_text}
         self.tokenizer = model.tokenizer
+        # Ids the tokenizer has: the LM head may have more rows (Qwen2.5-VL-7B: 152064 for 151666
+        # tokens); the spare ones decode to nothing and are never chosen.
+        self.known_ids = len(model.tokenizer)
 
     @torch.no_grad()
     def run(self, images: list[Image.Image], questions: list[str],
@@ -256,6 +286,7 @@ class ReasoningLoop:
             never.append(self.model.token_ids.seg)
         scaled = scaled.clone()
         scaled[never] = float("-inf")
+        scaled[self.known_ids :] = float("-inf")  # rows past the tokenizer (vocabulary padding)
         if not s.sample:
             token = int(torch.argmax(scaled))
         else:

@@ -27,6 +27,7 @@ from seganswer_cli.cli.options import (
     ModelDefaultOpt,
     QuietOpt,
     load_model,
+    note_generation_config,
     resolve_device,
 )
 from seganswer_cli.errors import UsageError
@@ -163,7 +164,10 @@ def run(
     def load():
         if chatty:
             err_console.print(f"loading model {model}", highlight=False)
-        return load_model(model, device, dtype)
+        loaded = load_model(model, device, dtype)
+        if chatty:
+            note_generation_config(loaded, err_console)
+        return loaded
 
     with Progress(TextColumn(f"{spec.name}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[note]}"),
                   TimeRemainingColumn(), console=err_console, disable=quiet) as progress:

@@ -21,6 +21,7 @@ from seganswer_cli.cli.options import (
     ModelDefaultOpt,
     QuietOpt,
     load_model,
+    note_generation_config,
 )
 from seganswer_cli.errors import DataError, NoAnswer, SegAnswerError, UsageError
 
@@ -72,6 +73,8 @@ def infer(
     if not as_json and not quiet:
         err_console.print(f"model [bold]{model}[/] · roi {roi} · {'sampled' if sample else 'greedy'}", highlight=False)
     loaded = load_model(model, device, dtype)
+    if not as_json and not quiet:
+        note_generation_config(loaded, err_console)
     traj = run(loaded, pil, question, settings)
     if save_vis is not None:
         from seganswer_cli.viz import trajectory_figure
@@ -158,6 +161,8 @@ def _infer_batch(batch: Path, out: Path, model: str, settings, batch_size: int, 
     if not quiet:
         err_console.print(f"{len(questions)} questions · {len(done)} already answered in {out} · {len(todo)} to do", highlight=False)
     loop = ReasoningLoop(load_model(model, device, dtype), settings) if todo else None
+    if loop is not None and not quiet:
+        note_generation_config(loop.model, err_console)
     failures, unanswered = len(errors), 0
     out.parent.mkdir(parents=True, exist_ok=True)
     with jsonl.JsonlAppender(out) as sink, Progress(

@@ -36,7 +36,11 @@ def describe(model) -> dict:
             "sam_prompt_and_mask_decoder": count(sam) - count(sam.vision_encoder),
         },
         "hidden_size": model.mllm.config.text_config.hidden_size,
-        "vocab_size": len(model.tokenizer),
+        # The embedding may have more rows than the tokenizer has tokens (Qwen2.5-VL-7B: 152064 rows,
+        # 151666 tokens with <|seg|>): the spare rows are padding, never chosen by the loop.
+        "tokenizer_length": len(model.tokenizer),
+        "embedding_rows": model.mllm.get_input_embeddings().weight.shape[0],
+        "lm_head_rows": model.mllm.get_output_embeddings().weight.shape[0],
         "seg_token_id": model.token_ids.seg,
         "mllm_pixels": {"min": ip.size["shortest_edge"], "max": ip.size["longest_edge"]},
         "sam_image_size": model.mask_decoder.image_size,

@@ -75,3 +75,12 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto"):
     torch_dtype = resolve_dtype(dtype)
     model = SegAnswerModel.from_pretrained(spec, dtype=torch_dtype)
     return model.to(resolve_device(device)).eval()
+
+
+def note_generation_config(model, console) -> None:
+    """Say on ``console`` (stderr) that the checkpoint's generation settings are overridden, when it has any."""
+    from seganswer_cli.reasoning import generation_config_note
+
+    note = generation_config_note(model)
+    if note:
+        console.print(f"[dim]{note}[/]", highlight=False)

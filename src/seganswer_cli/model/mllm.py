@@ -57,41 +57,98 @@ class TokenIds:
 
 
 def add_seg_token(mllm, processor) -> int:
-    """Add ``<|seg|>`` to the tokenizer (as a special token) and grow the embeddings; return its id.
+    """Add ``<|seg|>`` to the tokenizer (as a special token), give it embedding rows; return its id.
 
-    The new input-embedding and LM-head rows are initialised to the mean of the existing rows
-    (the usual choice for a new token: it starts as an "average" token instead of noise).
-    Idempotent: a tokenizer that already has the token is left as it is.
+    The new token's input-embedding and LM-head rows are set to the mean of the rows of the
+    tokenizer's existing tokens (ids below ``<|seg|>``'s): it starts as an "average" token instead
+    of noise. This holds whatever the vocabulary padding: Qwen2.5-VL-7B-Instruct ships 152064 rows
+    for 151665 tokens, so ``<|seg|>`` (id 151665) lands on one of the checkpoint's spare rows, which
+    is overwritten (the spare rows' content is untrained and never a starting point); a matrix
+    without a spare row is grown by one row first. The mean excludes the spare rows. Idempotent: a
+    tokenizer that already has the token is left as it is.
     """
     tokenizer = processor.tokenizer
     if tokens.SEG_TOKEN in tokenizer.get_vocab():
         return tokenizer.convert_tokens_to_ids(tokens.SEG_TOKEN)
     tokenizer.add_special_tokens({"additional_special_tokens": [tokens.SEG_TOKEN]}, replace_extra_special_tokens=False)
     seg_id = tokenizer.convert_tokens_to_ids(tokens.SEG_TOKEN)
-    old_rows = mllm.get_input_embeddings().weight.shape[0]
-    if seg_id >= old_rows:
-        mllm.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        with torch.no_grad():
-            emb = mllm.get_input_embeddings().weight
-            emb[old_rows:] = emb[:old_rows].mean(0, keepdim=True)
-            head = mllm.get_output_embeddings()
-            if head is not None and head.weight.data_ptr() != emb.data_ptr():
-                head.weight[old_rows:] = head.weight[:old_rows].mean(0, keepdim=True)
+    if seg_id >= mllm.get_input_embeddings().weight.shape[0]:
+        mllm.resize_token_embeddings(seg_id + 1, mean_resizing=False)
+    with torch.no_grad():
+        emb = mllm.get_input_embeddings().weight  # (rows, D)
+        emb[seg_id] = emb[:seg_id].float().mean(0).to(emb.dtype)
+        head = mllm.get_output_embeddings()
+        if head is not None and head.weight.data_ptr() != emb.data_ptr():
+            head.weight[seg_id] = head.weight[:seg_id].float().mean(0).to(head.weight.dtype)
     return seg_id
 
 
+#: Weight files of a transformers checkpoint folder, one of which a local MLLM folder must hold.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def _hub_offline() -> bool:
+    import os
+
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_mllm_source(path: str) -> None:
+    """Refuse, in one line naming what is missing, an MLLM source that cannot load.
+
+    A local folder needs ``config.json``, one of ``WEIGHT_FILES`` and a tokenizer with a chat
+    template. A path that is not a folder here is a hub id only when it reads as one (``org/name``,
+    no ``./``, ``/`` or ``~`` in front) and the hub can be reached: offline, it is refused as
+    "no such folder, and offline"; a path that cannot be a hub id is refused as "no such folder".
+    """
+    from pathlib import Path
+
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():
+            raise ModelFolderError(f"{folder}: no config.json (not a transformers model folder)")
+        if not any((folder / name).is_file() for name in WEIGHT_FILES):
+            raise ModelFolderError(f"{folder}: no weights (expected one of {', '.join(WEIGHT_FILES)})")
+        return
+    if folder.exists():
+        raise ModelFolderError(f"{path}: not a folder")
+    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and all(path.split("/"))
+    if not looks_like_hub_id:
+        raise ModelFolderError(f"MLLM folder not found: {path}")
+    if _hub_offline():
+        raise ModelFolderError(
+            f"{path}: no local folder of that name, and it cannot be downloaded as a hub id while offline "
+            "(HF_HUB_OFFLINE is set); pass the path of a local copy"
+        )
+
+
+def _chat_template_of(processor) -> str | None:
+    return getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)
+
+
 def load_mllm(path: str, *, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
-    """Load Qwen2.5-VL and its processor from a local folder or a hub id; add ``<|seg|>`` if missing."""
+    """Load Qwen2.5-VL and its processor from a local folder or a hub id; add ``<|seg|>`` if missing.
+
+    Bad sources are refused in one line naming the file or the reason (``check_mllm_source``; a
+    tokenizer without a chat template is refused too: the model was trained on that layout).
+    """
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
+    check_mllm_source(path)
     try:
         processor = AutoProcessor.from_pretrained(path)
+        if _chat_template_of(processor) is None:
+            raise ModelFolderError(
+                f"{path}: the tokenizer has no chat template (chat_template.json, chat_template.jinja or "
+                "tokenizer_config.json's chat_template)"
+            )
         kwargs = {"dtype": dtype} if dtype is not None else {}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
-    except OSError as e:
-        raise ModelFolderError(f"cannot load the MLLM from {path}: {e}") from None
+    except (OSError, ValueError) as e:
+        reason = " ".join(str(e).split())  # transformers' messages run over several lines
+        raise ModelFolderError(f"cannot load the MLLM from {path}: {reason}") from None
     add_seg_token(mllm, processor)
     return mllm, processor
 
