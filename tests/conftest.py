@@ -68,3 +68,36 @@ def patterned_model():
         loss.backward()
         opt.step()
     return model.eval(), cases
+
+
+@pytest.fixture(scope="session")
+def published_mllm(tmp_path_factory):
+    """A shrunk random-weight Qwen2.5-VL folder in the published layout of Qwen2.5-VL-7B-Instruct
+    (bf16, spare embedding rows, its own generation_config.json; ``published_mllm.py``)."""
+    from published_mllm import write_published_mllm
+
+    return write_published_mllm(tmp_path_factory.mktemp("published") / "qwen2.5-vl")
+
+
+@pytest.fixture(scope="session")
+def published_sam(tmp_path_factory):
+    """A tiny SAM 2.1 saved as a transformers ``Sam2Model`` folder (what ``--sam`` takes)."""
+    from seganswer_cli.model.mask_decoder import build_tiny_sam
+
+    folder = tmp_path_factory.mktemp("published") / "sam2.1"
+    build_tiny_sam(image_size=128).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def published_model(tmp_path_factory, published_mllm, published_sam):
+    """``seganswer model init qwen2.5-vl-7b --mllm DIR --sam DIR`` on the published-layout folders."""
+    from typer.testing import CliRunner
+
+    from seganswer_cli.cli import app
+
+    out = tmp_path_factory.mktemp("published") / "model"
+    result = CliRunner().invoke(app, ["model", "init", "qwen2.5-vl-7b", "--mllm", str(published_mllm),
+                                      "--sam", str(published_sam), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    return out
