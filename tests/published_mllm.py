@@ -7,8 +7,8 @@ than the tokenizer has tokens (the published 152064 rows for 151665 tokens), so 
 on a spare row.
 
 Two sources:
-- the real published non-weight files, when ``tests/fixtures/qwen2.5-vl-7b-instruct/`` holds them
-  (``REAL_FILES``; see the README there): tokenizer, chat template, processor, generation config
+- the real published non-weight files, when ``REAL_DIR`` holds them (``REAL_FILES``; see
+  tests/fixtures/qwen2.5-vl-7b-instruct/README.md): tokenizer, chat template, processor, generation config
   and special ids as published, ``config.json`` shrunk (widths, depths, the M-RoPE sections to the
   shrunk head dim) with ``vocab_size`` kept at 152064;
 - otherwise a stand-in built here: the tiny tokenizer (488 tokens with ``<|seg|>``) in 512 rows,
@@ -18,11 +18,19 @@ Two sources:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 FIXTURES = Path(__file__).parent / "fixtures"
-REAL_DIR = FIXTURES / "qwen2.5-vl-7b-instruct"
+#: Where the published files are looked for: ``$SEGANSWER_QWEN25_VL_FILES``, else the shared folder
+#: beside the checkout (the files are public data kept outside the repository), else the fixture folder.
+REAL_DIR = next(
+    (p for p in (Path(os.environ.get("SEGANSWER_QWEN25_VL_FILES", "/nonexistent")),
+                 Path(__file__).resolve().parents[2] / "shared" / "published" / "Qwen2.5-VL-7B-Instruct",
+                 FIXTURES / "qwen2.5-vl-7b-instruct") if (p / "config.json").is_file()),
+    FIXTURES / "qwen2.5-vl-7b-instruct",
+)
 #: The published non-weight files a real-file fixture needs (``tokenizer.json`` is optional:
 #: transformers builds it from ``vocab.json`` + ``merges.txt``).
 REAL_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "tokenizer_config.json",
