@@ -13,7 +13,7 @@ from rich.table import Table
 from seganswer_cli.cli.options import DTYPES, JsonOpt, resolve_dtype
 from seganswer_cli.errors import UsageError
 
-app = typer.Typer(help="Model folders: create one from a preset, describe one.", no_args_is_help=True)
+app = typer.Typer(help="Model folders: create one from a preset, describe one, convert Meta's SAM 2.1 checkpoint.", no_args_is_help=True)
 console = Console()
 
 def describe(model) -> dict:
@@ -54,7 +54,7 @@ def init(
     preset: Annotated[str, typer.Argument(help="Preset name: tiny, shapes-base, qwen2.5-vl-7b (shapes: a copy of the shipped demo model).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must not exist or be empty).")],
     mllm: Annotated[str | None, typer.Option(help="Local folder (or hub id) of Qwen2.5-VL instead of the preset's.")] = None,
-    sam: Annotated[str | None, typer.Option(help="Local folder (or hub id) of SAM 2.1 (HF format) instead of the preset's.")] = None,
+    sam: Annotated[str | None, typer.Option(help="SAM 2.1 instead of the preset's: a transformers folder, a hub id, or Meta's checkpoint file (sam2.1_hiera_large.pt, converted on load).")] = None,
     dtype: Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the new projector (and of tiny models).")] = 0,
 ) -> None:
@@ -92,3 +92,19 @@ def info(
             value = ", ".join(f"{k}={v:,}" if type(v) is int else f"{k}={v}" for k, v in value.items())
         table.add_row(key, str(value))
     console.print(table)
+
+
+@app.command("convert-sam")
+def convert_sam(
+    checkpoint: Annotated[Path, typer.Argument(help="Meta's SAM 2.1 checkpoint file, e.g. sam2.1_hiera_large.pt.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must not exist or be empty).")],
+    config: Annotated[Path | None, typer.Option(help="Its yaml, e.g. sam2.1_hiera_l.yaml (default: a yaml beside the checkpoint, else the published architecture its file name names).")] = None,
+) -> None:
+    """Convert Meta's SAM 2.1 checkpoint (+ its yaml) to a transformers Sam2Model folder, for --sam."""
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not empty; choose a new folder")
+    from seganswer_cli.model.sam_checkpoint import convert_checkpoint
+
+    console.print(f"converting {checkpoint}" + (f" with {config}" if config else "") + f" -> {out}", highlight=False)
+    convert_checkpoint(checkpoint, out, config)
+    console.print(f"[green]wrote[/] {out} (load it with --sam {out})", highlight=False)

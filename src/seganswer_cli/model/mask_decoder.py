@@ -139,8 +139,11 @@ def upsample_logits(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     return F.interpolate(low_res[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def build_tiny_sam(image_size: int = 128, seed: int = 0):
-    """A random-init SAM 2.1 of the real architecture at toy width (~2.7 M parameters)."""
+def build_tiny_sam(image_size: int = 128, seed: int = 0, mlp_dim: int = 256):
+    """A random-init SAM 2.1 of the real architecture at toy width (~2.7 M parameters).
+
+    ``mlp_dim``: the mask decoder's MLP width (SAM 2.1's own is 2048, which Meta's checkpoint
+    layout fixes; 256 keeps the tiny presets small)."""
     from transformers import (
         Sam2Config,
         Sam2HieraDetConfig,
@@ -170,7 +173,7 @@ def build_tiny_sam(image_size: int = 128, seed: int = 0):
     config = Sam2Config(
         vision_config=vision,
         prompt_encoder_config=Sam2PromptEncoderConfig(image_size=S),
-        mask_decoder_config=Sam2MaskDecoderConfig(mlp_dim=256),
+        mask_decoder_config=Sam2MaskDecoderConfig(mlp_dim=mlp_dim),
     )
     torch.manual_seed(seed)
     return tie_positional_encodings(Sam2Model(config).eval())
@@ -188,13 +191,35 @@ def tie_positional_encodings(sam):
 
 
 def load_sam(path: str, *, dtype: torch.dtype | None = None):
-    """SAM 2.1 from a local folder or hub id in Hugging Face format (e.g. ``facebook/sam2.1-hiera-large``)."""
+    """SAM 2.1 from a local folder or hub id in Hugging Face format (e.g. ``facebook/sam2.1-hiera-large``),
+    or from Meta's own checkpoint file (``sam2.1_hiera_large.pt``, converted on load: ``sam_checkpoint``)."""
     from transformers import Sam2Model
 
     from seganswer_cli.errors import ModelFolderError
+    from seganswer_cli.model.sam_checkpoint import is_meta_checkpoint, load_meta_sam
 
+    if is_meta_checkpoint(path):
+        return load_meta_sam(path, dtype=dtype)
     try:
         kwargs = {"dtype": dtype} if dtype is not None else {}
         return Sam2Model.from_pretrained(path, **kwargs).eval()
     except OSError as e:
         raise ModelFolderError(f"cannot load SAM 2.1 from {path}: {e}") from None
+
+
+def image_model_config(config):
+    """``config`` (a ``Sam2Config``) as a plain image-model config: ``Sam2Model`` as architecture and
+    only the fields ``Sam2Config`` has. The published ``facebook/sam2.1-hiera-*`` configs name
+    ``Sam2VideoModel`` and carry the video model's settings (memory, object pointers), which the
+    image model ignores; a saved seganswer folder describes the model it holds."""
+    from transformers import Sam2Config
+
+    d = config.to_dict()
+    clean = Sam2Config(
+        vision_config=d["vision_config"],
+        prompt_encoder_config=d["prompt_encoder_config"],
+        mask_decoder_config=d["mask_decoder_config"],
+        initializer_range=d.get("initializer_range", 0.02),
+    )
+    clean.architectures = ["Sam2Model"]
+    return clean

@@ -1,5 +1,6 @@
 """Named model configurations: ``tiny`` and ``shapes-base`` (built in code), ``shapes`` (a trained
-model folder shipped inside the package) and ``qwen2.5-vl-7b`` (the paper's).
+model folder shipped inside the package), ``qwen2.5-vl-7b`` (the paper's) and ``qwen2.5-vl-7b-zoom``
+(the same with a zoomed second look).
 
 A preset says where the MLLM and SAM 2.1 come from and how the segmented second look is built;
 ``SegAnswerModel.from_preset(name)`` assembles it (or loads the shipped folder of a packaged
@@ -23,7 +24,10 @@ class ViewConfig:
     """How the segmented second look is built (see ``sparse_patches``)."""
 
     zoom: bool = True
-    """Re-encode the mask's region from the native image at up to the pixel budget (the zoom-in)."""
+    """Re-encode the mask's region from the native image at up to the pixel budget (the zoom-in).
+    Not the paper's second look, which keeps each segmented patch at its own position in the original
+    image (``qwen2.5-vl-7b`` has it off): zoomed, several tokens share one original cell, at
+    fractional positions. The built-in demo presets zoom (their global view is coarse)."""
     min_overlap: float = 0.0
     """Keep a cell when the mask covers more than this fraction of it (0: any pixel)."""
     zoom_min_pixels: int | None = None
@@ -96,6 +100,24 @@ SHAPES_BASE = Preset(
     view=SHAPES_VIEW,
 )
 
+#: The global view's pixel budget ``(min_pixels, max_pixels)`` of the 7B presets and of every 7B
+#: recipe: Qwen2.5-VL-7B-Instruct's own processor (its ``preprocessor_config.json``: 4 to 16,384
+#: tokens of 28x28 px), which no preset or recipe changes; the paper states no budget. A 1920x1080
+#: photo is resized to 1932x1092 px, 69x39 cells: 2,691 visual tokens.
+QWEN_7B_PIXELS = (56 * 56, 28 * 28 * 16384)
+
+#: The paper's model. The second look keeps each segmented cell at its own position in the original
+#: image (§3.2, Figure 1b): no zoom, so the kept tokens are the global view's cells, pixel for pixel,
+#: at their integer grid positions. ``qwen2.5-vl-7b-zoom`` re-encodes the region instead.
+QWEN_7B = Preset(
+    name="qwen2.5-vl-7b",
+    description="The paper's model: Qwen2.5-VL-7B-Instruct + SAM 2.1 Hiera-Large; second look without zoom, "
+                "at the processor's own pixel budget (3,136 to 12,845,056 px).",
+    mllm="Qwen/Qwen2.5-VL-7B-Instruct",
+    sam="facebook/sam2.1-hiera-large",
+    view=ViewConfig(zoom=False),
+)
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
@@ -113,11 +135,13 @@ PRESETS: dict[str, Preset] = {
         description="The shipped demo model: shapes-base trained through the whole pipeline on the shapes world.",
         packaged="shapes",
     ),
-    "qwen2.5-vl-7b": Preset(
-        name="qwen2.5-vl-7b",
-        description="The paper's model: Qwen2.5-VL-7B-Instruct + SAM 2.1 Hiera-Large.",
-        mllm="Qwen/Qwen2.5-VL-7B-Instruct",
-        sam="facebook/sam2.1-hiera-large",
+    "qwen2.5-vl-7b": QWEN_7B,
+    "qwen2.5-vl-7b-zoom": replace(
+        QWEN_7B,
+        name="qwen2.5-vl-7b-zoom",
+        description="qwen2.5-vl-7b with a zoomed second look (not the paper's: kept cells sit at fractional "
+                    "positions of the original grid, several per original cell).",
+        view=ViewConfig(zoom=True),
     ),
 }
 

@@ -32,7 +32,13 @@ from seganswer_cli.errors import ModelFolderError, SegTokenError, UsageError, re
 from seganswer_cli.model import tokens
 from seganswer_cli.model.conversation import stage1_sequence
 from seganswer_cli.model.losses import LossWeights, mask_losses, total_loss
-from seganswer_cli.model.mask_decoder import ImageEmbeddings, MaskPrediction, SamMaskDecoder, upsample_logits
+from seganswer_cli.model.mask_decoder import (
+    ImageEmbeddings,
+    MaskPrediction,
+    SamMaskDecoder,
+    image_model_config,
+    upsample_logits,
+)
 from seganswer_cli.model.mllm import TokenIds
 from seganswer_cli.model.presets import PRESETS, Preset, ViewConfig, get_preset, packaged_folder
 from seganswer_cli.model.projector import SegProjector
@@ -217,7 +223,7 @@ class SegAnswerModel(nn.Module):
         self.processor.save_pretrained(folder / "mllm")
         save_file(_contiguous(self.projector.state_dict()), folder / "projector.safetensors")
         save_file(_contiguous(self.mask_decoder.sam.state_dict()), folder / "mask_decoder.safetensors")
-        (folder / "mask_decoder_config.json").write_text(self.mask_decoder.sam.config.to_json_string())
+        (folder / "mask_decoder_config.json").write_text(image_model_config(self.mask_decoder.sam.config).to_json_string())
         info = dict(self.info)
         info.update(extra_info or {})
         info.update(
