@@ -10,7 +10,7 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="A seganswer model folder, or a preset name (shapes, shapes-base, tiny, qwen2.5-vl-7b).",
+        help="A seganswer model folder, or a preset name (shapes, shapes-base, tiny, qwen2.5-vl-7b, qwen2.5-vl-7b-zoom).",
     ),
 ]
 OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.")]

@@ -263,7 +263,10 @@ def meta_model(spec: str, dtype: str = "float32"):
     if spec in PRESETS and PRESETS[spec].packaged is not None:
         spec = str(packaged_folder(spec))
     if spec in PRESETS:
-        path = architectures_folder() / f"{spec}.json"
+        # presets that differ only in their view settings share the architecture file of their models
+        same = [n for n, p in PRESETS.items() if (p.mllm, p.sam) == (PRESETS[spec].mllm, PRESETS[spec].sam)]
+        path = next((architectures_folder() / f"{n}.json" for n in [spec, *same]
+                     if (architectures_folder() / f"{n}.json").is_file()), architectures_folder() / f"{spec}.json")
         if not path.is_file():
             raise UsageError(f"preset {spec!r} has no shipped architecture to plan with; give --model a model folder")
         arch = json.loads(path.read_text())
