@@ -87,9 +87,8 @@ from seganswer_cli.config import Stage3Config
 from seganswer_cli.data import VQASample, open_mixture
 from seganswer_cli.errors import SegAnswerError, UsageError
 from seganswer_cli.model.conversation import prompt_and_answer
-from seganswer_cli.train import rewards, runs
+from seganswer_cli.train import engine, rewards, runs
 from seganswer_cli.train.stage_setup import (
-    adamw_with_schedule,
     data_specs,
     enable_activation_checkpointing,
     float32_trainables,
@@ -103,6 +102,7 @@ from seganswer_cli.train.stage_setup import (
     start_accelerator,
     start_or_resume,
     train_the_mllm,
+    trainable_parameters,
 )
 from seganswer_cli.train.steps import (
     TrainProgress,
@@ -385,7 +385,7 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
 
     model = load_starting_model(config)
     train_the_mllm(model, freeze_vision=config.freeze_vision)
-    params = float32_trainables(model)
+    float32_trainables(model)
     reference = reference_model(model) if config.kl_coef > 0 else None  # copied before checkpointing is on
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.mllm)
@@ -393,8 +393,8 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     dataset_size = sum(len(s) for s in mixture.sources)
     steps_per_epoch, total_steps = planned_steps(config, dataset_size, config.prompts_per_step)
     total_updates = total_steps * config.mini_batches
-    optimizer, scheduler, warmup = adamw_with_schedule(params, config.optim, total_updates)
-    policy, optimizer = accelerator.prepare(Policy(model), optimizer)
+    policy, optimizer, scheduler, warmup = engine.prepare_for_training(
+        accelerator, model, config, param_groups=trainable_parameters, total_steps=total_updates, wrap=Policy)
     unwrapped = accelerator.unwrap_model(policy).model
 
     settings = run_settings(STAGE, config, accelerator, mixture, skipped, unwrapped,
@@ -423,8 +423,9 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     last_checkpoint = run.latest_checkpoint()
     progress = TrainProgress(total_steps, start_step, enabled=show, label="stage 3")
     for step in range(start_step + 1, total_steps + 1):
-        unwrapped.eval()  # rollouts: no dropout, no grad
-        groups, stats, prompts, drawn, spare = collect_step_batch(unwrapped, stream, config, accelerator, step=step)
+        unwrapped.eval()  # rollouts: no dropout, no grad, the update's precision (its autocast, FSDP2's bf16 weights)
+        with engine.gathered(unwrapped), accelerator.autocast():  # decodes end at different lengths per process
+            groups, stats, prompts, drawn, spare = collect_step_batch(unwrapped, stream, config, accelerator, step=step)
         prompts_drawn += drawn
         if stats.reward_messages and show:
             progress_print(progress, f"step {step}: {stats.reward_errors} reward error(s), scored 0: "
@@ -474,9 +475,18 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     progress.close()
 
     # ---------------------------------------------------------------- save
-    return save_trained_model(accelerator, run, unwrapped, config.dtype,
-                              lambda: runs.training_record(unwrapped, settings, run, stage=STAGE, step=total_steps),
+    final = engine.full_model(accelerator, unwrapped, lambda: trainable_starting_model(config))
+    return save_trained_model(accelerator, run, final, config.dtype,
+                              lambda: runs.training_record(final, settings, run, stage=STAGE, step=total_steps),
                               show=show)
+
+
+def trainable_starting_model(config: Stage3Config):
+    """The starting model with what Stage 3 trains made trainable (float32), as the run built it."""
+    model = load_starting_model(config)
+    train_the_mllm(model, freeze_vision=config.freeze_vision)
+    float32_trainables(model)
+    return model
 
 
 # ---------------------------------------------------------------------- setup helpers
