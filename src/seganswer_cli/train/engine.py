@@ -48,7 +48,8 @@ def say_if_single_process(config, accelerator) -> None:
         from rich.console import Console
 
         Console(stderr=True).print("strategy fsdp on one process: nothing to shard, running as one process "
-                                   "(launch with torchrun --nproc-per-node N to shard)", highlight=False)
+                                   "(launch with torchrun --nproc-per-node N to shard)", highlight=False,
+                                   soft_wrap=True)
 
 
 def fsdp_modules(model) -> list:
