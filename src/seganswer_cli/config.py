@@ -426,6 +426,12 @@ class Stage3Config(MllmRunConfig):
     many mini-batches; the first update is on-policy, later ones reuse the rollout's log-probs."""
     micro_batch_size: int = 4
     """Trajectories per training forward (gradients accumulate over a mini-batch's micro-batches)."""
+    recompute_logprobs: bool = True
+    """Recompute the rollouts' log-probs (DAPO's ``logp_old``) with the training forward, without
+    gradient, before the step's first update (the same micro-batches, the same precision), so the
+    first ratio of an on-policy step is exactly 1. Off: the sampler's own log-probs, whose cached
+    token-by-token decode differs from one full forward by rounding (about 1e-4 in bf16). Costs one
+    forward per trajectory."""
     clip_low: float = 0.2
     """DAPO's epsilon_low: the ratio is clipped below at 1 - clip_low."""
     clip_high: float = 0.28

@@ -1,8 +1,8 @@
 """FSDP2 (``strategy: fsdp``) on CPU: two processes (torchrun, gloo) against the references.
 
-- Stage 1 phase lora and Stage 2: two sharded processes with one sample each equal one process
-  with the same global batch (two micro-steps of one sample: the same samples, the same
-  per-sample loss mean); Stage 3: two sharded processes equal two DDP processes (rollouts are
+- Stage 1 phase lora and Stage 2: two sharded processes with one sample per micro-step equal one
+  process with the same global batch (twice the micro-steps of one sample: the same samples, the
+  same per-sample loss mean); Stage 3: two sharded processes equal two DDP processes (rollouts are
   seeded per process, so one process would sample other trajectories; with the same seeds the
   rollouts, rewards and policy loss are the same).
 - Tolerance: losses and rewards to 1e-5 relative, weights and model outputs to 1e-5 absolute. FSDP2
@@ -145,10 +145,13 @@ def test_stage1_lora_two_sharded_processes_equal_one_process(shapes_split, image
 
 @pytest.mark.slow
 def test_stage2_two_sharded_processes_equal_one_process(vqa_data, image, tmp_path):
-    cli(stage2_args(vqa_data, tmp_path / "one", "--max-steps", "3", "--batch-size", "1", "--grad-accum", "2"), 1, 0)
-    cli(stage2_args(vqa_data, tmp_path / "two", "--max-steps", "3", "--batch-size", "1", "--strategy", "fsdp"),
-        2, 29542)
-    assert_same_training(tmp_path / "one", tmp_path / "two", ("loss", "grad_norm", "lr", "target_tokens"))
+    """Half the samples answer directly, so the processes run pass 1 unevenly (on gathered weights),
+    and two micro-steps accumulate per update."""
+    args = ["--max-steps", "3", "--batch-size", "1", "--direct-share", "0.5"]
+    cli(stage2_args(vqa_data, tmp_path / "one", *args, "--grad-accum", "4"), 1, 0)
+    cli(stage2_args(vqa_data, tmp_path / "two", *args, "--grad-accum", "2", "--strategy", "fsdp"), 2, 29542)
+    assert {r["direct"] for r in records(tmp_path / "two")} != {0.0}
+    assert_same_training(tmp_path / "one", tmp_path / "two", ("loss", "grad_norm", "lr"))
     assert records(tmp_path / "one")[0]["loss"] == records(tmp_path / "two")[0]["loss"]  # the first step: exact
     assert_same_models(tmp_path / "one", tmp_path / "two", image)
 
@@ -212,3 +215,33 @@ def test_sigkill_after_a_sharded_checkpoint_then_resume_equals_an_uninterrupted_
     assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
     state = json.loads((run.latest_checkpoint() / runs.TRAINER_STATE).read_text())
     assert state["sharded"] is True and state["processes"] == 2
+
+
+# ---------------------------------------------------------------------- Stage 3's first ratio
+
+
+@pytest.mark.parametrize("mixed_precision", ["no", "bf16"])
+def test_stage3_first_ratio_of_an_on_policy_step_is_exactly_one(stage3_folders, tmp_path, monkeypatch,
+                                                               mixed_precision):
+    """``logp_old`` recomputed by the training forward (the default): the first update's ratios are
+    exactly 1, in float32 and bf16. From the sampler's cached decode they differ by its rounding
+    (rollouts now run in the update's precision, so the gap is rounding, not bf16 against float32)."""
+    from seganswer_cli.config import Stage3Config
+    from seganswer_cli.train import stage3
+
+    model_dir, data_dir = stage3_folders
+    gaps = {}
+    original = stage3.dapo_policy_loss
+
+    def watched(logprobs, old, advantages, mask, **kwargs):
+        gaps.setdefault(recompute, float(((logprobs - old).abs() * mask).max()))
+        return original(logprobs, old, advantages, mask, **kwargs)
+
+    monkeypatch.setattr(stage3, "dapo_policy_loss", watched)
+    for recompute in (True, False):
+        config = load_config(Stage3Config, "stage3-tiny", {
+            "model": str(model_dir), "data": [f"shapes={data_dir}"], "max_steps": 1, "prompts_per_step": 2,
+            "mixed_precision": mixed_precision, "recompute_logprobs": recompute})
+        stage3.train_stage3(config, tmp_path / str(recompute), quiet=True)
+    assert gaps[True] == 0.0
+    assert 0.0 < gaps[False] < (1e-3 if mixed_precision == "bf16" else 1e-5)

@@ -143,7 +143,11 @@ def gathered(model):
         for m in units:
             if m is not model:
                 m.set_reshard_after_forward(True, recurse=False)
-            m.reshard()
+        # Reshards every unit and forgets the order in which the block's forwards ran: FSDP2 records
+        # it to prefetch in the next backward, and the processes ran different forwards here, so
+        # they would prefetch different units and wait on each other. Gradients already reduced
+        # (earlier micro-steps of an accumulation) stay.
+        model.reset_iter_state()
 
 
 def full_model(accelerator, model, rebuild):

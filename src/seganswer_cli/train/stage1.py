@@ -28,8 +28,9 @@ over each set. The tiny CPU recipe (``configs/stage1-tiny.yaml``) starts from a 
 a pretrained one: it uses a lora learning rate of 3e-3 held constant after warmup and runs ~100
 steps (SAM's random decoder first collapses to empty masks and needs those steps to recover).
 
-Distributed: ``accelerate`` places the model, wraps it for data parallel (DDP; FSDP/DeepSpeed
-through ``accelerate config``), runs autocast (``mixed_precision``) and gradient accumulation.
+Distributed: ``train/engine.py`` spreads the model over the processes: DDP (``accelerate``), or
+FSDP2 shards with ``strategy: fsdp`` (LoRA's frozen base weights sharded too; phases projector and
+lora); ``accelerate`` runs autocast (``mixed_precision``) and gradient accumulation.
 Every process draws the same global batch from the seeded sample stream and trains on its own
 slice, so N processes with batch b equal one process with batch N·b.
 
@@ -39,7 +40,7 @@ Run it::
         --phase projector --out runs/s1-projector --config stage1-tiny
     seganswer train-stage1 --model runs/s1-projector/model --data shapes=data/shapes-ref \\
         --phase lora --out runs/s1-lora --config stage1-tiny
-    torchrun --nproc_per_node 8 -m seganswer_cli train-stage1 ...      # or: accelerate launch -m seganswer_cli ...
+    torchrun --nproc_per_node 8 -m seganswer_cli train-stage1 ...      # or: configs/launch/torchrun-1x8.sh
 
 The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/training.md).
 """

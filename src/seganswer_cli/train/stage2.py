@@ -51,16 +51,17 @@ goes on; the counts are in every metrics line, the final checkpoint and ``segans
 image or empty answer is detected when drawn (replaced by the next draw, the same on every process);
 the rest while preparing a micro-batch (the sample is dropped from it).
 
-Distributed: as Stage 1 (``accelerate``: DDP, FSDP/DeepSpeed through ``accelerate config`` for the
-7B model, autocast, gradient accumulation); every process draws the same global batch and trains
-on its slice; pass 1 runs on each process's own slice.
+Distributed: as Stage 1 (``train/engine.py``: DDP, or FSDP2 shards with ``strategy: fsdp``, what the
+7B recipe uses; autocast, gradient accumulation); every process draws the same global batch and
+trains on its slice; pass 1 runs on each process's own slice (under FSDP2 on weights gathered for
+it, since the processes run it unevenly).
 
 Run it::
 
     seganswer data synth --kind vqa --n 512 --size 96x96 --out data/shapes-vqa
     seganswer train-stage2 -c stage2-tiny --model runs/s1-lora/model --data shapes=data/shapes-vqa --out runs/s2
     seganswer train-stage2 -c stage2-7b --model runs/s1-merged --data visualcot=data/visualcot --out runs/s2-7b
-    accelerate launch --config_file fsdp.yaml -m seganswer_cli train-stage2 -c stage2-7b ...
+    bash configs/launch/torchrun-1x8.sh train-stage2 -c stage2-7b ...     # 8 GPUs, FSDP2 (the recipe's strategy)
 
 The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/training.md).
 """

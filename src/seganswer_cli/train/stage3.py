@@ -43,14 +43,16 @@ Distributed: every process draws the same prompts from the seeded stream and rol
 slice (whole groups, so rewards and advantages are computed where the group lives); kept-group
 counts are gathered so every process agrees on refills and on which groups fill the batch; the
 token count of a mini-batch is summed over processes, so the loss is the token mean over the
-global mini-batch. DDP (``accelerate``) averages gradients; processes with fewer trajectories run
-zero-weighted forwards so every process takes part in every gradient reduction.
+global mini-batch. DDP (``accelerate``) or FSDP2 (``strategy: fsdp``, ``train/engine.py``) averages
+gradients; processes with fewer trajectories run zero-weighted forwards so every process takes
+part in every gradient reduction. Rollouts run under the update's autocast (the sampler's
+log-probs in the trainer's precision); under FSDP2 on the weights gathered once per step.
 
 Run it::
 
     seganswer data synth --kind rl --n 256 --out data/shapes-rl
     seganswer train-stage3 -c stage3-tiny --model runs/s2/model --data shapes=data/shapes-rl --out runs/s3
-    torchrun --nproc_per_node 8 -m seganswer_cli train-stage3 -c stage3-7b --model ... --data virl39k=...
+    bash configs/launch/torchrun-1x8.sh train-stage3 -c stage3-7b --model ... --data virl39k=...  # FSDP2
 
 Design note: scaling rollouts further. Rollouts here run in the training processes with the
 training weights, one batched loop per process; on 7B they dominate the step. The usual next step
@@ -436,7 +438,10 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
         trajectories = [r for group in groups for r in group]  # this process's kept rollouts
         sums = {"loss": 0.0, "clipped_low": 0.0, "clipped_high": 0.0, "kl": 0.0, "loss_tokens": 0.0}
         grad_norms, lrs = [], []
-        for chunk in split_even(trajectories, config.mini_batches):
+        chunks = split_even(trajectories, config.mini_batches)
+        if config.recompute_logprobs:  # logp_old from the trainer's forward: the first ratio is exactly 1
+            recompute_old_logprobs(policy, accelerator, chunks, spare, config)
+        for chunk in chunks:
             lrs.append(scheduler.get_last_lr()[0])
             result = policy_update(policy, optimizer, accelerator, chunk, spare, config, reference,
                                    step=step, prompts=prompts, last_checkpoint=last_checkpoint)
@@ -530,6 +535,30 @@ def split_even(items: list, parts: int) -> list[list]:
     return out
 
 
+def micro_batches(chunk: list[Rollout], size: int) -> list[list[Rollout]]:
+    """A mini-batch's training forwards, ``size`` trajectories each (the last may be smaller)."""
+    return [chunk[i : i + size] for i in range(0, len(chunk), size)]
+
+
+@torch.no_grad()
+def recompute_old_logprobs(policy, accelerator, chunks: list[list[Rollout]], spare: Rollout,
+                           config: Stage3Config) -> None:
+    """Set every kept trajectory's ``logprobs`` to the training forward's, before any update of the
+    step: the same micro-batches and autocast as ``policy_update``, so its first forward computes
+    the same numbers and the first ratio is exactly 1. Processes with fewer micro-batches run the
+    spare (their sharded forwards gather with the others)."""
+    for chunk in chunks:
+        micro = micro_batches(chunk, config.micro_batch_size)
+        n_micro = max(gather_ints(accelerator, len(micro))) if accelerator.num_processes > 1 else len(micro)
+        for index in range(n_micro):
+            part = micro[index] if index < len(micro) else []
+            with accelerator.autocast():
+                logprobs = policy([r.trajectory.sequence for r in part] or [spare.trajectory.sequence],
+                                  config.temperature)
+            for r, values in zip(part, logprobs):
+                r.trajectory.logprobs = values.detach()
+
+
 def policy_update(policy, optimizer, accelerator, chunk: list[Rollout], spare: Rollout,
                   config: Stage3Config, reference, *, step: int, prompts: list, last_checkpoint) -> dict[str, float]:
     """One optimizer step on a mini-batch: forwards of ``micro_batch_size`` trajectories, the DAPO
@@ -538,7 +567,7 @@ def policy_update(policy, optimizer, accelerator, chunk: list[Rollout], spare: R
 
     local_tokens = sum(r.trajectory.generated_tokens for r in chunk)
     token_total = sum_over_processes(accelerator, local_tokens)
-    micro = [chunk[i : i + config.micro_batch_size] for i in range(0, len(chunk), config.micro_batch_size)]
+    micro = micro_batches(chunk, config.micro_batch_size)
     n_micro = max(gather_ints(accelerator, len(micro))) if accelerator.num_processes > 1 else len(micro)
     # DDP averages gradients over processes; the loss is a token sum over the global mini-batch
     scale = float(accelerator.num_processes)
