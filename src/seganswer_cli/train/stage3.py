@@ -21,7 +21,9 @@ Algorithm, one step:
    exactly the rollout's sequences (ids, 3-D positions, segmented views; ``target_mask`` marks the
    tokens the model generated, so the prompt, the original image, every segmented-region turn and
    every template token the loop inserts carry no loss), with gradients. Per token, with
-   ``r = exp(logp - logp_old)`` and ``logp_old`` from the rollout::
+   ``r = exp(logp - logp_old)`` and ``logp_old`` recomputed by the same forward without gradient
+   before the step's first update (``recompute_logprobs``; off: the rollout's own), so the first
+   ratio of an on-policy step is exactly 1::
 
        loss_t = -min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A)      (+ kl_coef * k3 KL to the start)
 
