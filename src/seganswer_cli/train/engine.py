@@ -6,9 +6,10 @@ FSDP2, what is sharded (``shard_model``):
 
 - every Qwen2.5-VL decoder layer and vision block is one FSDP unit (``mllm._no_split_modules``),
   then the input embedding, the LM head (one unit when tied), the language model (its final norm),
-  the vision tower (patch embedding, merger) and the projector, each a unit: each is entered
-  through its own ``__call__`` (``SegAnswerModel.embed``, ``language_model``, ``logits``, the
-  reasoning loop's cached decoding), so each gathers its own weights and frees them after use;
+  the vision tower (patch embedding, merger) and the projector when it trains, each a unit: each
+  is entered through its own ``__call__`` (``SegAnswerModel.embed``, ``language_model``,
+  ``logits``, the reasoning loop's cached decoding), so each gathers its own weights and frees
+  them after use;
 - the ``SegAnswerModel`` is the root; what is left in it is SAM 2.1's trainable parts (Stage 1
   phase lora: prompt encoder and mask decoder, which its methods read directly, so they are
   gathered for the whole root forward);
@@ -54,15 +55,17 @@ def say_if_single_process(config, accelerator) -> None:
 
 def fsdp_modules(model) -> list:
     """The FSDP units of ``model`` in the order ``shard_model`` wraps them, innermost first: the MLLM's
-    decoder layers and vision blocks, then its embeddings, language model, vision tower and the projector
-    (each a module, or a list of modules sharing one unit)."""
+    decoder layers and vision blocks, then its embeddings, language model, vision tower, and the
+    projector when it trains (each a module, or a list of modules sharing one unit)."""
     mllm = model.mllm
     blocks = tuple(getattr(mllm, "_no_split_modules", None) or ())
     units: list = [m for m in mllm.modules() if type(m).__name__ in blocks]
     embed, head = mllm.get_input_embeddings(), mllm.get_output_embeddings()
     tied = any(p is q for p in embed.parameters() for q in head.parameters())
     units += [[embed, head]] if tied else [embed, head]
-    units += [mllm.model.language_model, mllm.model.visual, model.projector]
+    units += [mllm.model.language_model, mllm.model.visual]
+    if any(p.requires_grad for p in model.projector.parameters()):  # Stage 1; frozen it stays replicated
+        units.append(model.projector)
     return units
 
 
