@@ -36,6 +36,7 @@ from contextlib import contextmanager
 import torch
 
 from seganswer_cli.train import runs
+from seganswer_cli.train.stage_setup import adamw_with_schedule
 
 
 def uses_fsdp(config, accelerator) -> bool:
@@ -103,9 +104,9 @@ def prepare_for_training(accelerator, model, config, *, param_groups, total_step
     then AdamW on the shards) or accelerate's DDP. ``param_groups(model)`` gives AdamW's parameters
     (called after sharding); ``wrap(model)`` is what forward and backward go through (Stage 3's
     ``Policy``; default the model). Returns ``(trained, optimizer, scheduler, warmup_steps)``."""
-    from seganswer_cli.train.stage_setup import adamw_with_schedule
-
     wrap = wrap or (lambda m: m)
+    if accelerator.is_main_process:
+        say_if_single_process(config, accelerator)
     if uses_fsdp(config, accelerator):
         shard_model(model, config, accelerator)
         optimizer, scheduler, warmup = adamw_with_schedule(param_groups(model), config.optim, total_steps)

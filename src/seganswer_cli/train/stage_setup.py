@@ -36,7 +36,7 @@ import torch
 
 from seganswer_cli import __version__
 from seganswer_cli.errors import UsageError
-from seganswer_cli.train import engine, runs
+from seganswer_cli.train import runs
 
 # -- the run folder and the data --------------------------------------------------------------------
 
@@ -78,8 +78,6 @@ def start_accelerator(config, **kwargs):
         **kwargs,
     )
     set_seed(config.seed)  # python, numpy, torch (and CUDA)
-    if accelerator.is_main_process:
-        engine.say_if_single_process(config, accelerator)
     return accelerator
 
 
