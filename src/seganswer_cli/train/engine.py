@@ -79,7 +79,7 @@ def shard_model(model, config, accelerator) -> None:
     mesh = init_device_mesh(accelerator.device.type, (accelerator.num_processes,))
     policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if config.mixed_precision == "bf16" else MixedPrecisionPolicy())
-    offload = CPUOffloadPolicy() if config.cpu_offload else OffloadPolicy()
+    offload = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if config.cpu_offload else OffloadPolicy()
     options = {"mesh": mesh, "mp_policy": policy, "offload_policy": offload}
     units = fsdp_modules(model)
     for unit in units:
