@@ -25,7 +25,10 @@ def test_plan_of_the_tiny_recipe_as_json():
 
 
 def test_7b_stage2_under_ddp_does_not_fit_and_says_what_does():
-    out = _run("-c", "stage2-7b", "--model", "qwen2.5-vl-7b", "--gpus", "8", "--gpu-memory", "80GB")
+    # the recipe itself names fsdp: the plan takes its strategy from there unless told
+    assert _run("-c", "stage2-7b", "-m", "qwen2.5-vl-7b", "--json").returncode == 0
+    out = _run("-c", "stage2-7b", "--model", "qwen2.5-vl-7b", "--gpus", "8", "--gpu-memory", "80GB",
+               "--strategy", "ddp")
     assert out.returncode == 1, out.stderr
     assert "DDP on 8 GPUs: does not fit; fits with --strategy fsdp" in out.stdout
     assert _run("-c", "stage2-7b", "-m", "qwen2.5-vl-7b", "--strategy", "fsdp", "--json").returncode == 0
@@ -38,7 +41,7 @@ def test_7b_stage2_under_ddp_does_not_fit_and_says_what_does():
     (["-c", "stage2-7b", "--strategy", "zero3"], "--strategy 'zero3'"),
     (["-c", "stage2-7b"], "give --model with a model folder or the preset of its architecture"),
     (["-c", "stage2-7b", "--model", "qwen9-vl"], "neither a model folder nor a preset"),
-    (["-c", "stage2-7b", "-m", "tiny", "--offload"], "--offload moves FSDP's shards"),
+    (["-c", "stage2-7b", "-m", "tiny", "--strategy", "ddp", "--offload"], "--offload moves FSDP's shards"),
     (["-c", "stage1-tiny", "--set", "phase=bogus"], "unknown phase"),
 ])
 def test_bad_input_is_one_line_and_non_zero(args, message):

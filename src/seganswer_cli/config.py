@@ -33,6 +33,7 @@ from seganswer_cli.errors import UsageError
 STAGE1_PHASES = ("projector", "lora", "standin", "points")
 SCHEDULES = ("cosine", "linear", "constant")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+STRATEGIES = ("ddp", "fsdp")
 DTYPES = ("float32", "bfloat16", "float16")
 LOSS_TERMS = ("lm", "focal", "dice", "iou", "object_score")
 STAGE2_MASKS = ("online", "precomputed")
@@ -143,6 +144,14 @@ class RunConfig:
     """accelerate's autocast: ``no``, ``bf16`` or ``fp16``."""
     gradient_checkpointing: bool = False
     """Recompute the language model's activations in the backward pass (memory for time; 7B)."""
+    strategy: str = "ddp"
+    """How more than one process (``torchrun``) trains: ``ddp`` (every process holds the whole model,
+    gradients averaged) or ``fsdp`` (FSDP2: weights, gradients and AdamW's state sharded over the
+    processes, each decoder layer gathered when it runs; what the 7B recipes of Stage 2 and 3 need).
+    One process runs as one with either."""
+    cpu_offload: bool = False
+    """``strategy: fsdp`` only: keep the shards, their gradients and AdamW's state in CPU memory
+    (the update runs on the CPU; slower, for when the GPUs do not hold them)."""
     save_every: int = 0
     """Write a checkpoint every this many steps (0: only at the end)."""
     keep_checkpoints: int = 2
@@ -163,6 +172,13 @@ class RunConfig:
             raise UsageError(f"unknown dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise UsageError(f"unknown mixed precision {self.mixed_precision!r}; expected {', '.join(MIXED_PRECISION)}")
+        if self.strategy not in STRATEGIES:
+            raise UsageError(f"unknown strategy {self.strategy!r}; expected one of {', '.join(STRATEGIES)}")
+        if self.cpu_offload and self.strategy != "fsdp":
+            raise UsageError("cpu_offload applies to strategy fsdp only (--set strategy=fsdp)")
+        if self.strategy == "fsdp" and self.mixed_precision == "fp16":
+            raise UsageError("strategy fsdp trains with mixed_precision no or bf16 (fp16 would need a sharded "
+                             "gradient scaler); use bf16")
         if self.on_error not in ("stop", "skip"):
             raise UsageError(f"on_error must be stop or skip, got {self.on_error!r}")
         if self.epochs is not None and not self.epochs > 0:
@@ -415,6 +431,12 @@ class Stage3Config(MllmRunConfig):
     many mini-batches; the first update is on-policy, later ones reuse the rollout's log-probs."""
     micro_batch_size: int = 4
     """Trajectories per training forward (gradients accumulate over a mini-batch's micro-batches)."""
+    recompute_logprobs: bool = True
+    """Recompute the rollouts' log-probs (DAPO's ``logp_old``) with the training forward, without
+    gradient, before the step's first update (the same micro-batches, the same precision), so the
+    first ratio of an on-policy step is exactly 1. Off: the sampler's own log-probs, whose cached
+    token-by-token decode differs from one full forward by rounding (about 1e-4 in bf16). Costs one
+    forward per trajectory."""
     clip_low: float = 0.2
     """DAPO's epsilon_low: the ratio is clipped below at 1 - clip_low."""
     clip_high: float = 0.28

@@ -36,6 +36,8 @@ SaveEveryOpt = Annotated[int | None, Opt("--save-every", help="Checkpoint every 
 MixedPrecisionOpt = Annotated[str | None, Opt("--mixed-precision", help="no, bf16 or fp16 (autocast).")]
 CheckpointingOpt = Annotated[bool | None, Opt("--gradient-checkpointing/--no-gradient-checkpointing",
                                               help="Recompute activations in backward.")]
+StrategyOpt = Annotated[str | None, Opt("--strategy", help="ddp, or fsdp: FSDP2 shards weights, gradients and AdamW's "
+                                         "state over the torchrun processes (docs/training.md).")]
 StopAfterOpt = Annotated[int | None, Opt("--stop-after-step", hidden=True, help="Testing: end as if killed after this step.")]
 MaxStepsOpt = Annotated[int | None, Opt("--max-steps", help="Optimizer steps (overrides --epochs).")]
 EvalEveryOpt = Annotated[int | None, Opt("--eval-every", help="Validate every N steps (0: start and end).")]
@@ -131,6 +133,7 @@ def train_stage1(
     seed: Annotated[int | None, Opt("--seed", help="Seed of data order, LoRA init and dropout.")] = None,
     mixed_precision: MixedPrecisionOpt = None,
     gradient_checkpointing: CheckpointingOpt = None,
+    strategy: StrategyOpt = None,
     mllm_path: Annotated[str | None, Opt("--mllm-path", help="Local Qwen2.5-VL folder for a preset.")] = None,
     sam_path: Annotated[str | None, Opt("--sam-path", help="Local SAM 2.1 for a preset: a transformers folder or Meta's checkpoint file (.pt).")] = None,
     quiet: QuietOpt = False,
@@ -225,6 +228,7 @@ def train_stage3(
     seed: Annotated[int | None, Opt("--seed", help="Seed of prompt order and rollout sampling.")] = None,
     mixed_precision: MixedPrecisionOpt = None,
     gradient_checkpointing: CheckpointingOpt = None,
+    strategy: StrategyOpt = None,
     quiet: QuietOpt = False,
     stop_after_step: StopAfterOpt = None,
 ) -> None:
@@ -268,6 +272,7 @@ def train_stage2(
     seed: Annotated[int | None, Opt("--seed", help="Seed of data order, direct-answer draw and dropout.")] = None,
     mixed_precision: MixedPrecisionOpt = None,
     gradient_checkpointing: CheckpointingOpt = None,
+    strategy: StrategyOpt = None,
     quiet: QuietOpt = False,
     stop_after_step: StopAfterOpt = None,
 ) -> None:

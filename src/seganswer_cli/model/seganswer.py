@@ -335,12 +335,11 @@ class SegAnswerModel(nn.Module):
         batch = self.collate(sequences)
         hidden = self.language_model(self.embed(batch), batch.position_ids, batch.attention_mask).last_hidden_state
         targets = batch.labels[:, 1:].to(hidden.device)  # (B, S-1): token t+1 is predicted at t
-        out = []
-        for b in range(hidden.shape[0]):
-            where = targets[b] != IGNORE_INDEX
-            logits = self.logits(hidden[b, :-1][where]).float() / temperature  # (n_b, V)
-            out.append(torch.log_softmax(logits, -1).gather(1, targets[b][where][:, None])[:, 0])
-        return out
+        where = targets != IGNORE_INDEX  # (B, S-1)
+        # one LM-head call for the whole batch (a sharded head is gathered once per forward, on every process)
+        logits = self.logits(hidden[:, :-1][where]).float() / temperature  # (n, V), rows in (b, t) order
+        logprobs = torch.log_softmax(logits, -1).gather(1, targets[where][:, None])[:, 0]  # (n,)
+        return list(logprobs.split(where.sum(1).tolist()))
 
     # -- masks ----------------------------------------------------------------------------------
 
@@ -460,7 +459,7 @@ class SegAnswerModel(nn.Module):
         Returns per pair the bool ``(H, W)`` mask, the predicted IoU and the object score (probability).
         """
         sequences = [stage1_sequence(self, self.global_view(img), expr) for img, expr in zip(images, expressions)]
-        out = self.forward(sequences, images)
+        out = self(sequences, images)  # through __call__: a sharded model's root gathers what SAM needs
         results = []
         for img, pred in zip(images, out.masks):
             logits = upsample_logits(pred.low_res_logits[:1], (img.height, img.width))[0]

@@ -27,11 +27,14 @@ image encoder and its prompt encoder + mask decoder. Then, per GPU:
   ``S x S`` scores (flash/memory-efficient SDPA, as on GPUs);
 - **Stage 3**: the reference model when ``kl_coef > 0`` (a plain copy of the starting policy,
   float32 MLLM, never sharded), and the rollouts' KV cache (``rollout_batch_size x`` their tokens
-  ``x 2 x layers x kv x`` the rollouts' dtype: float32 today, they run without autocast) with the
-  prefill's one-layer working set; rollouts and updates do not overlap, so the larger of the two counts.
+  ``x 2 x layers x kv x`` the compute dtype: rollouts run under the update's autocast) with the
+  prefill's one-layer working set, and under FSDP the MLLM's weights gathered whole for the rollouts
+  (the engine gathers them once per step); rollouts and updates do not overlap, so the larger counts.
 
-FSDP (``fully_shard`` per decoder layer and vision block, then the whole model as the root): every
-parameter, gradient and AdamW state is sharded over the GPUs, frozen ones too; with ``offload`` the
+FSDP (``fully_shard`` per decoder layer and vision block, then the whole model as the root, as
+``train/engine.py`` wraps it): every MLLM parameter, gradient and AdamW state is sharded over the
+GPUs, frozen ones too; frozen parts outside the MLLM (SAM 2.1, a frozen projector) stay replicated,
+as the engine leaves them; with ``offload`` the
 shards live in CPU memory (and AdamW steps there), the GPU keeps the gathered units and activations.
 
 What fits: the estimate plus a **reserve** of 2 GiB (CUDA context, NCCL and cuBLAS workspaces) and 10 %
@@ -137,7 +140,7 @@ class Census:
     sharded_bytes: int
     """Bytes of the parameters inside the MLLM (FSDP shards them; frozen ones too)."""
     unsharded_bytes: int
-    """Bytes of the projector and SAM 2.1 (FSDP's root unit shards them too)."""
+    """Bytes of the projector and SAM 2.1."""
     root_params: int
     """Parameters outside the decoder layers and vision blocks (FSDP's root unit)."""
     root_trainable: int
@@ -146,6 +149,9 @@ class Census:
     block_trainable: int
     trainable_matrices: int
     """Trainable parameters of linear and convolution layers (autocast casts those per step)."""
+    replicated_bytes: int = 0
+    """Bytes of the frozen parameters outside the MLLM (SAM 2.1, a frozen projector): the engine leaves
+    them replicated on every GPU under FSDP (train/engine.py); trainable ones join the root unit."""
 
     @property
     def params(self) -> int:
@@ -211,6 +217,8 @@ def census(model) -> Census:
         dims=dims_of(model),
         sharded_bytes=mllm_bytes,
         unsharded_bytes=all_bytes - mllm_bytes,
+        replicated_bytes=sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+                             if not name.startswith("mllm.") and not p.requires_grad),
         root_params=sum(p.numel() for p in root),
         root_trainable=sum(p.numel() for p in root if p.requires_grad),
         block_params=block[0],
@@ -427,18 +435,25 @@ def strategy_memory(c: Census, w: Workload, strategy: str, gpus: int, gpu_memory
             terms["weights"] = terms["gradients"] = terms["optimizer"] = 0
             cpu = shards
         else:
-            terms["weights"] = math.ceil(weights / gpus)
+            replicated = c.replicated_bytes
+            terms["weights"] = math.ceil((weights - replicated) / gpus) + replicated
             terms["gradients"] = math.ceil(grads / gpus)
             terms["optimizer"] = math.ceil(adam / gpus)
         gathered = (c.root_params + BLOCKS_IN_FLIGHT * c.block_params) * w.compute_bytes
         unsharded_grads = (c.root_trainable + BLOCKS_IN_FLIGHT * c.block_trainable) * GRAD_BYTES
         terms["gathered units"] = gathered + unsharded_grads
+        if w.rollout_batch:
+            # the engine runs rollouts on the MLLM's weights gathered whole once per step (its
+            # processes decode unevenly), at the compute dtype, beside the KV cache
+            mllm_params = c.part("vision tower").params + c.part("language model").params
+            terms["gathered for rollouts"] = mllm_params * w.compute_bytes
     terms["activations"] = acts["train"]
     terms["rollouts (KV cache)"] = acts["rollout"]
     terms["reference model"] = w.reference_bytes
     # rollouts and updates take turns: the larger of the two is the peak
-    total = sum(v for k, v in terms.items() if k not in ("activations", "rollouts (KV cache)"))
-    total += max(terms["activations"], terms["rollouts (KV cache)"])
+    rollout = terms["rollouts (KV cache)"] + terms.get("gathered for rollouts", 0)
+    total = sum(v for k, v in terms.items() if k not in ("activations", "rollouts (KV cache)", "gathered for rollouts"))
+    total += max(terms["activations"], rollout)
     reserve = RESERVE_BYTES + math.ceil(FRAGMENTATION * total)
     return StrategyPlan(strategy, terms, total, reserve, gpu_memory, cpu)
 
@@ -555,9 +570,9 @@ def workload_of(config, stage: str, census_: Census, *, micro_batch: int | None,
         prompt = image_tokens + 128
         tokens = prompt + image_tokens + config.max_new_tokens
         notes.append(f"Stage 3 trajectory: prompt (image + 128 text) + segmented view + {config.max_new_tokens} "
-                     f"generated tokens = {tokens}; rollouts: {config.rollout_batch_size} per batch with a "
-                     "float32 KV cache (they run without autocast)")
-        kv = 4 if "float32" in lm.dtypes else 2
+                     f"generated tokens = {tokens}; rollouts: {config.rollout_batch_size} per batch, their KV "
+                     "cache at the update's compute dtype (rollouts run under its autocast)")
+        kv = compute
         reference = 0
         if config.kl_coef > 0:
             reference = census_.bytes

@@ -13,6 +13,9 @@ Stages call these functions rather than copying them::
           scaler.pt               the fp16 gradient scaler (fp16 only)
           rng-rank0.pt ...        python, numpy, torch (and CUDA) RNG states of each process
           trainer_state.json      step, samples drawn from the data stream, ...
+          sharded/                strategy fsdp: model (what trains) and optimizer as
+                                  torch.distributed.checkpoint shards, one file per process,
+                                  in place of trainable.safetensors and optimizer.pt
       model/                 the final model folder (``SegAnswerModel.from_pretrained``); written
                              last, atomically, so its presence means the run finished
 
@@ -52,6 +55,7 @@ CHECKPOINTS = "checkpoints"
 MODEL = "model"
 TRAINABLE = "trainable.safetensors"
 TRAINER_STATE = "trainer_state.json"
+SHARDED = "sharded"
 CHECKPOINT_PREFIX = "step-"
 
 
@@ -171,9 +175,14 @@ class ContinueDecision:
 CHECKPOINT_FILES = (TRAINABLE, "optimizer.pt", "scheduler.pt", TRAINER_STATE)
 
 
+#: Files a complete sharded (``strategy: fsdp``) checkpoint must hold.
+SHARDED_CHECKPOINT_FILES = (f"{SHARDED}/.metadata", "scheduler.pt", TRAINER_STATE)
+
+
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """What is wrong with a checkpoint folder (a missing file, an unreadable trainer state), or None."""
-    missing = [name for name in CHECKPOINT_FILES if not (checkpoint / name).is_file()]
+    wanted = SHARDED_CHECKPOINT_FILES if (checkpoint / SHARDED).is_dir() else CHECKPOINT_FILES
+    missing = [name for name in wanted if not (checkpoint / name).is_file()]
     if missing:
         return f"it lacks {', '.join(missing)}"
     try:
@@ -382,25 +391,52 @@ def save_checkpoint(run: RunFolder, accelerator, *, step: int, model, optimizer,
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     torch.save(capture_rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()  # every RNG file is written before the main process renames the folder
     unwrapped = accelerator.unwrap_model(model)
-    names = trainable_names(unwrapped)
-    full = accelerator.get_state_dict(model)  # gathers sharded (FSDP/DeepSpeed) weights on the main process
+    sharded = is_sharded(unwrapped)
+    if sharded:  # every process writes its own shards (a collective)
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(sharded_state(unwrapped, optimizer), checkpoint_id=tmp / SHARDED)
+    accelerator.wait_for_everyone()  # every RNG file (and shard) is written before the main process renames the folder
+    if not sharded:
+        names = trainable_names(unwrapped)
+        full = accelerator.get_state_dict(model)  # gathers sharded (FSDP/DeepSpeed) weights on the main process
     if accelerator.is_main_process:
-        state = {n: full[n].detach().to("cpu", copy=True).contiguous() for n in names}
-        save_file(state, tmp / TRAINABLE)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not sharded:
+            state = {n: full[n].detach().to("cpu", copy=True).contiguous() for n in names}
+            save_file(state, tmp / TRAINABLE)
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if accelerator.scaler is not None:
             torch.save(accelerator.scaler.state_dict(), tmp / "scaler.pt")
         payload = dict(trainer_state, step=step, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                       processes=accelerator.num_processes)
+                       processes=accelerator.num_processes, **({"sharded": True} if sharded else {}))
         (tmp / TRAINER_STATE).write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, final)
         for old in run.checkpoints()[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True when ``model``'s parameters are FSDP2 shards (``DTensor``)."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def sharded_state(model: torch.nn.Module, optimizer=None) -> dict[str, Any]:
+    """What a sharded checkpoint holds, as ``torch.distributed.checkpoint`` saves and loads it:
+    ``model``, the parameters that train (each process's shards, by name), and ``optimizer``,
+    AdamW's state of them (``optimizer``: accelerate's wrapper or a torch optimizer)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    names = set(trainable_names(model))
+    if optimizer is None:
+        return {"model": {k: v for k, v in get_model_state_dict(model).items() if k in names}}
+    model_state, optim_state = get_state_dict(model, [getattr(optimizer, "optimizer", optimizer)])
+    return {"model": {k: v for k, v in model_state.items() if k in names}, "optimizer": optim_state}
 
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
@@ -413,8 +449,33 @@ def load_checkpoint(checkpoint: Path, accelerator, *, model, optimizer=None, sch
     optimizer state lands on the parameters' device."""
     from safetensors.torch import load_file
 
-    load_trainable_state(accelerator.unwrap_model(model), load_file(checkpoint / TRAINABLE))
-    if optimizer is not None:
+    unwrapped = accelerator.unwrap_model(model)
+    written_sharded, sharded = (checkpoint / SHARDED).is_dir(), is_sharded(unwrapped)
+    if written_sharded or sharded:
+        written = read_trainer_state(checkpoint).get("processes")
+        if written != accelerator.num_processes or written_sharded != sharded:
+            how = "sharded (strategy fsdp)" if written_sharded else "unsharded"
+            raise UsageError(f"{checkpoint.name} was written {how} by {written} process(es); this launch has "
+                             f"{accelerator.num_processes}: resume with torchrun --nproc-per-node {written}")
+    if written_sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_state_dict,
+        )
+
+        state = sharded_state(unwrapped, optimizer)
+        dcp.load(state, checkpoint_id=checkpoint / SHARDED)  # each process reads its own shards, in place
+        options = StateDictOptions(strict=False)  # what trains only; the frozen rest came with the starting model
+        if optimizer is None:
+            set_model_state_dict(unwrapped, state["model"], options=options)
+        else:
+            set_state_dict(unwrapped, [getattr(optimizer, "optimizer", optimizer)], model_state_dict=state["model"],
+                           optim_state_dict=state["optimizer"], options=options)
+    else:
+        load_trainable_state(unwrapped, load_file(checkpoint / TRAINABLE))
+    if optimizer is not None and not written_sharded:
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
     if scheduler is not None:
         scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))

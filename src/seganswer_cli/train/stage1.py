@@ -28,8 +28,9 @@ over each set. The tiny CPU recipe (``configs/stage1-tiny.yaml``) starts from a 
 a pretrained one: it uses a lora learning rate of 3e-3 held constant after warmup and runs ~100
 steps (SAM's random decoder first collapses to empty masks and needs those steps to recover).
 
-Distributed: ``accelerate`` places the model, wraps it for data parallel (DDP; FSDP/DeepSpeed
-through ``accelerate config``), runs autocast (``mixed_precision``) and gradient accumulation.
+Distributed: ``train/engine.py`` spreads the model over the processes: DDP (``accelerate``), or
+FSDP2 shards with ``strategy: fsdp`` (LoRA's frozen base weights sharded too; phases projector and
+lora); ``accelerate`` runs autocast (``mixed_precision``) and gradient accumulation.
 Every process draws the same global batch from the seeded sample stream and trains on its own
 slice, so N processes with batch b equal one process with batch N·b.
 
@@ -39,7 +40,7 @@ Run it::
         --phase projector --out runs/s1-projector --config stage1-tiny
     seganswer train-stage1 --model runs/s1-projector/model --data shapes=data/shapes-ref \\
         --phase lora --out runs/s1-lora --config stage1-tiny
-    torchrun --nproc_per_node 8 -m seganswer_cli train-stage1 ...      # or: accelerate launch -m seganswer_cli ...
+    torchrun --nproc_per_node 8 -m seganswer_cli train-stage1 ...      # or: configs/launch/torchrun-1x8.sh
 
 The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/training.md).
 """
@@ -62,10 +63,9 @@ from seganswer_cli.data import (
 )
 from seganswer_cli.errors import UsageError
 from seganswer_cli.model import conversation
-from seganswer_cli.train import runs
+from seganswer_cli.train import engine, runs
 from seganswer_cli.train.lora import apply_lora, merge_lora
 from seganswer_cli.train.stage_setup import (
-    adamw_with_schedule,
     data_specs,
     keep_frozen_parts_in_eval,
     load_starting_model,
@@ -114,6 +114,9 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.phase != "projector")],
     )
 
+    if config.phase in ("points", "standin") and engine.uses_fsdp(config, accelerator):
+        raise UsageError(f"phase {config.phase} runs with strategy ddp (it calls SAM 2.1 outside the model's "
+                         "forward, which FSDP2 units do not gather); drop --strategy fsdp")
     if config.phase == "points" and accelerator.num_processes > 1:
         raise UsageError("phase points (SAM 2.1 alone, from clicks) runs in one process; launch it without "
                          "accelerate/torchrun")
@@ -130,16 +133,14 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
         if not val_samples:
             raise UsageError(f"validation set {val_spec.path} has no referring-segmentation samples")
 
-    model = load_starting_model(config)
-    peft_model = setup_trainable(model, config)
-    ready_to_train(model, config)
+    model, peft_model = trainable_starting_model(config)
 
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
     dataset_size = sum(len(s) for s in mixture.sources)
     steps_per_epoch, total_steps = planned_steps(config, dataset_size, global_batch)
-    optimizer, scheduler, warmup = adamw_with_schedule(param_groups(model, config), config.optim, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler, warmup = engine.prepare_for_training(
+        accelerator, model, config, param_groups=lambda m: param_groups(m, config), total_steps=total_steps)
     unwrapped = accelerator.unwrap_model(model)
 
     settings = run_settings(config.stage, config, accelerator, mixture, skipped, model,
@@ -235,13 +236,32 @@ def train_stage1(config: Stage1Config, out: str | Path, *, resume: bool = False,
     progress.close()
 
     # ---------------------------------------------------------------- save
+    final = unwrapped
+    if engine.uses_fsdp(config, accelerator):  # the shards gathered into a plain copy on the main process
+        rebuilt = {}
+
+        def rebuild():
+            plain, rebuilt["peft"] = trainable_starting_model(config)
+            return plain
+
+        final = engine.full_model(accelerator, unwrapped, rebuild)
+        peft_model = rebuilt.get("peft")
     if accelerator.is_main_process and peft_model is not None:
-        merge_lora(unwrapped, peft_model)
-    return save_trained_model(accelerator, run, unwrapped, config.dtype,
-                              lambda: training_record(unwrapped, settings, run, total_steps), show=show)
+        merge_lora(final, peft_model)
+    return save_trained_model(accelerator, run, final, config.dtype,
+                              lambda: training_record(final, settings, run, total_steps), show=show)
 
 
 # ---------------------------------------------------------------------- setup helpers
+
+
+def trainable_starting_model(config: Stage1Config):
+    """The starting model with the phase's parts made trainable (float32; checkpointing when set),
+    and its peft model in phase lora (None otherwise)."""
+    model = load_starting_model(config)
+    peft_model = setup_trainable(model, config)
+    ready_to_train(model, config)
+    return model, peft_model
 
 
 def setup_trainable(model, config: Stage1Config):
@@ -378,9 +398,12 @@ def validate(model, samples: list[SegSample], batch_size: int, *, clicks: bool =
 
 
 def validate_and_log(model, samples, config, accelerator, log, *, step: int, show: bool, progress=None) -> None:
-    """Validation runs on the main process; the others wait for it."""
+    """Validation runs on the main process; the others wait for it (under FSDP2 every process first
+    gathers the weights, so the main process's forwards need no one else)."""
+    with engine.gathered(model):
+        result = validate(model, samples, config.val_batch_size, clicks=config.phase == "points") \
+            if accelerator.is_main_process else None
     if accelerator.is_main_process:
-        result = validate(model, samples, config.val_batch_size, clicks=config.phase == "points")
         log.append({"kind": "eval", "step": step, **result})
         if show:
             line = f"step {step}: val gIoU {result['val_giou']:.4f} cIoU {result['val_ciou']:.4f} ({result['val_samples']} samples)"

@@ -51,16 +51,17 @@ goes on; the counts are in every metrics line, the final checkpoint and ``segans
 image or empty answer is detected when drawn (replaced by the next draw, the same on every process);
 the rest while preparing a micro-batch (the sample is dropped from it).
 
-Distributed: as Stage 1 (``accelerate``: DDP, FSDP/DeepSpeed through ``accelerate config`` for the
-7B model, autocast, gradient accumulation); every process draws the same global batch and trains
-on its slice; pass 1 runs on each process's own slice.
+Distributed: as Stage 1 (``train/engine.py``: DDP, or FSDP2 shards with ``strategy: fsdp``, what the
+7B recipe uses; autocast, gradient accumulation); every process draws the same global batch and
+trains on its slice; pass 1 runs on each process's own slice (under FSDP2 on weights gathered for
+it, since the processes run it unevenly).
 
 Run it::
 
     seganswer data synth --kind vqa --n 512 --size 96x96 --out data/shapes-vqa
     seganswer train-stage2 -c stage2-tiny --model runs/s1-lora/model --data shapes=data/shapes-vqa --out runs/s2
     seganswer train-stage2 -c stage2-7b --model runs/s1-merged --data visualcot=data/visualcot --out runs/s2-7b
-    accelerate launch --config_file fsdp.yaml -m seganswer_cli train-stage2 -c stage2-7b ...
+    bash configs/launch/torchrun-1x8.sh train-stage2 -c stage2-7b ...     # 8 GPUs, FSDP2 (the recipe's strategy)
 
 The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/training.md).
 """
@@ -85,9 +86,8 @@ from seganswer_cli.errors import ImageReadError, ModelFolderError, UsageError, r
 from seganswer_cli.jsonl import JsonlAppender, read_records
 from seganswer_cli.model.conversation import prompt_and_answer, reasoning_sequence, seg_request
 from seganswer_cli.model.losses import total_loss
-from seganswer_cli.train import runs
+from seganswer_cli.train import engine, runs
 from seganswer_cli.train.stage_setup import (
-    adamw_with_schedule,
     data_specs,
     keep_frozen_parts_in_eval,
     load_starting_model,
@@ -100,6 +100,7 @@ from seganswer_cli.train.stage_setup import (
     start_accelerator,
     start_or_resume,
     train_the_mllm,
+    trainable_parameters,
 )
 from seganswer_cli.train.steps import (
     TrainProgress,
@@ -137,17 +138,16 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
         if not isinstance(source[0], VQASample):
             raise UsageError(f"--data {name}: Stage 2 needs question-answer samples, got {type(source[0]).__name__}")
 
-    model = load_starting_model(config)
-    train_the_mllm(model, freeze_vision=config.freeze_vision)
-    params = ready_to_train(model, config)
+    model = trainable_starting_model(config)
 
     world = accelerator.num_processes
     global_batch = config.batch_size * config.grad_accum * world
     dataset_size = sum(len(s) for s in mixture.sources)
     steps_per_epoch, total_steps = planned_steps(config, dataset_size, global_batch)
-    optimizer, scheduler, warmup = adamw_with_schedule(params, config.optim, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler, warmup = engine.prepare_for_training(
+        accelerator, model, config, param_groups=trainable_parameters, total_steps=total_steps)
     unwrapped = accelerator.unwrap_model(model)
+    params = trainable_parameters(unwrapped)
 
     settings = run_settings(STAGE, config, accelerator, mixture, skipped, unwrapped,
                             steps_per_epoch=steps_per_epoch, total_steps=total_steps, warmup_steps=warmup,
@@ -172,8 +172,9 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
     mask_cache = None
     if config.masks == "precomputed":
         planned = plan_samples(mixture, config, global_batch, total_steps)
-        mask_cache = precompute_masks(unwrapped, planned, run.path / MASKS_DIR, accelerator, config,
-                                      resume=resume, show=show)
+        with engine.gathered(unwrapped):  # each process computes its own share
+            mask_cache = precompute_masks(unwrapped, planned, run.path / MASKS_DIR, accelerator, config,
+                                          resume=resume, show=show)
 
     # ---------------------------------------------------------------- train
     draws = Draws(sample_stream(mixture, skip=draws_done), config, start=draws_done, report=report)
@@ -183,6 +184,7 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
     progress = TrainProgress(total_steps, start_step, enabled=show, label="stage 2")
     report.progress = progress
     seg_weights = segmentation_weights(config.seg_loss)
+    sharded, spare = engine.uses_fsdp(config, accelerator), []
     step_started = time.perf_counter()
     for step in range(start_step + 1, total_steps + 1):
         batch = draws.take(global_batch)  # identical on every process
@@ -193,8 +195,9 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
             start = (micro * world + accelerator.process_index) * config.batch_size
             local = batch[start : start + config.batch_size]  # this process's slice of the micro-step
             t0 = time.perf_counter()
-            with accelerator.autocast():
+            with accelerator.autocast(), engine.gathered(unwrapped):  # pass 1 runs where samples segment
                 examples = prepare_examples(unwrapped, local, config, report, mask_cache)
+            spare = spare or examples[:1]
             pass1_seconds += time.perf_counter() - t0
             model.train()
             keep_frozen_parts_in_eval(unwrapped)
@@ -207,6 +210,8 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
                 elif examples:
                     out = model([e.sequence for e in examples])  # no images: LM loss only, SAM not run
                     loss = out.loss
+                elif sharded and spare:  # every sample of the slice was dropped: FSDP2 needs a forward on
+                    loss = model([spare[0].sequence]).loss * 0.0  # every process (its gathers), zero-weighted
                 else:  # every sample of the slice was dropped: a zero loss keeps the processes in step
                     loss = sum(p.sum() for p in params) * 0.0
                 stop_if_not_finite(accelerator, loss.detach(), step, [d.sample for d in batch], last_checkpoint, "loss")
@@ -254,12 +259,21 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
     problems = gathered_problems(accelerator, report)
     if show and accelerator.is_main_process:
         report.print_summary(problems, settings["records_skipped_reading"])
-    return save_trained_model(accelerator, run, unwrapped, config.dtype,
-                              lambda: runs.training_record(unwrapped, settings, run, stage=STAGE, step=total_steps,
+    final = engine.full_model(accelerator, unwrapped, lambda: trainable_starting_model(config))
+    return save_trained_model(accelerator, run, final, config.dtype,
+                              lambda: runs.training_record(final, settings, run, stage=STAGE, step=total_steps,
                                                            masks=config.masks, problems=problems), show=show)
 
 
 # ---------------------------------------------------------------------- setup helpers
+
+
+def trainable_starting_model(config: Stage2Config):
+    """The starting model with what Stage 2 trains made trainable (float32; checkpointing when set)."""
+    model = load_starting_model(config)
+    train_the_mllm(model, freeze_vision=config.freeze_vision)
+    ready_to_train(model, config)
+    return model
 
 
 def check_starting_model(config: Stage2Config) -> None:

@@ -29,7 +29,9 @@ Algorithm, one step:
    exactly the rollout's sequences (ids, 3-D positions, segmented views; ``target_mask`` marks the
    tokens the model generated, so the prompt, the original image, every segmented-region turn and
    every template token the loop inserts carry no loss), with gradients. Per token, with
-   ``r = exp(logp - logp_old)`` and ``logp_old`` from the rollout::
+   ``r = exp(logp - logp_old)`` and ``logp_old`` recomputed by the same forward without gradient
+   before the step's first update (``recompute_logprobs``; off: the rollout's own), so the first
+   ratio of an on-policy step is exactly 1::
 
        loss_t = -min(r * A, clip(r, 1 - eps_low, 1 + eps_high) * A)      (+ kl_coef * k3 KL to the start)
 
@@ -57,14 +59,16 @@ Distributed: every process draws the same prompts from the seeded stream and rol
 slice (whole groups, so rewards and advantages are computed where the group lives); kept-group
 counts are gathered so every process agrees on refills and on which groups fill the batch; the
 token count of a mini-batch is summed over processes, so the loss is the token mean over the
-global mini-batch. DDP (``accelerate``) averages gradients; processes with fewer trajectories run
-zero-weighted forwards so every process takes part in every gradient reduction.
+global mini-batch. DDP (``accelerate``) or FSDP2 (``strategy: fsdp``, ``train/engine.py``) averages
+gradients; processes with fewer trajectories run zero-weighted forwards so every process takes
+part in every gradient reduction. Rollouts run under the update's autocast (the sampler's
+log-probs in the trainer's precision); under FSDP2 on the weights gathered once per step.
 
 Run it::
 
     seganswer data synth --kind rl --n 256 --out data/shapes-rl
     seganswer train-stage3 -c stage3-tiny --model runs/s2/model --data shapes=data/shapes-rl --out runs/s3
-    torchrun --nproc_per_node 8 -m seganswer_cli train-stage3 -c stage3-7b --model ... --data virl39k=...
+    bash configs/launch/torchrun-1x8.sh train-stage3 -c stage3-7b --model ... --data virl39k=...  # FSDP2
 
 Design note: scaling rollouts further. Rollouts here run in the training processes with the
 training weights, one batched loop per process; on 7B they dominate the step. The usual next step
@@ -101,9 +105,8 @@ from seganswer_cli.config import Stage3Config
 from seganswer_cli.data import VQASample, open_mixture
 from seganswer_cli.errors import SegAnswerError, UsageError
 from seganswer_cli.model.conversation import prompt_and_answer
-from seganswer_cli.train import rewards, runs
+from seganswer_cli.train import engine, rewards, runs
 from seganswer_cli.train.stage_setup import (
-    adamw_with_schedule,
     data_specs,
     enable_activation_checkpointing,
     float32_trainables,
@@ -117,6 +120,7 @@ from seganswer_cli.train.stage_setup import (
     start_accelerator,
     start_or_resume,
     train_the_mllm,
+    trainable_parameters,
 )
 from seganswer_cli.train.steps import (
     TrainProgress,
@@ -437,7 +441,7 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
 
     model = load_starting_model(config)
     train_the_mllm(model, freeze_vision=config.freeze_vision)
-    params = float32_trainables(model)
+    float32_trainables(model)
     reference = reference_model(model) if config.kl_coef > 0 else None  # copied before checkpointing is on
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.mllm)
@@ -445,8 +449,8 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     dataset_size = sum(len(s) for s in mixture.sources)
     steps_per_epoch, total_steps = planned_steps(config, dataset_size, config.prompts_per_step)
     total_updates = total_steps * config.mini_batches
-    optimizer, scheduler, warmup = adamw_with_schedule(params, config.optim, total_updates)
-    policy, optimizer = accelerator.prepare(Policy(model), optimizer)
+    policy, optimizer, scheduler, warmup = engine.prepare_for_training(
+        accelerator, model, config, param_groups=trainable_parameters, total_steps=total_updates, wrap=Policy)
     unwrapped = accelerator.unwrap_model(policy).model
 
     settings = run_settings(STAGE, config, accelerator, mixture, skipped, unwrapped,
@@ -477,8 +481,9 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     last_checkpoint = run.latest_checkpoint()
     progress = TrainProgress(total_steps, start_step, enabled=show, label="stage 3")
     for step in range(start_step + 1, total_steps + 1):
-        unwrapped.eval()  # rollouts: no dropout, no grad
-        groups, stats, prompts, drawn, spare = collect_step_batch(unwrapped, stream, config, accelerator, step=step)
+        unwrapped.eval()  # rollouts: no dropout, no grad, the update's precision (its autocast, FSDP2's bf16 weights)
+        with engine.gathered(unwrapped), accelerator.autocast():  # decodes end at different lengths per process
+            groups, stats, prompts, drawn, spare = collect_step_batch(unwrapped, stream, config, accelerator, step=step)
         prompts_drawn += drawn
         if stats.reward_messages and show:
             progress_print(progress, f"step {step}: {stats.reward_errors} reward error(s), scored 0: "
@@ -489,7 +494,10 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
         trajectories = [r for group in groups for r in group]  # this process's kept rollouts
         sums = {"loss": 0.0, "clipped_low": 0.0, "clipped_high": 0.0, "kl": 0.0, "loss_tokens": 0.0}
         grad_norms, lrs = [], []
-        for chunk in split_even(trajectories, config.mini_batches):
+        chunks = split_even(trajectories, config.mini_batches)
+        if config.recompute_logprobs:  # logp_old from the trainer's forward: the first ratio is exactly 1
+            recompute_old_logprobs(policy, accelerator, chunks, spare, config)
+        for chunk in chunks:
             lrs.append(scheduler.get_last_lr()[0])
             result = policy_update(policy, optimizer, accelerator, chunk, spare, config, reference,
                                    step=step, prompts=prompts, last_checkpoint=last_checkpoint)
@@ -531,9 +539,18 @@ def train_stage3(config: Stage3Config, out: str | Path, *, resume: bool = False,
     progress.close()
 
     # ---------------------------------------------------------------- save
-    return save_trained_model(accelerator, run, unwrapped, config.dtype,
-                              lambda: runs.training_record(unwrapped, settings, run, stage=STAGE, step=total_steps),
+    final = engine.full_model(accelerator, unwrapped, lambda: trainable_starting_model(config))
+    return save_trained_model(accelerator, run, final, config.dtype,
+                              lambda: runs.training_record(final, settings, run, stage=STAGE, step=total_steps),
                               show=show)
+
+
+def trainable_starting_model(config: Stage3Config):
+    """The starting model with what Stage 3 trains made trainable (float32), as the run built it."""
+    model = load_starting_model(config)
+    train_the_mllm(model, freeze_vision=config.freeze_vision)
+    float32_trainables(model)
+    return model
 
 
 # ---------------------------------------------------------------------- setup helpers
@@ -603,6 +620,30 @@ def split_even(items: list, parts: int) -> list[list]:
     return out
 
 
+def micro_batches(chunk: list[Rollout], size: int) -> list[list[Rollout]]:
+    """A mini-batch's training forwards, ``size`` trajectories each (the last may be smaller)."""
+    return [chunk[i : i + size] for i in range(0, len(chunk), size)]
+
+
+@torch.no_grad()
+def recompute_old_logprobs(policy, accelerator, chunks: list[list[Rollout]], spare: Rollout,
+                           config: Stage3Config) -> None:
+    """Set every kept trajectory's ``logprobs`` to the training forward's, before any update of the
+    step: the same micro-batches and autocast as ``policy_update``, so its first forward computes
+    the same numbers and the first ratio is exactly 1. Processes with fewer micro-batches run the
+    spare (their sharded forwards gather with the others)."""
+    for chunk in chunks:
+        micro = micro_batches(chunk, config.micro_batch_size)
+        n_micro = max(gather_ints(accelerator, len(micro))) if accelerator.num_processes > 1 else len(micro)
+        for index in range(n_micro):
+            part = micro[index] if index < len(micro) else []
+            with accelerator.autocast():
+                logprobs = policy([r.trajectory.sequence for r in part] or [spare.trajectory.sequence],
+                                  config.temperature)
+            for r, values in zip(part, logprobs):
+                r.trajectory.logprobs = values.detach()
+
+
 def policy_update(policy, optimizer, accelerator, chunk: list[Rollout], spare: Rollout,
                   config: Stage3Config, reference, *, step: int, prompts: list, last_checkpoint) -> dict[str, float]:
     """One optimizer step on a mini-batch: forwards of ``micro_batch_size`` trajectories, the DAPO
@@ -611,7 +652,7 @@ def policy_update(policy, optimizer, accelerator, chunk: list[Rollout], spare: R
 
     local_tokens = sum(r.trajectory.generated_tokens for r in chunk)
     token_total = sum_over_processes(accelerator, local_tokens)
-    micro = [chunk[i : i + config.micro_batch_size] for i in range(0, len(chunk), config.micro_batch_size)]
+    micro = micro_batches(chunk, config.micro_batch_size)
     n_micro = max(gather_ints(accelerator, len(micro))) if accelerator.num_processes > 1 else len(micro)
     # DDP averages gradients over processes; the loss is a token sum over the global mini-batch
     scale = float(accelerator.num_processes)

@@ -9,13 +9,15 @@ A stage file reads top to bottom (setup -> train -> save) and calls these in ord
     accelerator = start_accelerator(config, gradient_accumulation_steps=config.grad_accum)
     model = load_starting_model(config)
     train_the_mllm(model, freeze_vision=config.freeze_vision)       # or the stage's own freezing
-    params = ready_to_train(model, config)                          # float32 trainables, checkpointing
-    optimizer, scheduler, warmup = adamw_with_schedule(params, config.optim, total_steps)
+    ready_to_train(model, config)                                   # float32 trainables, checkpointing
+    model, optimizer, scheduler, warmup = engine.prepare_for_training(  # DDP, or FSDP2 shards (engine.py)
+        accelerator, model, config, param_groups=trainable_parameters, total_steps=total_steps)
     settings = run_settings(STAGE, config, accelerator, mixture, model, ...)
     state, log = start_or_resume(run, accelerator, settings, ...)
     print_start("train-stage2", settings, run, start_step, skipped, rows={...})
     ...
-    save_trained_model(accelerator, run, model, config.dtype,
+    final = engine.full_model(accelerator, model, rebuild)          # FSDP2: gathered on the main process
+    save_trained_model(accelerator, run, final, config.dtype,
                        lambda: runs.training_record(model, settings, run, stage=STAGE, step=...), show=show)
 
 What a training step calls (the sample stream, reductions, clipping, the progress bar) is ``steps.py``'s;
@@ -128,6 +130,11 @@ def float32_trainables(model) -> list[torch.nn.Parameter]:
         if p.dtype != torch.float32:
             p.data = p.data.float()
     return params
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    """AdamW's parameters of a run that trains everything not frozen at one rate."""
+    return [p for p in model.parameters() if p.requires_grad]
 
 
 def ready_to_train(model, config) -> list[torch.nn.Parameter]:

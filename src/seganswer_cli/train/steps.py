@@ -52,7 +52,8 @@ def gather_ints(accelerator, value: int) -> list[int]:
 def clip_gradients(accelerator, model, max_norm: float | None) -> torch.Tensor:
     """Clip to ``max_norm`` (when set) and return the global norm before clipping."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return accelerator.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+    norm = accelerator.clip_grad_norm_(params, max_norm if max_norm is not None else float("inf"))
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor over the shards
 
 
 def stop_if_not_finite(accelerator, value: torch.Tensor, step: int, batch: list,
