@@ -39,6 +39,7 @@ from seganswer_cli.eval.items import BenchmarkData, EvalItem, ImageRef, MissingI
 from seganswer_cli.eval.metrics import HallusionRow, accuracy, hallusion_metrics
 from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.reading import read_json_records
+from seganswer_cli.model.conversation import YES_NO_INSTRUCTION
 
 NAME = "hallusionbench"
 SPLITS = ("image", "all")
@@ -52,7 +53,7 @@ PROTOCOL = Protocol(
     judge="always",
     departures=("the official evaluation asks GPT-4 whether each answer is right; without --judge yes/no is read by rule",),
 )
-INSTRUCTION = "Please answer yes or no."
+INSTRUCTION = YES_NO_INSTRUCTION
 KEYS = ("category", "subcategory", "set_id", "figure_id", "question_id")
 HUB_COPY = HubCopy(
     "lmms-lab/HallusionBench", ("data/image-*.parquet", "image-*.parquet"), (*KEYS, "question", "gt_answer")

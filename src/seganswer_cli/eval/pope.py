@@ -37,7 +37,7 @@ from seganswer_cli.eval.items import BenchmarkData, EvalItem, ImageRef, MissingI
 from seganswer_cli.eval.metrics import pope_metrics
 from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.reading import candidate_folders, locate, read_json_records
-from seganswer_cli.model.conversation import answer_of
+from seganswer_cli.model.conversation import YES_NO_INSTRUCTION, answer_of
 
 NAME = "pope"
 SETTINGS = ("random", "popular", "adversarial")
@@ -51,7 +51,7 @@ PROTOCOL = Protocol(
     source="RUCAIBox/POPE: evaluate.py",
     departures=("an output with no answer (an unfinished turn) is wrong; the official script would read it as yes",),
 )
-INSTRUCTION = "Please answer yes or no."
+INSTRUCTION = YES_NO_INSTRUCTION
 HUB_COPY = HubCopy(
     "lmms-lab/POPE",
     ("data/test-*.parquet", "Full/*.parquet", "test-*.parquet", "*.parquet"),

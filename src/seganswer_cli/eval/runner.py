@@ -256,7 +256,8 @@ class EvalRun:
     # -- predicting ------------------------------------------------------------------------------
 
     def _qa_batches(self, model, batch: list[EvalItem], want_vis: bool):
-        from seganswer_cli.reasoning import ReasoningLoop, ReasoningSettings
+        from seganswer_cli.eval.answers import choice_by_likelihood
+        from seganswer_cli.reasoning import ReasoningLoop, ReasoningSettings, answer_nll
 
         s = self.settings
         loop = ReasoningLoop(model, ReasoningSettings(roi=s.roi, max_seg_steps=s.max_seg_steps,
@@ -269,9 +270,6 @@ class EvalRun:
         trajectories = loop.run(images, questions, regions)
         for item, image, traj in zip(batch, images, trajectories, strict=True):
             if likelihood:
-                from seganswer_cli.eval.answers import choice_by_likelihood
-                from seganswer_cli.reasoning import answer_nll
-
                 nll = dict(zip(item.options, answer_nll(model, image, traj, list(item.options.values())),
                                strict=True))
                 result, judged = choice_by_likelihood(nll, item), {"option_nll": nll}

@@ -64,6 +64,8 @@ if TYPE_CHECKING:
 
 LLAVA_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 VLMEVALKIT_INSTRUCTION = "Please select the correct answer from the options above."
+YES_NO_INSTRUCTION = "Please answer yes or no."
+"""The instruction after a yes/no question (POPE's and HallusionBench's prompts, as LLaVA asks them)."""
 
 
 def lettered(choices: list[str]) -> dict[str, str]:
