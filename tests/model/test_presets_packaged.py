@@ -96,9 +96,9 @@ def _other_sam_config(path):
         ("mask_decoder.safetensors", _truncate, "mask_decoder.safetensors"),
         ("projector.safetensors", lambda p: p.unlink(), "missing projector.safetensors"),
         ("seganswer.json", lambda p: p.write_text("{not json"), "not valid JSON"),
-        ("mllm/model.safetensors", lambda p: p.unlink(), "cannot load the model"),
+        ("mllm/model.safetensors", lambda p: p.unlink(), "mllm: no weights (expected one of model.safetensors"),
         ("projector.safetensors", _wrong_projector, "maps 8 -> 4"),
-        ("mask_decoder_config.json", _other_sam_config, "size mismatch"),
+        ("mask_decoder_config.json", _other_sam_config, "mask_decoder_config.json describes"),
     ],
     ids=["truncated-sam", "no-projector", "bad-json", "no-mllm-weights", "wrong-projector", "wrong-sam-shapes"],
 )

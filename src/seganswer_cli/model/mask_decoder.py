@@ -196,13 +196,17 @@ def load_sam(path: str, *, dtype: torch.dtype | None = None):
     from transformers import Sam2Model
 
     from seganswer_cli.errors import ModelFolderError
+    from seganswer_cli.model.folder_checks import check_sam_folder
     from seganswer_cli.model.sam_checkpoint import is_meta_checkpoint, load_meta_sam
+    from seganswer_cli.model.sources import local_folder
 
     if is_meta_checkpoint(path):
         return load_meta_sam(path, dtype=dtype)
+    folder = local_folder(path, "sam")
+    check_sam_folder(folder)  # config and weight headers, before anything is built
     try:
         kwargs = {"dtype": dtype} if dtype is not None else {}
-        return Sam2Model.from_pretrained(path, **kwargs).eval()
+        return Sam2Model.from_pretrained(folder, **kwargs).eval()
     except OSError as e:
         raise ModelFolderError(f"cannot load SAM 2.1 from {path}: {e}") from None
 

@@ -83,45 +83,6 @@ def add_seg_token(mllm, processor) -> int:
     return seg_id
 
 
-#: Weight files of a transformers checkpoint folder, one of which a local MLLM folder must hold.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-
-
-def _hub_offline() -> bool:
-    import os
-
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-def check_mllm_source(path: str) -> None:
-    """Refuse, in one line naming what is missing, an MLLM source that cannot load.
-
-    A local folder needs ``config.json``, one of ``WEIGHT_FILES`` and a tokenizer with a chat
-    template. A path that is not a folder here is a hub id only when it reads as one (``org/name``,
-    no ``./``, ``/`` or ``~`` in front) and the hub can be reached: offline, it is refused as
-    "no such folder, and offline"; a path that cannot be a hub id is refused as "no such folder".
-    """
-    from pathlib import Path
-
-    folder = Path(path).expanduser()
-    if folder.is_dir():
-        if not (folder / "config.json").is_file():
-            raise ModelFolderError(f"{folder}: no config.json (not a transformers model folder)")
-        if not any((folder / name).is_file() for name in WEIGHT_FILES):
-            raise ModelFolderError(f"{folder}: no weights (expected one of {', '.join(WEIGHT_FILES)})")
-        return
-    if folder.exists():
-        raise ModelFolderError(f"{path}: not a folder")
-    looks_like_hub_id = path.count("/") == 1 and not path.startswith((".", "/", "~")) and all(path.split("/"))
-    if not looks_like_hub_id:
-        raise ModelFolderError(f"MLLM folder not found: {path}")
-    if _hub_offline():
-        raise ModelFolderError(
-            f"{path}: no local folder of that name, and it cannot be downloaded as a hub id while offline "
-            "(HF_HUB_OFFLINE is set); pass the path of a local copy"
-        )
-
-
 def _chat_template_of(processor) -> str | None:
     return getattr(processor, "chat_template", None) or getattr(processor.tokenizer, "chat_template", None)
 
@@ -129,14 +90,20 @@ def _chat_template_of(processor) -> str | None:
 def load_mllm(path: str, *, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
     """Load Qwen2.5-VL and its processor from a local folder or a hub id; add ``<|seg|>`` if missing.
 
-    Bad sources are refused in one line naming the file or the reason (``check_mllm_source``; a
-    tokenizer without a chat template is refused too: the model was trained on that layout).
+    ``sources.local_folder`` finds the folder (a hub id: the local cache, else a download once the
+    hub answers) and ``folder_checks.check_mllm_folder`` checks it before anything is built; a
+    tokenizer without a chat template is refused too (the model was trained on that layout). Each
+    refusal is one line naming the file or the reason.
     """
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
-    check_mllm_source(path)
+    from seganswer_cli.model.folder_checks import check_mllm_folder
+    from seganswer_cli.model.sources import local_folder
+
+    folder = local_folder(path, "mllm")
+    check_mllm_folder(folder)
     try:
-        processor = AutoProcessor.from_pretrained(path)
+        processor = AutoProcessor.from_pretrained(folder)
         if _chat_template_of(processor) is None:
             raise ModelFolderError(
                 f"{path}: the tokenizer has no chat template (chat_template.json, chat_template.jinja or "
@@ -145,7 +112,7 @@ def load_mllm(path: str, *, dtype: torch.dtype | None = None, attn_implementatio
         kwargs = {"dtype": dtype} if dtype is not None else {}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, **kwargs)
+        mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as e:
         reason = " ".join(str(e).split())  # transformers' messages run over several lines
         raise ModelFolderError(f"cannot load the MLLM from {path}: {reason}") from None

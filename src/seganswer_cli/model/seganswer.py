@@ -31,6 +31,7 @@ from seganswer_cli import __version__
 from seganswer_cli.errors import ModelFolderError, SegTokenError, UsageError, read_json
 from seganswer_cli.model import tokens
 from seganswer_cli.model.conversation import stage1_sequence
+from seganswer_cli.model.folder_checks import check_mllm_folder, check_model_folder, check_sam_folder
 from seganswer_cli.model.losses import LossWeights, mask_losses, total_loss
 from seganswer_cli.model.mask_decoder import (
     ImageEmbeddings,
@@ -43,6 +44,7 @@ from seganswer_cli.model.mllm import TokenIds
 from seganswer_cli.model.presets import PRESETS, Preset, ViewConfig, get_preset, packaged_folder
 from seganswer_cli.model.projector import SegProjector
 from seganswer_cli.model.sequence import IGNORE_INDEX, Batch, Sequence, SequenceBuilder, collate
+from seganswer_cli.model.sources import local_folder, looks_like_hub_id
 from seganswer_cli.model.sparse_patches import (
     DenseImage,
     SegmentedView,
@@ -103,6 +105,7 @@ class SegAnswerModel(nn.Module):
         """
         from seganswer_cli.model.mask_decoder import build_tiny_sam, load_sam
         from seganswer_cli.model.mllm import build_tiny_mllm, load_mllm
+        from seganswer_cli.model.sam_checkpoint import is_meta_checkpoint
 
         preset = get_preset(name) if isinstance(name, str) else name
         if preset.packaged is not None:
@@ -111,11 +114,23 @@ class SegAnswerModel(nn.Module):
             return cls._from_packaged(preset, dtype=dtype)
         mllm_src = mllm_path or preset.mllm
         sam_src = sam_path or preset.sam
-        if mllm_src is None:
+        # Both parts found and checked before either loads: a SAM 2.1 the hub cannot give, or a
+        # damaged file, is said at once, not after the MLLM has loaded.
+        mllm_folder = None if mllm_src is None else local_folder(mllm_src, "mllm")
+        sam_file = sam_src is not None and is_meta_checkpoint(sam_src)  # Meta's .pt: checked as it loads
+        sam_folder = None if sam_src is None or sam_file else local_folder(sam_src, "sam")
+        if mllm_folder is not None:
+            check_mllm_folder(mllm_folder)
+        if sam_folder is not None:
+            check_sam_folder(sam_folder)
+        if mllm_folder is None:
             mllm, processor = build_tiny_mllm(seed=seed, **preset.tiny_mllm)
         else:
-            mllm, processor = load_mllm(mllm_src, dtype=dtype)
-        sam = build_tiny_sam(seed=seed, **preset.tiny_sam) if sam_src is None else load_sam(sam_src, dtype=dtype)
+            mllm, processor = load_mllm(str(mllm_folder), dtype=dtype)
+        if sam_src is None:
+            sam = build_tiny_sam(seed=seed, **preset.tiny_sam)
+        else:
+            sam = load_sam(sam_src if sam_file else str(sam_folder), dtype=dtype)
         torch.manual_seed(seed)
         mask_decoder = SamMaskDecoder(sam)
         projector = SegProjector(mllm.config.text_config.hidden_size, mask_decoder.prompt_dim)
@@ -150,20 +165,22 @@ class SegAnswerModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> SegAnswerModel:
-        """Load a folder written by ``save_pretrained`` (or a hub id of one, or a preset name)."""
+        """Load a folder written by ``save_pretrained`` (or a hub id of one, or a preset name).
+
+        Every file is checked before anything is built (``folder_checks.check_model_folder``: the
+        configs parse, the weight files are whole and hold the tensors the configs imply)."""
         from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, Sam2Config, Sam2Model
 
         path_str = str(path)
-        folder = Path(path_str)
+        folder = Path(path_str).expanduser()
         if not folder.exists():
             if path_str in PRESETS:
                 return cls.from_preset(path_str, dtype=dtype)
-            if path_str.count("/") == 1 and not path_str.startswith((".", "/")):
-                folder = _download(path_str)
-            else:
+            if not looks_like_hub_id(path_str):
                 raise ModelFolderError(
                     f"model folder not found: {path_str} (and it is not a preset: {', '.join(PRESETS)})"
                 )
+        folder = local_folder(path_str, "model")
         card_path = folder / MODEL_CARD
         if not card_path.is_file():
             raise ModelFolderError(f"{folder} is not a seganswer model folder (no {MODEL_CARD})")
@@ -177,6 +194,7 @@ class SegAnswerModel(nn.Module):
         for required in ("mllm", "projector.safetensors", "mask_decoder.safetensors", "mask_decoder_config.json"):
             if not (folder / required).exists():
                 raise ModelFolderError(f"{folder} is missing {required}")
+        check_model_folder(folder)
         kwargs = {"dtype": dtype} if dtype is not None else {}
         from transformers.utils import logging as hf_logging
 
@@ -189,7 +207,7 @@ class SegAnswerModel(nn.Module):
             sam = Sam2Model(sam_config)
             sam.load_state_dict(_read_safetensors(folder / "mask_decoder.safetensors"))
             projector_state = _read_safetensors(folder / "projector.safetensors")
-            # The projector maps the MLLM's hidden size to SAM's prompt dimension; check both ends.
+            # The projector maps the MLLM's hidden size to SAM's prompt dimension (both checked above).
             hidden, prompt_dim = projector_state["fc1.weight"].shape[1], projector_state["fc2.weight"].shape[0]
             projector = SegProjector(hidden, prompt_dim)
             projector.load_state_dict(projector_state)
@@ -201,12 +219,6 @@ class SegAnswerModel(nn.Module):
         if tokens.SEG_TOKEN not in processor.tokenizer.get_vocab():
             raise SegTokenError(f"the tokenizer in {folder / 'mllm'} has no {tokens.SEG_TOKEN} token")
         mask_decoder = SamMaskDecoder(sam)
-        expected = (mllm.config.text_config.hidden_size, mask_decoder.prompt_dim)
-        if (hidden, prompt_dim) != expected:
-            raise ModelFolderError(
-                f"{folder / 'projector.safetensors'} maps {hidden} -> {prompt_dim} but the model needs "
-                f"{expected[0]} -> {expected[1]}"
-            )
         if dtype is not None:
             projector.to(dtype)
             sam.to(dtype)
@@ -496,13 +508,3 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(path)
     except (OSError, SafetensorError) as e:
         raise ModelFolderError(f"cannot read {path}: {e}") from None
-
-
-def _download(repo_id: str) -> Path:
-    """A seganswer model folder published on the hub (needs network access)."""
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id))
-    except Exception as e:  # network, auth, missing repo: one clear line
-        raise UsageError(f"cannot find model {repo_id!r} locally or download it: {e}") from None
