@@ -4,7 +4,8 @@ The paper merges the LoRA weights into the MLLM after Stage 1 (§3.1). This rebu
 starting model, applies the run's LoRA configuration, loads a checkpoint's trainable state (LoRA
 matrices, ``<|seg|>`` embedding rows, projector, SAM prompt encoder and mask decoder), folds the
 adapters into the weights with peft's ``merge_and_unload`` and writes one self-describing folder
-(``SegAnswerModel.save_pretrained``) whose ``seganswer.json`` carries the run's resolved settings.
+(``SegAnswerModel.save_pretrained``) in the run's ``dtype`` (every tensor) whose ``seganswer.json``
+carries the run's resolved settings.
 A ``lora`` run already ends this way in ``RUN_DIR/model/``; the command serves any checkpoint.
 """
 
@@ -18,7 +19,12 @@ from seganswer_cli.errors import UsageError
 from seganswer_cli.train import runs
 from seganswer_cli.train.lora import merge_lora
 from seganswer_cli.train.stage1 import STAGE, setup_trainable, training_record
-from seganswer_cli.train.stage_setup import float32_trainables, load_starting_model, quiet_transformers
+from seganswer_cli.train.stage_setup import (
+    cast_to_run_dtype,
+    float32_trainables,
+    load_starting_model,
+    quiet_transformers,
+)
 
 
 def load_lora_run(run_dir: str | Path, checkpoint: str | None = None):
@@ -51,6 +57,7 @@ def merge_lora_run(run_dir: str | Path, out_dir: str | Path, *, checkpoint: str 
     check_output_folder(out, overwrite=overwrite)
     model, peft_model, settings, path = load_lora_run(run_dir, checkpoint)
     merge_lora(model, peft_model)
+    cast_to_run_dtype(model, settings["config"]["dtype"])  # the trainables were float32; the folder is the run's dtype
     step = runs.read_trainer_state(path)["step"]
     info = training_record(model, settings, runs.RunFolder(run_dir), step)
     info["training"]["merged_from"] = path.name

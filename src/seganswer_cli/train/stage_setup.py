@@ -99,11 +99,12 @@ def quiet_transformers():
 def load_starting_model(config):
     """The model a run starts from: ``config.model``, a folder or a preset; a preset with local
     copies of its MLLM and SAM 2.1 when the config has ``mllm_path``/``sam_path`` (Stage 1).
-    ``dtype: float32`` loads the checkpoint's own dtype (the trainable parts become float32 in
-    ``ready_to_train``)."""
+    Every weight is loaded in the run's ``dtype``, whatever the checkpoint stores (a published bf16
+    MLLM becomes float32 in a ``dtype: float32`` run); the trainable parts become float32 in
+    ``ready_to_train``."""
     from seganswer_cli.model import PRESETS, SegAnswerModel
 
-    dtype = None if config.dtype == "float32" else getattr(torch, config.dtype)
+    dtype = run_dtype(config.dtype)
     mllm_path, sam_path = getattr(config, "mllm_path", None), getattr(config, "sam_path", None)
     with quiet_transformers():
         if mllm_path or sam_path:
@@ -111,6 +112,17 @@ def load_starting_model(config):
                 raise UsageError("--mllm-path/--sam-path apply to a preset name, not to a model folder")
             return SegAnswerModel.from_preset(config.model, mllm_path=mllm_path, sam_path=sam_path, dtype=dtype)
         return SegAnswerModel.from_pretrained(config.model, dtype=dtype)
+
+
+def run_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a run's ``dtype`` setting (``float32``, ``bfloat16``, ``float16``)."""
+    return getattr(torch, name)
+
+
+def cast_to_run_dtype(model, name: str) -> None:
+    """Every weight of ``model`` in the run's ``dtype`` (what trained was kept in float32): what a
+    finished stage and ``merge-lora`` write."""
+    model.to(run_dtype(name))
 
 
 def train_the_mllm(model, *, freeze_vision: bool) -> None:
@@ -306,8 +318,7 @@ def save_trained_model(accelerator, run, model, dtype: str, info, *, show: bool)
     ``run``'s ``model/`` (atomically: ``runs.save_final_model``) and say so when ``show``; every
     process then waits. Returns the model folder."""
     if accelerator.is_main_process:
-        if dtype != "float32":
-            model.to(getattr(torch, dtype))
+        cast_to_run_dtype(model, dtype)
         extra = info()
         with quiet_transformers():
             runs.save_final_model(run, lambda folder: model.save_pretrained(folder, extra_info=extra))
