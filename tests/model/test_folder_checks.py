@@ -231,6 +231,20 @@ def test_meta_sam_checkpoint_of_another_size_than_its_yaml(monkeypatch, capsys, 
     assert checksums(folder) == before and not (tmp_path / "o").exists()
 
 
+def test_truncated_meta_sam_checkpoint(monkeypatch, capsys, tmp_path):
+    from test_sam_checkpoint import meta_state_of, tiny_yaml
+
+    from seganswer_cli.model.mask_decoder import build_tiny_sam
+
+    checkpoint = tmp_path / "tiny.pt"
+    torch.save({"model": meta_state_of(build_tiny_sam(image_size=128, seed=3, mlp_dim=2048))}, checkpoint)
+    (tmp_path / "tiny.yaml").write_text(tiny_yaml())
+    truncate(checkpoint, checkpoint.stat().st_size // 2)
+    code, err = run_cli(monkeypatch, capsys, "model", "init", "tiny", "--sam", checkpoint, "--out", tmp_path / "o")
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {checkpoint} is not a SAM 2 checkpoint (cannot read it: "), err
+
+
 # -- the header reader itself -------------------------------------------------------------------------
 
 
