@@ -56,8 +56,10 @@ class DataError(SegAnswerError):
 
 def read_json(path, error: type[SegAnswerError] | None = None):
     """The JSON value in the file ``path`` (UTF-8); a file that is not valid JSON (or not UTF-8)
-    raises ``error`` (default ``DataError``) as one line naming the file."""
+    raises ``error`` (default ``DataError``) as one line naming the file, as does one that cannot be read."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise (error or DataError)(f"{path}: not valid JSON: {e}") from None
+    except OSError as e:
+        raise (error or DataError)(f"cannot read {path}: {e.strerror or e}") from None

@@ -268,3 +268,11 @@ def test_sharded_weights_with_a_missing_shard(tmp_path):
         weight_entries(tmp_path)
     save_file({"b": torch.zeros(4)}, tmp_path / "model-00002-of-00002.safetensors")
     assert {k: v.shape for k, v in weight_entries(tmp_path).items()} == {"a": (2, 3), "b": (4,)}
+
+
+def test_a_json_file_that_cannot_be_read_is_one_line(tmp_path):
+    from seganswer_cli.errors import read_json
+
+    (tmp_path / "config.json").mkdir()  # reading it fails as an unreadable file does
+    with pytest.raises(ModelFolderError, match=r"^cannot read .*config\.json: Is a directory$"):
+        read_json(tmp_path / "config.json", ModelFolderError)
