@@ -67,6 +67,13 @@ def test_probe_of_a_closed_port_is_fast_and_false():
         assert sources.endpoint_reachable(f"http://127.0.0.1:{server.getsockname()[1]}")
 
 
+def test_probe_gives_up_on_a_name_lookup_that_does_not_answer(monkeypatch):
+    monkeypatch.setattr(sources.socket, "create_connection", lambda *a, **k: time.sleep(5))
+    start = time.monotonic()
+    assert not sources.endpoint_reachable("https://hub.invalid", timeout=0.2)
+    assert time.monotonic() - start < 1.0
+
+
 def test_unreachable_hub_is_one_line_naming_the_option(monkeypatch, capsys, tmp_path, no_hub):
     start = time.monotonic()
     code, err = run_cli(monkeypatch, capsys, "model", "init", "qwen2.5-vl-7b", "--out", tmp_path / "out")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -53,16 +54,26 @@ def hub_endpoint() -> str:
 
 
 def endpoint_reachable(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether ``endpoint`` (a URL) accepts a TCP connection within ``timeout`` seconds."""
+    """Whether ``endpoint`` (a URL) accepts a TCP connection within ``timeout`` seconds. The name
+    lookup is bounded too: it runs in a daemon thread that is given up on (a resolver that does
+    not answer would otherwise block for its own, much longer, timeout)."""
     parts = urlsplit(endpoint)
     if not parts.hostname:
         return False
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    connected: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=timeout):
+                connected.append(True)
+        except OSError:
+            pass
+
+    probe = threading.Thread(target=connect, daemon=True)
+    probe.start()
+    probe.join(timeout)  # returns as soon as the connection is made or refused
+    return bool(connected)
 
 
 def cached_snapshot(repo_id: str) -> Path | None:
