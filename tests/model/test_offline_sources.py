@@ -68,7 +68,11 @@ def test_probe_of_a_closed_port_is_fast_and_false():
 
 
 def test_probe_gives_up_on_a_name_lookup_that_does_not_answer(monkeypatch):
-    monkeypatch.setattr(sources.socket, "create_connection", lambda *a, **k: time.sleep(5))
+    def slow_resolver(*args, **kwargs):
+        time.sleep(1.5)
+        raise socket.gaierror("Temporary failure in name resolution")
+
+    monkeypatch.setattr(sources.socket, "create_connection", slow_resolver)
     start = time.monotonic()
     assert not sources.endpoint_reachable("https://hub.invalid", timeout=0.2)
     assert time.monotonic() - start < 1.0
