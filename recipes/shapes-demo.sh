@@ -16,6 +16,7 @@
 set -euo pipefail
 
 OUT=${1:-runs/shapes-demo}
+WORLD=${WORLD:-demo}           # the shapes world of every data set but the closeups (wide: docs/data.md)
 SEED=${SEED:-0}                 # data seeds are SEED*100 + 1..9; the benchmark uses seed 100003
 POINTS_STEPS=${POINTS_STEPS:-1000}
 STANDIN_STEPS=${STANDIN_STEPS:-2400}
@@ -36,15 +37,15 @@ data() {
 
 s=$((SEED * 100))
 say "data"
-{ data standin-ref 12000 --world demo    --kind refseg --seed $((s + 1))
-  data standin-qa  12000 --world demo    --kind vqa    --seed $((s + 3))
-  data qseg        8000  --world demo    --kind qseg   --seed $((s + 6))
-  data rl          2000  --world demo    --kind rl     --seed $((s + 8)); } & first=$!
+{ data standin-ref 12000 --world "$WORLD" --kind refseg --seed $((s + 1))
+  data standin-qa  12000 --world "$WORLD" --kind vqa    --seed $((s + 3))
+  data qseg        8000  --world "$WORLD" --kind qseg   --seed $((s + 6))
+  data rl          2000  --world "$WORLD" --kind rl     --seed $((s + 8)); } & first=$!
 { data closeup-ref 3000  --world closeup --kind refseg --seed $((s + 2))
   data closeup-qa  6000  --world closeup --kind vqa    --seed $((s + 4))
-  data ref         8000  --world demo    --kind refseg --seed $((s + 5))
-  data vqa         8000  --world demo    --kind vqa    --seed $((s + 7))
-  data val-ref     64    --world demo    --kind refseg --seed $((s + 9)); } & second=$!
+  data ref         8000  --world "$WORLD" --kind refseg --seed $((s + 5))
+  data vqa         8000  --world "$WORLD" --kind vqa    --seed $((s + 7))
+  data val-ref     64    --world "$WORLD" --kind refseg --seed $((s + 9)); } & second=$!
 wait $first; wait $second
 D="$OUT/data"
 

@@ -121,3 +121,26 @@ def test_synth_vstar_layout_is_read_by_the_vstar_reader_both_ways(tmp_path):
     shutil.rmtree(out)
     result = runner.invoke(app, ["data", "synth", "--kind", "refseg", "--layout", "vstar", "--out", str(out)])
     assert result.exit_code != 0 and "use it with --kind vqa" in str(result.exception)
+
+
+def test_synth_wide_world_and_pope_layout(tmp_path):
+    """``--world wide`` draws every scene's own canvas (``--size`` fixes one); ``--layout pope`` writes the
+    three settings' question files that ``eval pope`` reads, a yes and a no per scene and setting."""
+    from seganswer_cli.eval import get_benchmark
+
+    wide = tmp_path / "wide"
+    result = runner.invoke(app, ["data", "synth", "--world", "wide", "--kind", "vqa", "--n", "8", "--seed", "2",
+                                 "--out", str(wide), "--json"])
+    assert result.exit_code == 0, result.output
+    sizes = {(r["width"], r["height"]) for r in map(json.loads, (wide / "records.jsonl").read_text().splitlines())}
+    assert len(sizes) == 8
+    pope = tmp_path / "pope"
+    result = runner.invoke(app, ["data", "synth", "--world", "wide", "--kind", "vqa", "--layout", "pope", "--n", "5",
+                                 "--size", "200x160", "--out", str(pope), "--json"])
+    assert result.exit_code == 0, result.output
+    items = get_benchmark("pope").read(pope).items
+    assert len(items) == 30 and {i.groups["setting"] for i in items} == {"random", "popular", "adversarial"}
+    from PIL import Image
+
+    with Image.open(pope / "images" / "shapes_pope_000000.png") as image:
+        assert image.size == (200, 160)

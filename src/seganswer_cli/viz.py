@@ -8,23 +8,62 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-#: Overlay colours per mask (RGB), cycled.
+#: Outline colours per mask (RGB), cycled.
 MASK_COLOURS = ((255, 64, 64), (64, 160, 255), (64, 220, 96), (255, 200, 40))
+#: How far pixels outside every mask are faded toward ``_FADE_GREY`` (0: not at all, 1: flat grey).
+OUTSIDE_FADE = 0.6
+_FADE_GREY = np.array((128, 128, 128), dtype=np.float32)
 
 
-def overlay_mask(image: Image.Image, mask: np.ndarray, colour=(255, 64, 64), alpha: float = 0.45,
+def _ring(mask: np.ndarray) -> np.ndarray:
+    """Pixels outside ``mask`` with a 4-neighbour inside it: a one-pixel ring just around the mask."""
+    grown = mask.copy()
+    grown[1:] |= mask[:-1]
+    grown[:-1] |= mask[1:]
+    grown[:, 1:] |= mask[:, :-1]
+    grown[:, :-1] |= mask[:, 1:]
+    return grown & ~mask
+
+
+def outline(base: np.ndarray, mask: np.ndarray, colour) -> None:
+    """Draw ``mask``'s outline on ``base`` (H, W, 3 float) in place, outside the mask so that none of
+    its pixels change: rings in ``colour`` with a dark ring around them, visible on any background;
+    one colour ring per 300 pixels of the image's long side, so it survives the figure's downscale."""
+    width = max(1, round(max(mask.shape) / 300))
+    grown, inner = mask.copy(), np.zeros_like(mask)
+    for _ in range(width):
+        ring = _ring(grown)
+        inner |= ring
+        grown |= ring
+    base[_ring(grown)] = (20, 20, 20)
+    base[inner] = colour
+
+
+def overlay_mask(image: Image.Image, mask: np.ndarray, colour=(255, 64, 64),
                  box: tuple[int, int, int, int] | None = None) -> Image.Image:
-    """``image`` with ``mask`` tinted in ``colour``, its outline drawn, and ``box`` (x0, y0, x1, y1) if given."""
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
-    m = np.asarray(mask, dtype=bool)
-    tint = np.array(colour, dtype=np.float32)
-    base[m] = (1 - alpha) * base[m] + alpha * tint
-    # Outline: mask pixels with a background 4-neighbour.
-    edge = m & ~(np.roll(m, 1, 0) & np.roll(m, -1, 0) & np.roll(m, 1, 1) & np.roll(m, -1, 1))
-    base[edge] = tint
-    out = Image.fromarray(base.clip(0, 255).astype(np.uint8))
-    if box is not None:
-        ImageDraw.Draw(out).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=colour, width=2)
+    """``image`` with ``mask`` shown without changing it: the pixels under the mask keep their exact
+    colours (the region's colour is what many questions are about), the rest of the image is faded
+    toward grey, and the mask is outlined in ``colour`` just outside its edge; ``box`` (x0, y0, x1,
+    y1) is drawn if given."""
+    return overlay_masks(image, [(mask, colour, box)])
+
+
+def overlay_masks(image: Image.Image, masks: list[tuple[np.ndarray, tuple, tuple | None]]) -> Image.Image:
+    """``overlay_mask`` for several ``(mask, colour, box)`` at once: outside their union faded once,
+    each outlined in its colour."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float32).copy()
+    union = np.zeros(base.shape[:2], dtype=bool)
+    for mask, _, _ in masks:
+        union |= np.asarray(mask, dtype=bool)
+    if union.any():
+        base[~union] = (1 - OUTSIDE_FADE) * base[~union] + OUTSIDE_FADE * _FADE_GREY
+    for mask, colour, _ in masks:
+        outline(base, np.asarray(mask, dtype=bool), colour)
+    out = Image.fromarray(base.clip(0, 255).round().astype(np.uint8))
+    draw = ImageDraw.Draw(out)
+    for _, colour, box in masks:
+        if box is not None:
+            draw.rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=colour, width=2)
     return out
 
 
@@ -70,6 +109,7 @@ def overlay_steps(image: Image.Image, steps, *, max_side: int | None = None) -> 
     if scale < 1.0:
         out = out.resize((max(1, round(out.width * scale)), max(1, round(out.height * scale))),
                          Image.Resampling.LANCZOS)
+    layers = []
     for i, step in enumerate(steps):
         if step.mask is None:
             continue
@@ -78,8 +118,8 @@ def overlay_steps(image: Image.Image, steps, *, max_side: int | None = None) -> 
         if scale < 1.0:
             mask = np.asarray(Image.fromarray(mask).resize(out.size, Image.Resampling.NEAREST))
             box = None if box is None else tuple(round(v * scale) for v in box)
-        out = overlay_mask(out, mask, MASK_COLOURS[i % len(MASK_COLOURS)], box=box)
-    return out
+        layers.append((mask, MASK_COLOURS[i % len(MASK_COLOURS)], box))
+    return overlay_masks(out, layers) if layers else out
 
 
 def trajectory_figure(image: Image.Image, traj) -> Image.Image:

@@ -53,7 +53,8 @@ def synth(
     size: Annotated[str | None, typer.Option("--size", help="Canvas WIDTHxHEIGHT in pixels (default: the "
                                              "world's; 256x256 for the default world).")] = None,
     world: Annotated[str, typer.Option("--world", help="Named settings: default, demo (the shipped model's "
-                                       "world, docs/shapes-experiment.md), closeup or vstar-like; options below override.")]
+                                       "world, docs/shapes-experiment.md), wide (its vocabulary on any canvas, background and prompt format), "
+                                       "closeup or vstar-like; options below override.")]
     = "default",
     seed: SeedOpt = 0,
     min_objects: Annotated[int | None, typer.Option(help="Fewest shapes per scene.")] = None,
@@ -61,41 +62,45 @@ def synth(
     min_size: Annotated[int | None, typer.Option(help="Smallest shape side (px).")] = None,
     max_size: Annotated[int | None, typer.Option(help="Largest shape side (px).")] = None,
     clutter: Annotated[int | None, typer.Option(help="Grey specks under the shapes.")] = None,
-    layout: Annotated[str, typer.Option("--layout", help="seganswer (a dataset folder any command reads) or vstar "
+    layout: Annotated[str, typer.Option("--layout", help="seganswer (a dataset folder any command reads), vstar "
                                         "(--kind vqa only: the multiple-choice questions in V* Bench's published "
-                                        "layout, for seganswer eval vstar).")] = "seganswer",
+                                        "layout, for seganswer eval vstar) or pope (--kind vqa only: yes/no "
+                                        "questions in POPE's three settings, for seganswer eval pope).")] = "seganswer",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty --out.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Generate a shapes-world dataset folder (images + records.jsonl with COCO RLE masks)."""
     from dataclasses import asdict
 
-    from seganswer_cli.data.shapes_datasets import write_synthetic, write_vstar_layout
+    from seganswer_cli.data.shapes_datasets import write_pope_layout, write_synthetic, write_vstar_layout
     from seganswer_cli.data.shapes_scenes import WORLDS
     from seganswer_cli.data.shapes_scenes import world as named_world
 
     if world not in WORLDS:
         raise UsageError(f"unknown --world {world!r}; choose from {', '.join(WORLDS)}")
-    if layout not in ("seganswer", "vstar"):
-        raise UsageError(f"unknown --layout {layout!r}; choose from seganswer, vstar")
-    if layout == "vstar" and kind.value != "vqa":
-        raise UsageError(f"--layout vstar writes multiple-choice questions: use it with --kind vqa, not {kind.value}")
+    if layout not in ("seganswer", "vstar", "pope"):
+        raise UsageError(f"unknown --layout {layout!r}; choose from seganswer, vstar, pope")
+    if layout != "seganswer" and kind.value != "vqa":
+        raise UsageError(f"--layout {layout} writes benchmark questions: use it with --kind vqa, not {kind.value}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"--out {out} is not empty; pass --overwrite to write into it")
     overrides = {k: v for k, v in dict(min_objects=min_objects, max_objects=max_objects, min_size=min_size,
                                        max_size=max_size, clutter=clutter).items() if v is not None}
     if size is not None or world == "default":
         overrides["width"], overrides["height"] = parse_size(size or "256x256")
+        overrides["canvas_sides"] = None  # one canvas size for every scene
     if world == "default" and "max_size" not in overrides:  # keep the default shape sizes inside small canvases
         overrides["max_size"] = min(64, overrides["width"], overrides["height"])
         overrides.setdefault("min_size", min(16, overrides["max_size"]))
     config = named_world(world, **overrides)
     if not json_out:
-        err_console.print(f"[bold]data synth[/] kind={kind.value} world={world} n={n} size={config.width}x{config.height} "
+        err_console.print(f"[bold]data synth[/] kind={kind.value} world={world} n={n} size={config.canvas_text} "
                           f"seed={seed} -> {out}")
         err_console.print(f"  shapes world: {asdict(config)}", highlight=False)
     if layout == "vstar":
         write_vstar_layout(out, n, config, seed=seed)
+    elif layout == "pope":
+        write_pope_layout(out, n, config, seed=seed)
     else:
         write_synthetic(out, kind.value, n, config, seed=seed)
     if json_out:

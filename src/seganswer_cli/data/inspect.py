@@ -16,9 +16,9 @@ from seganswer_cli.data.formats import Dataset
 from seganswer_cli.data.onerror import RecordErrors
 from seganswer_cli.data.samples import LazyMask, SegSample, VQASample
 from seganswer_cli.errors import DataError
+from seganswer_cli.viz import overlay_mask
 
 #: Contact sheet: brightness kept outside the masks, and the colour of VisualCoT-style boxes.
-OUTSIDE_DIM = 0.3
 MASK_COLOUR = (255, 0, 255)
 
 
@@ -111,17 +111,16 @@ def contact_sheet(samples: Sequence[SegSample | VQASample], out: Path, *, tile: 
     sheet = Image.new("RGB", (columns * tile, rows * (tile + caption)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i, sample in enumerate(samples):
-        image = np.asarray(sample.image.load(), dtype=np.float32)  # (H, W, 3)
+        picture = sample.image.load()
+        image = np.asarray(picture)  # (H, W, 3)
         masks = [sample.mask] if isinstance(sample, SegSample) else list(sample.region_masks)
         region = np.zeros(image.shape[:2], dtype=bool)  # (H, W) union of the sample's masks
         for mask in masks:
             m = mask.decode()
             if m.shape == region.shape:
                 region |= m
-        if region.any():
-            # dim everything outside the masks rather than tint inside: colours stay readable
-            image[~region] *= OUTSIDE_DIM
-        thumb = Image.fromarray(image.round().astype(np.uint8))
+        # the region's own pixels unchanged (its colour is often what a question asks), the rest faded
+        thumb = overlay_mask(picture, region, MASK_COLOUR)
         scale = min(tile / thumb.width, tile / thumb.height)
         thumb = thumb.resize((max(1, round(thumb.width * scale)), max(1, round(thumb.height * scale))),
                              Image.Resampling.NEAREST)

@@ -15,7 +15,8 @@ Four sample kinds come out of the shapes world (``shapes_scenes``, ``shapes_lang
 
 ``write_vstar_layout`` writes the multiple-choice ``vqa`` questions in V* Bench's published layout
 (``test_questions.jsonl`` + per-image annotations listing the right option first), so that
-``seganswer eval vstar`` and its protocols (option order) run offline on the shapes world.
+``seganswer eval vstar`` and its protocols (option order) run offline on the shapes world;
+``write_pope_layout`` writes yes/no questions in POPE's layout (three settings) for ``eval pope``.
 
 The same seed gives byte-identical output: each sample ``i`` draws from its own generator seeded
 by ``(seed, kind, i)``, so the first samples do not change when ``n`` grows.
@@ -31,7 +32,16 @@ from pathlib import Path
 import numpy as np
 
 from seganswer_cli.data.samples import OPTION_LETTERS, ImageRef, LazyMask, SegSample, VQASample
-from seganswer_cli.data.shapes_language import holds, matches, pick, resolve, unique_descriptions
+from seganswer_cli.data.shapes_language import (
+    QUESTION_TEMPLATES,
+    ask,
+    holds,
+    matches,
+    pick,
+    resolve,
+    unique_descriptions,
+    vary_description,
+)
 from seganswer_cli.data.shapes_scenes import (
     QUESTION_TYPES,
     Scene,
@@ -45,7 +55,7 @@ from seganswer_cli.data.shapes_scenes import (
 from seganswer_cli.errors import UsageError
 
 SAMPLE_KINDS = ("refseg", "vqa", "rl", "qseg")
-_KIND_CODES = {"refseg": 1, "vqa": 2, "rl": 3, "qseg": 4}
+_KIND_CODES = {"refseg": 1, "vqa": 2, "rl": 3, "qseg": 4, "pope": 5}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +104,16 @@ def _options(rng: np.random.Generator, answer: str, pool: tuple[str, ...], k: in
     return options, OPTION_LETTERS[options.index(answer)]
 
 
+def _said(rng: np.random.Generator, config: ShapesConfig, qtype: str, **slots: str) -> str:
+    """The question of ``qtype`` with ``slots``: its first wording, or with ``phrasings="varied"`` any
+    wording of ``QUESTION_TEMPLATES`` with its descriptions said another way."""
+    templates = QUESTION_TEMPLATES[qtype]
+    if config.phrasings == "fixed":
+        return ask(templates[0], **slots)
+    template = templates[int(rng.integers(len(templates)))]
+    return ask(template, **{k: vary_description(rng, v) if k in ("a", "b") else v for k, v in slots.items()})
+
+
 def _question(scene: Scene, rng: np.random.Generator, config: ShapesConfig, *, for_rl: bool) -> dict | None:
     """A question about the scene's target (its last shape): type, text, answer, answering shape ids."""
     target = scene.shapes[-1]
@@ -102,15 +122,15 @@ def _question(scene: Scene, rng: np.random.Generator, config: ShapesConfig, *, f
         if qtype == "colour":
             desc = pick(rng, unique_descriptions(scene, target, use_colour=False), config.expressions)
             if desc:
-                return {"type": "colour", "question": f"What is the colour of {desc}?", "answer": target.colour,
+                return {"type": "colour", "question": _said(rng, config, "colour", a=desc), "answer": target.colour,
                         "ids": [target.id], "pool": config.colours}
         elif qtype == "shape":
             desc = pick(rng, unique_descriptions(scene, target, use_kind=False), config.expressions)
             if desc:
-                return {"type": "shape", "question": f"What shape is {desc}?", "answer": target.kind,
+                return {"type": "shape", "question": _said(rng, config, "shape", a=desc), "answer": target.kind,
                         "ids": [target.id], "pool": config.kinds}
         elif qtype == "position":
-            found = _position_question(scene, target, rng)
+            found = _position_question(scene, target, rng, config)
             if found:
                 return found
         elif qtype == "count":
@@ -118,12 +138,12 @@ def _question(scene: Scene, rng: np.random.Generator, config: ShapesConfig, *, f
             kind = None if colour else target.kind
             ids = [s.id for s in matches(scene, colour, kind or "shape")]
             what = f"{colour} shapes" if colour else f"{kind}s"
-            return {"type": "count", "question": f"How many {what} are there in the image?", "answer": str(len(ids)),
+            return {"type": "count", "question": _said(rng, config, "count", what=what), "answer": str(len(ids)),
                     "ids": ids, "pool": ()}
     return None
 
 
-def _position_question(scene: Scene, target: Shape, rng: np.random.Generator) -> dict | None:
+def _position_question(scene: Scene, target: Shape, rng: np.random.Generator, config: ShapesConfig) -> dict | None:
     target_desc = pick(rng, {"simple": unique_descriptions(scene, target, use_relations=False)["simple"]})
     if target_desc is None:
         return None
@@ -134,16 +154,55 @@ def _position_question(scene: Scene, target: Shape, rng: np.random.Generator) ->
         other_desc = pick(rng, {"simple": unique_descriptions(scene, other, use_relations=False)["simple"]})
         if other_desc is None:
             continue
-        if holds("left of", target, other) or holds("right of", target, other):
-            answer = "left" if holds("left of", target, other) else "right"
-            return {"type": "position", "question": f"Is {target_desc} to the left or to the right of {other_desc}?",
-                    "answer": answer, "ids": [target.id, other.id], "pool": ("left", "right")}
-        if holds("above", target, other) or holds("below", target, other):
-            answer = "above" if holds("above", target, other) else "below"
-            return {"type": "position", "question": f"Is {target_desc} above or below {other_desc}?",
-                    "answer": answer, "ids": [target.id, other.id], "pool": ("above", "below")}
+        for axis, words in (("horizontal", ("left", "right")), ("vertical", ("above", "below"))):
+            relations = ("left of", "right of") if axis == "horizontal" else words
+            for word, relation in zip(words, relations, strict=True):
+                if holds(relation, target, other):
+                    return {"type": "position", "question": _said(rng, config, axis, a=target_desc, b=other_desc),
+                            "answer": word, "ids": [target.id, other.id], "pool": words}
     return None
 
+
+#: The yes/no questions' styles: POPE's existence question, and checks of the target's colour or kind.
+YES_NO_STYLES = ("exists", "is_colour", "is_kind")
+
+
+def _yes_no_question(scene: Scene, rng: np.random.Generator, config: ShapesConfig) -> dict | None:
+    """A yes/no question about the scene's target, answered yes half the time.
+
+    ``exists``: "Is there a red star in the image?" naming the target's colour and kind (yes; the
+    shapes of that colour and kind answer it) or the target's kind with a colour no shape of that
+    kind has (no; the target is where one would look). ``is_colour`` / ``is_kind``: the target
+    described without that attribute, asked with its own (yes) or another one of the world (no).
+    """
+    target = scene.shapes[-1]
+    yes = bool(rng.random() < 0.5)
+    styles = [s for s in YES_NO_STYLES if s == "exists" or {"is_colour": "colour", "is_kind": "shape"}[s]
+              in config.question_types]
+    for style in [styles[int(i)] for i in rng.permutation(len(styles))]:
+        if style == "exists":
+            colour = target.colour
+            if not yes:
+                absent = [c for c in config.colours if not matches(scene, c, target.kind)]
+                if not absent:
+                    continue
+                colour = absent[int(rng.integers(len(absent)))]
+            ids = [s.id for s in matches(scene, colour, target.kind)] or [target.id]
+            return {"type": "exists", "question": _said(rng, config, "exists", colour=colour, kind=target.kind),
+                    "answer": "yes" if yes else "no", "ids": ids}
+        use_colour = style == "is_kind"
+        desc = pick(rng, unique_descriptions(scene, target, use_colour=use_colour, use_kind=not use_colour),
+                    config.expressions)
+        if not desc:
+            continue
+        own, pool, slot = ((target.colour, config.colours, "colour") if style == "is_colour"
+                           else (target.kind, config.kinds, "kind"))
+        others = [v for v in pool if v != own]
+        value = own if yes else others[int(rng.integers(len(others)))]
+        return {"type": "colour" if style == "is_colour" else "shape",
+                "question": _said(rng, config, style, a=desc, **{slot: value}),
+                "answer": "yes" if yes else "no", "ids": [target.id]}
+    return None
 
 
 def generate_samples(kind: str, n: int, config: ShapesConfig | None = None, *, seed: int = 0,
@@ -179,6 +238,11 @@ def _one_sample(kind: str, index: int, config: ShapesConfig, seed: int) -> SegSa
         question = _question(scene, rng, config, for_rl=kind == "rl")
         if question is None:
             continue
+        asked_yes_no = kind == "vqa" and config.yes_no > 0 and rng.random() < config.yes_no
+        if asked_yes_no:
+            question = _yes_no_question(scene, rng, config)
+            if question is None:
+                continue
         image = render(scene, config, rng)
         extra = {"scene": scene.to_dict(), "target_ids": question["ids"], "question_type": question["type"]}
         if kind == "qseg":  # ReasonSeg-style: the query is a question, the mask is the region answering it
@@ -191,14 +255,23 @@ def _one_sample(kind: str, index: int, config: ShapesConfig, seed: int) -> SegSa
                 id=f"shapes:rl:{seed}:{index}", image=_image_ref(image, index), question=question["question"],
                 answer=question["answer"], source="shapes-rl",
                 answer_type="number" if question["type"] == "count" else "text", region_masks=masks, extra=extra)
-        if rng.random() < config.multiple_choice:
+        sample_id = f"shapes:vqa:{seed}:{index}"
+        if asked_yes_no:
+            return VQASample(
+                id=sample_id, image=_image_ref(image, index), question=question["question"], answer=question["answer"],
+                source="shapes-vqa", answer_type="text", region_masks=masks,
+                extra={**extra, "prompt_format": "yesno"})
+        # the chance of multiple choice among the questions not asked as yes/no
+        if rng.random() < config.multiple_choice / (1.0 - config.yes_no):
+            layout = config.mc_layouts[int(rng.integers(len(config.mc_layouts)))] if len(config.mc_layouts) > 1 \
+                else config.mc_layouts[0]
             options, letter = _options(rng, question["answer"], tuple(question["pool"]))
             return VQASample(
-                id=f"shapes:vqa:{seed}:{index}", image=_image_ref(image, index), question=question["question"],
+                id=sample_id, image=_image_ref(image, index), question=question["question"],
                 answer=question["answer"], source="shapes-vqa", options=options, answer_letter=letter,
-                answer_type="choice", region_masks=masks, extra=extra)
+                answer_type="choice", region_masks=masks, extra={**extra, "prompt_format": layout})
         return VQASample(
-            id=f"shapes:vqa:{seed}:{index}", image=_image_ref(image, index), question=question["question"],
+            id=sample_id, image=_image_ref(image, index), question=question["question"],
             answer=question["answer"], source="shapes-vqa", answer_type="text", region_masks=masks, extra=extra)
     raise UsageError(f"could not make a {kind} sample from 100 scenes; loosen the shapes-world settings")
 
@@ -219,7 +292,8 @@ def write_synthetic(out: Path, kind: str, n: int, config: ShapesConfig | None = 
         for index, sample in enumerate(generate_samples(kind, n, config, seed=seed)):
             relative = f"images/{index:06d}.png"
             (out / relative).write_bytes(sample.image.data)
-            yield sample_to_record(sample, relative, config.width, config.height)
+            scene = sample.extra["scene"]
+            yield sample_to_record(sample, relative, scene["width"], scene["height"])
 
     settings = {"generator": "shapes", "kind": kind, "n": n, "seed": seed, "config": asdict(config)}
     write_dataset(out, kind, records(), settings)
@@ -245,7 +319,7 @@ def write_vstar_layout(out: Path, n: int, config: ShapesConfig | None = None, *,
 
     # V* asks only multiple choice: every question becomes one (the scene, question and image of sample i
     # are drawn before the choice, so they are those of shapes-vqa's sample i)
-    config = replace(config or ShapesConfig(), multiple_choice=1.0)
+    config = replace(config or ShapesConfig(), multiple_choice=1.0, yes_no=0.0, mc_layouts=("vstar",))
     out = Path(out)
     records = []
     for index in range(n):
@@ -265,4 +339,68 @@ def write_vstar_layout(out: Path, n: int, config: ShapesConfig | None = None, *,
                         "question_id": len(records), "label": letter})
     with (out / "test_questions.jsonl").open("w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(r) + "\n" for r in records)
+    return out
+
+
+#: POPE's three ways of choosing the absent object of a "no" question, in the shapes world's terms.
+POPE_SETTINGS = ("random", "popular", "adversarial")
+
+
+def _absent(scene: Scene, config: ShapesConfig, setting: str, rng: np.random.Generator) -> tuple[str, str]:
+    """The (colour, kind) of a "no" question: a combination no shape of the scene has, chosen as POPE's
+    setting chooses its absent object.
+
+    ``random``: any absent combination of the world's colours and kinds. ``popular`` (POPE: the most
+    frequent objects): one whose colour is the scene's most common colour or whose kind is its most
+    common kind. ``adversarial`` (POPE: objects that co-occur with those present): one whose colour
+    and kind are both in the scene, on different shapes, so only their binding is wrong. A setting
+    with no candidate in a scene falls back to the one before it.
+    """
+    present = {(s.colour, s.kind) for s in scene.shapes}
+    absent = [(c, k) for c in config.colours for k in config.kinds if (c, k) not in present]
+    colours, kinds = [s.colour for s in scene.shapes], [s.kind for s in scene.shapes]
+    common_colour = max(config.colours, key=colours.count)
+    common_kind = max(config.kinds, key=kinds.count)
+    candidates = {
+        "random": absent,
+        "popular": [(c, k) for c, k in absent if c == common_colour or k == common_kind],
+        "adversarial": [(c, k) for c, k in absent if c in colours and k in kinds],
+    }
+    for name in reversed(POPE_SETTINGS[:POPE_SETTINGS.index(setting) + 1]):
+        if candidates[name]:
+            return candidates[name][int(rng.integers(len(candidates[name])))]
+    raise UsageError("every colour and kind of the world is in the scene; use more colours or kinds for POPE")
+
+
+def write_pope_layout(out: Path, n: int, config: ShapesConfig | None = None, *, seed: int = 0) -> Path:
+    """``n`` scenes with one "yes" and one "no" question each per setting, in POPE's published layout::
+
+        out/coco_pope_random.json        JSON lines {"question_id", "image", "text", "label"}:
+        out/coco_pope_popular.json       "Is there a <colour> <kind> in the image?" (POPE's template),
+        out/coco_pope_adversarial.json   yes for a shape of the scene, no as the setting chooses
+        out/images/shapes_pope_<index>.png
+
+    so that ``seganswer eval pope`` runs offline on the shapes world. A "yes" asks about the scene's
+    target (its small topmost shape); the "no" of each setting is ``_absent``'s. Questions alternate
+    yes, no per scene, as POPE's files do.
+    """
+    config = config or ShapesConfig()
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    template = QUESTION_TEMPLATES["exists"][0]
+    files = {setting: [] for setting in POPE_SETTINGS}
+    for index in range(n):
+        rng = _sample_rng(seed, "pope", index)
+        scene = generate_scene(config, rng, small_target=True)
+        name = f"shapes_pope_{index:06d}.png"
+        (out / "images" / name).write_bytes(encode_png(render(scene, config, rng)))
+        target = scene.shapes[-1]
+        for setting, records in files.items():
+            colour, kind = _absent(scene, config, setting, rng)
+            for words, label in (((target.colour, target.kind), "yes"), ((colour, kind), "no")):
+                text = ask(template, colour=words[0], kind=words[1])
+                records.append({"question_id": len(records) + 1, "image": name, "text": text, "label": label})
+    for setting, records in files.items():
+        with (out / f"coco_pope_{setting}.json").open("w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in records)
     return out

@@ -7,6 +7,12 @@ re-derive the ground truth:
   ids of the shapes it names (or raises ``ExpressionError`` when it names none or is ambiguous);
 * ``answer_question(question, scene)`` parses a generated question and computes its answer;
 * ``more_expressions(scene, n, seed=...)`` describes further single shapes of a scene.
+
+The grammar takes the words people use as well as the generator's own: ``small``, ``tiny`` and
+``little`` mean ``smallest``; ``big``, ``large`` and ``biggest`` mean ``largest``; ``object`` means
+``shape``. ``QUESTION_TEMPLATES`` lists each question type's phrasings (the first is the one a
+``phrasings="fixed"`` world always asks), and ``answer_question`` parses every one of them, so a
+question is generated and re-derived from one table.
 """
 
 from __future__ import annotations
@@ -39,6 +45,29 @@ class _NounPhrase:
 
 
 _WORD = re.compile(r"[a-z]+")
+#: Words of ordinary questions read as the grammar's own (``the small square`` is ``the smallest square``).
+SYNONYMS = {"small": "smallest", "tiny": "smallest", "little": "smallest", "big": "largest", "large": "largest",
+            "biggest": "largest", "object": "shape", "objects": "shapes"}
+#: How a description's words may be said instead (``vary_description``); the first is the grammar's.
+_SAID_AS = {"smallest": ("smallest", "small", "tiny", "little"), "largest": ("largest", "big", "large", "biggest"),
+            "shape": ("shape", "shape", "object")}
+
+
+def _words(text: str) -> list[str]:
+    return [SYNONYMS.get(w, w) for w in _WORD.findall(text.lower())]
+
+
+def vary_description(rng: np.random.Generator, text: str) -> str:
+    """``text`` with its superlative and its ``shape`` said another way at random (same meaning:
+    ``resolve`` reads every variant as the original).
+
+    >>> vary_description(np.random.default_rng(1), "the smallest red shape") in (
+    ...     "the smallest red shape", "the small red shape", "the tiny red shape", "the little red shape",
+    ...     "the smallest red object", "the small red object", "the tiny red object", "the little red object")
+    True
+    """
+    words = text.split(" ")
+    return " ".join(choices[int(rng.integers(len(choices)))] if (choices := _SAID_AS.get(w)) else w for w in words)
 
 
 def _parse_np(words: list[str], allow_relation: bool = True) -> _NounPhrase:
@@ -99,7 +128,7 @@ def resolve(expression: str, scene: Scene) -> list[int]:
     Grammar: ``the [largest|smallest] [COLOUR] KIND|shape [(left of|right of|above|below) the
     [COLOUR] KIND|shape]``, several such joined by `` and ``, or ``all [COLOUR] KINDs|shapes``.
     """
-    words = _WORD.findall(expression.lower())
+    words = _words(expression)
     if words[:1] == ["all"]:
         if len(words) not in (2, 3):
             raise ExpressionError(f"expected 'all [COLOUR] KINDs|shapes', got {expression!r}")
@@ -183,41 +212,89 @@ def pick(rng: np.random.Generator, families: dict[str, list[str]],
     return family[int(rng.integers(len(family)))]
 
 
-_QUESTION_PATTERNS = (
-    ("colour", re.compile(r"^What is the colour of (?P<a>.+)\?$")),
-    ("shape", re.compile(r"^What shape is (?P<a>.+)\?$")),
-    ("horizontal", re.compile(r"^Is (?P<a>.+) to the left or to the right of (?P<b>.+)\?$")),
-    ("vertical", re.compile(r"^Is (?P<a>.+) above or below (?P<b>.+)\?$")),
-    ("count", re.compile(r"^How many (?P<what>.+) are there in the image\?$")),
-)
+#: Each question type's phrasings: ``{a}`` (and ``{b}``) a description, ``{what}`` a plural, ``{colour}``
+#: and ``{kind}`` words. The first of each is the generator's original wording.
+QUESTION_TEMPLATES: dict[str, tuple[str, ...]] = {
+    "colour": ("What is the colour of {a}?", "What colour is {a}?", "What color is {a}?",
+               "What is the color of {a}?", "Which colour is {a}?", "Tell me the colour of {a}.",
+               "Can you tell me what colour {a} is?", "{A} is what colour?"),
+    "shape": ("What shape is {a}?", "What is the shape of {a}?", "Which shape is {a}?",
+              "What kind of shape is {a}?", "Tell me the shape of {a}.", "{A} is what shape?"),
+    "horizontal": ("Is {a} to the left or to the right of {b}?", "Is {a} left or right of {b}?",
+                   "Is {a} on the left or on the right of {b}?"),
+    "vertical": ("Is {a} above or below {b}?", "Is {a} higher or lower than {b}?"),
+    "count": ("How many {what} are there in the image?", "How many {what} are there?",
+              "Count the {what} in the image."),
+    # yes/no: POPE's own template first, then verifications of the target's colour or kind
+    "exists": ("Is there a {colour} {kind} in the image?", "Is there any {colour} {kind} in the picture?",
+               "Does the image contain a {colour} {kind}?"),
+    "is_colour": ("Is {a} {colour}?", "Is the colour of {a} {colour}?"),
+    "is_kind": ("Is {a} a {kind}?",),
+}
+_POSITION_WORDS = {"horizontal": (("left", "left of"), ("right", "right of")),
+                   "vertical": (("above", "above"), ("below", "below"))}
+_SLOT = {"a": r"(?P<a>.+?)", "A": r"(?P<a>.+?)", "b": r"(?P<b>.+?)", "what": r"(?P<what>.+?)",
+         "colour": "(?P<colour>" + "|".join(COLOURS) + ")", "kind": "(?P<kind>" + "|".join((*KINDS, "shape")) + ")"}
+
+
+def _pattern(template: str) -> re.Pattern:
+    parts = re.split(r"\{(\w+)\}", template)  # text, slot, text, slot, ...
+    return re.compile("^" + "".join(_SLOT[p] if i % 2 else re.escape(p) for i, p in enumerate(parts)) + "$",
+                      re.IGNORECASE)
+
+
+_QUESTION_PATTERNS = tuple((qtype, _pattern(t)) for qtype, templates in QUESTION_TEMPLATES.items() for t in templates)
+
+
+def ask(template: str, **slots: str) -> str:
+    """A question from a template: ``{A}`` is ``{a}`` with its first letter capitalised.
+
+    >>> ask("{A} is what colour?", a="the small star")
+    'The small star is what colour?'
+    """
+    if "a" in slots:
+        slots["A"] = slots["a"][:1].upper() + slots["a"][1:]
+    return template.format(**slots)
 
 
 def answer_question(question: str, scene: Scene) -> str:
-    """The answer to a generated question, computed from the scene graph by parsing the question."""
+    """The answer to a generated question (any phrasing of ``QUESTION_TEMPLATES``), computed from the
+    scene graph by parsing the question: a colour, a kind, a position word, a count, ``yes`` or ``no``.
+    A question several phrasings match (``Is the colour of the star red?``) is read by the first whose
+    descriptions name shapes of the scene."""
+    error: ExpressionError | None = None
     for qtype, pattern in _QUESTION_PATTERNS:
-        match = pattern.match(question)
-        if not match:
-            continue
-        if qtype == "count":
-            return str(len(resolve(f"all {match['what']}", scene))) if _matches_any(match["what"], scene) else "0"
-        (a,) = resolve(match["a"], scene)
-        shape_a = scene.shapes[a]
-        if qtype == "colour":
-            return shape_a.colour
-        if qtype == "shape":
-            return shape_a.kind
-        (b,) = resolve(match["b"], scene)
-        shape_b = scene.shapes[b]
-        if qtype == "horizontal":
-            for word, rel in (("left", "left of"), ("right", "right of")):
-                if holds(rel, shape_a, shape_b):
-                    return word
-        else:
-            for word in ("above", "below"):
-                if holds(word, shape_a, shape_b):
-                    return word
-        raise ExpressionError(f"the relation asked in {question!r} does not hold either way")
-    raise ExpressionError(f"not a shapes-world question: {question!r}")
+        match = pattern.match(question.strip())
+        if match:
+            try:
+                return _answer(qtype, match, question, scene)
+            except ExpressionError as e:
+                error = error or e
+    raise error or ExpressionError(f"not a shapes-world question: {question!r}")
+
+
+def _answer(qtype: str, match: re.Match, question: str, scene: Scene) -> str:
+    if qtype == "count":
+        return str(len(resolve(f"all {match['what']}", scene))) if _matches_any(match["what"], scene) else "0"
+    if qtype == "exists":
+        colour, kind = match["colour"].lower(), match["kind"].lower()
+        return "yes" if matches(scene, colour, SYNONYMS.get(kind, kind)) else "no"
+    (a,) = resolve(match["a"], scene)
+    shape_a = scene.shapes[a]
+    if qtype == "colour":
+        return shape_a.colour
+    if qtype == "shape":
+        return shape_a.kind
+    if qtype == "is_colour":
+        return "yes" if shape_a.colour == match["colour"].lower() else "no"
+    if qtype == "is_kind":
+        return "yes" if shape_a.kind == match["kind"].lower() else "no"
+    (b,) = resolve(match["b"], scene)
+    shape_b = scene.shapes[b]
+    for word, rel in _POSITION_WORDS[qtype]:
+        if holds(rel, shape_a, shape_b):
+            return word
+    raise ExpressionError(f"the relation asked in {question!r} does not hold either way")
 
 
 def _matches_any(what: str, scene: Scene) -> bool:

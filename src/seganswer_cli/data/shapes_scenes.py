@@ -44,6 +44,12 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 KINDS: tuple[str, ...] = ("circle", "square", "triangle", "star", "diamond", "hexagon")
 BACKGROUND = (128, 128, 128)
 CLUTTER_GREYS = ((80, 80, 80), (100, 100, 100), (160, 160, 160), (180, 180, 180))
+BACKGROUNDS = ("grey", "varied")
+MC_LAYOUTS = ("vstar", "mmbench")
+PHRASINGS = ("fixed", "varied")
+#: Least RGB distance between a ``varied`` background and every shape colour (and between clutter and
+#: the shapes), so that no shape ever fades into what is behind it.
+MIN_CONTRAST = 90.0
 QUESTION_TYPES: tuple[str, ...] = ("colour", "shape", "position", "count")
 EXPRESSION_FAMILIES: tuple[str, ...] = ("simple", "superlative", "relation")
 
@@ -81,13 +87,37 @@ class ShapesConfig:
     clutter: int = 0
     """Grey specks (2-6 px) scattered under the shapes; never referred to or counted."""
     background_noise: float = 0.0
-    """Standard deviation (0-255 scale) of Gaussian noise on the background; shapes stay exact colours."""
+    """Standard deviation (0-255 scale) of Gaussian noise on the background; shapes stay exact colours.
+    With ``background="varied"`` it is the largest: each scene draws its own between 0 and this, and half
+    the scenes are plain."""
+    background: str = "grey"
+    """``grey``: every scene on the mid grey ``BACKGROUND``; ``varied``: each scene on its own plain grey
+    (any level) or muted colour, at least ``MIN_CONTRAST`` from every shape colour."""
+    canvas_sides: tuple[int, int] | None = None
+    """``(min, max)``: each scene draws its own width and height in this range (many sizes and aspect
+    ratios), within ``max_canvas_pixels``; None: every scene is ``width`` x ``height``. Shape sizes must
+    fit the smallest side."""
+    max_canvas_pixels: int | None = None
+    """With ``canvas_sides``: largest width x height of a canvas (the rest are drawn again)."""
+    max_aspect: float = 2.5
+    """With ``canvas_sides``: largest ratio of a canvas's long side to its short side (2.5: from square
+    to wider than 16:9 and phone portraits; the rest are drawn again)."""
     size_margin: float = 1.3
     """"the largest/smallest X" is used only when the extreme is this many times the runner-up's side."""
     multi_object: float = 0.2
     """Fraction of referring expressions naming several objects (``all red shapes``, ``the A and the B``)."""
     multiple_choice: float = 0.5
-    """Fraction of VQA questions posed as multiple choice (the rest are free text)."""
+    """Fraction of VQA questions posed as multiple choice (the rest are free text or yes/no)."""
+    mc_layouts: tuple[str, ...] = ("vstar",)
+    """Layouts a multiple-choice question is asked in, one drawn per question: ``vstar`` (the
+    question, ``(A) ...`` lines, the LLaVA letter instruction) and ``mmbench`` (VLMEvalKit's
+    ``Question:``/``Options:`` layout); both answered with the letter."""
+    yes_no: float = 0.0
+    """Fraction of VQA questions asked as yes/no (POPE's "Is there a ... in the image?" or a check of
+    the target's colour or kind), half of them answered yes; drawn before ``multiple_choice``."""
+    phrasings: str = "fixed"
+    """``fixed``: each question type in its one original wording; ``varied``: any phrasing of
+    ``shapes_language.QUESTION_TEMPLATES``, descriptions said other ways (``small`` for ``smallest``)."""
     near_target: float = 0.0
     """Fraction of small-target scenes (VQA/RL) whose target is placed next to a distractor, its box
     within ``target size`` pixels of the distractor's: a box around the target then holds part of
@@ -101,21 +131,41 @@ class ShapesConfig:
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16:
             raise UsageError(f"canvas must be at least 16x16, got {self.width}x{self.height}")
+        if self.canvas_sides is not None:
+            self.canvas_sides = (int(self.canvas_sides[0]), int(self.canvas_sides[1]))
+            lo_side, hi_side = self.canvas_sides
+            if not 16 <= lo_side <= hi_side:
+                raise UsageError(f"canvas_sides must be (min, max) with 16 <= min <= max, got {self.canvas_sides}")
+            if self.max_aspect < 1.0:
+                raise UsageError(f"max_aspect must be >= 1, got {self.max_aspect}")
+            if self.max_canvas_pixels is not None and self.max_canvas_pixels < lo_side * lo_side:
+                raise UsageError(f"max_canvas_pixels {self.max_canvas_pixels} is below the smallest canvas "
+                                 f"{lo_side}x{lo_side}")
+        self.mc_layouts = tuple(self.mc_layouts)
+        if not self.mc_layouts or set(self.mc_layouts) - set(MC_LAYOUTS):
+            raise UsageError(f"mc_layouts must be a non-empty subset of {MC_LAYOUTS}, got {self.mc_layouts}")
+        if self.multiple_choice + self.yes_no > 1.0:
+            raise UsageError(f"multiple_choice + yes_no must be <= 1, got {self.multiple_choice} + {self.yes_no}")
+        if self.phrasings not in PHRASINGS:
+            raise UsageError(f"phrasings must be one of {', '.join(PHRASINGS)}, got {self.phrasings!r}")
+        if self.background not in BACKGROUNDS:
+            raise UsageError(f"background must be one of {', '.join(BACKGROUNDS)}, got {self.background!r}")
         if not 1 <= self.min_objects <= self.max_objects:
             raise UsageError(f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
-        if not 4 <= self.min_size <= self.max_size <= min(self.width, self.height):
+        if not 4 <= self.min_size <= self.max_size <= self.smallest_side:
             raise UsageError(
                 f"need 4 <= min_size <= max_size <= canvas side, got {self.min_size}, {self.max_size} "
-                f"on {self.width}x{self.height}"
+                f"on {self.canvas_text}"
             )
         unknown = set(self.kinds) - set(KINDS) | set(self.colours) - set(COLOURS)
         if unknown or not self.kinds or len(self.colours) < 2:
             raise UsageError(f"kinds must come from {KINDS}, colours (>= 2) from {tuple(COLOURS)}; bad: {unknown}")
         self.kinds, self.colours = tuple(self.kinds), tuple(self.colours)
         lo, hi = self.target_size_range
-        if not 4 <= lo <= hi <= min(self.width, self.height):
+        if not 4 <= lo <= hi <= self.smallest_side:
             raise UsageError(f"target size range {lo}..{hi} does not fit the canvas")
-        for name in ("distractor_similarity", "max_occlusion", "multi_object", "multiple_choice", "near_target"):
+        for name in ("distractor_similarity", "max_occlusion", "multi_object", "multiple_choice", "near_target",
+                     "yes_no"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.size_margin < 1.0 or self.clutter < 0 or self.background_noise < 0:
@@ -126,6 +176,18 @@ class ShapesConfig:
         if "simple" not in self.expressions or set(self.expressions) - set(EXPRESSION_FAMILIES):
             raise UsageError(f"expressions must include 'simple' and come from {EXPRESSION_FAMILIES}, "
                              f"got {self.expressions}")
+
+    @property
+    def smallest_side(self) -> int:
+        """The shortest side any canvas of this world can have."""
+        return self.canvas_sides[0] if self.canvas_sides is not None else min(self.width, self.height)
+
+    @property
+    def canvas_text(self) -> str:
+        """``640x480``, or ``192..800 px sides`` for a world of many canvases."""
+        if self.canvas_sides is None:
+            return f"{self.width}x{self.height}"
+        return f"{self.canvas_sides[0]}..{self.canvas_sides[1]} px sides"
 
     @property
     def target_size_range(self) -> tuple[int, int]:
@@ -171,17 +233,23 @@ class Scene:
     """Shapes in paint order (later ones occlude earlier ones)."""
     size_margin: float = 1.3
     """Margin used by "largest"/"smallest" (copied from the config, needed to re-resolve)."""
+    background: tuple[int, int, int] = BACKGROUND
+    """RGB the canvas is painted with before the shapes."""
+    noise: float = 0.0
+    """Standard deviation of the Gaussian noise on the background (0: plain)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (stored in ``extra["scene"]``)."""
         return {"width": self.width, "height": self.height, "size_margin": self.size_margin,
+                "background": list(self.background), "noise": self.noise,
                 "shapes": [asdict(s) for s in self.shapes]}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Scene:
-        """Inverse of ``to_dict``."""
+        """Inverse of ``to_dict`` (scenes written before backgrounds varied are on the mid grey)."""
         return cls(width=int(data["width"]), height=int(data["height"]), size_margin=float(data["size_margin"]),
-                   shapes=[Shape(**s) for s in data["shapes"]])
+                   background=tuple(int(v) for v in data.get("background", BACKGROUND)),
+                   noise=float(data.get("noise", 0.0)), shapes=[Shape(**s) for s in data["shapes"]])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,18 +322,65 @@ def visible_mask(scene: Scene, ids: list[int] | set[int]) -> np.ndarray:
 def render(scene: Scene, config: ShapesConfig, rng: np.random.Generator) -> np.ndarray:
     """(H, W, 3) uint8 image: background (+ clutter, + noise), then the shapes in paint order."""
     image = np.empty((scene.height, scene.width, 3), dtype=np.uint8)
-    image[:] = BACKGROUND
+    image[:] = scene.background
+    specks = CLUTTER_GREYS if scene.background == BACKGROUND else _clutter_tones(scene.background)
     for _ in range(config.clutter):
         side = int(rng.integers(2, 7))
         x, y = int(rng.integers(0, scene.width - side)), int(rng.integers(0, scene.height - side))
-        image[y:y + side, x:x + side] = CLUTTER_GREYS[int(rng.integers(len(CLUTTER_GREYS)))]
-    if config.background_noise > 0:
-        noise = rng.normal(0.0, config.background_noise, size=image.shape)
+        image[y:y + side, x:x + side] = specks[int(rng.integers(len(specks)))]
+    if scene.noise > 0:
+        noise = rng.normal(0.0, scene.noise, size=image.shape)
         image = np.clip(image.astype(np.float64) + noise, 0, 255).round().astype(np.uint8)
     for shape in scene.shapes:  # painted after the noise, so shape pixels are exact colours
         window = image[shape.y:shape.y + shape.size, shape.x:shape.x + shape.size]
         window[shape_mask(shape.kind, shape.size)] = COLOURS[shape.colour]
     return image
+
+
+def _distance(a: tuple[int, int, int], b: tuple[int, int, int]) -> float:
+    return float(np.linalg.norm(np.subtract(a, b, dtype=np.float64)))
+
+
+def _clutter_tones(background: tuple[int, int, int]) -> tuple[tuple[int, int, int], ...]:
+    """Speck colours for a background: it, darker and lighter by 20 and 40 levels (as the mid grey's
+    specks are), keeping those that stay ``MIN_CONTRAST`` from every shape colour."""
+    tones = []
+    for delta in (-40, -20, 20, 40):
+        tone = tuple(int(np.clip(v + delta, 0, 255)) for v in background)
+        if all(_distance(tone, c) >= MIN_CONTRAST for c in COLOURS.values()):
+            tones.append(tone)
+    return tuple(tones) or (background,)
+
+
+def draw_background(config: ShapesConfig, rng: np.random.Generator) -> tuple[tuple[int, int, int], float]:
+    """A scene's background colour and noise: the mid grey and ``background_noise`` for ``grey``
+    worlds (no draw); for ``varied`` ones a grey of any level or a muted colour far from every shape
+    colour, plain in half the scenes, otherwise noisy up to ``background_noise``."""
+    if config.background == "grey":
+        return BACKGROUND, config.background_noise
+    while True:
+        if rng.random() < 0.5:
+            level = int(rng.integers(0, 256))
+            colour = (level, level, level)
+        else:  # a muted colour: a grey pulled a little toward a random hue
+            base = int(rng.integers(40, 220))
+            colour = tuple(int(np.clip(base + d, 0, 255)) for d in rng.integers(-45, 46, size=3))
+        if all(_distance(colour, c) >= MIN_CONTRAST for c in COLOURS.values()):
+            break
+    noise = 0.0 if rng.random() < 0.5 else float(rng.uniform(0.0, config.background_noise))
+    return colour, noise
+
+
+def draw_canvas(config: ShapesConfig, rng: np.random.Generator) -> tuple[int, int]:
+    """A scene's (width, height): the world's fixed canvas (no draw), or one drawn in ``canvas_sides``."""
+    if config.canvas_sides is None:
+        return config.width, config.height
+    lo, hi = config.canvas_sides
+    while True:
+        width, height = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+        if (config.max_canvas_pixels is None or width * height <= config.max_canvas_pixels) and \
+                max(width, height) <= config.max_aspect * min(width, height):
+            return width, height
 
 
 def encode_png(image: np.ndarray) -> bytes:
@@ -311,7 +426,12 @@ def _attributes(rng: np.random.Generator, config: ShapesConfig, like: tuple[str,
 
 def generate_scene(config: ShapesConfig, rng: np.random.Generator, *, small_target: bool = False) -> Scene:
     """A random scene. With ``small_target`` the last (topmost, fully visible) shape is the target,
-    sized in ``config.target_size_range``, and distractors resemble it per ``distractor_similarity``."""
+    sized in ``config.target_size_range``, and distractors resemble it per ``distractor_similarity``.
+    Worlds of many canvases and backgrounds draw the scene's own first."""
+    if config.canvas_sides is not None:
+        width, height = draw_canvas(config, rng)
+        config = dataclasses.replace(config, width=width, height=height, canvas_sides=None)
+    background, noise = draw_background(config, rng)
     for _ in range(100):
         count = int(rng.integers(config.min_objects, config.max_objects + 1))
         target_attrs = _attributes(rng, config, None)
@@ -334,10 +454,11 @@ def generate_scene(config: ShapesConfig, rng: np.random.Generator, *, small_targ
             else:
                 continue
         if len(shapes) >= config.min_objects:
-            return Scene(width=config.width, height=config.height, shapes=shapes, size_margin=config.size_margin)
+            return Scene(width=config.width, height=config.height, shapes=shapes, size_margin=config.size_margin,
+                         background=background, noise=noise)
     raise UsageError(
         f"could not place {config.min_objects}+ shapes of {config.min_size}-{config.max_size} px on a "
-        f"{config.width}x{config.height} canvas within max_occlusion={config.max_occlusion}; "
+        f"{config.canvas_text} canvas within max_occlusion={config.max_occlusion}; "
         "use a bigger canvas, smaller shapes or fewer objects"
     )
 
@@ -349,7 +470,11 @@ def generate_scene(config: ShapesConfig, rng: np.random.Generator, *, small_targ
 #: larger shapes that share its colour or kind, next to one of them in 8 scenes of 10, asked as free
 #: text (a 4 M-parameter model does not learn option letters in a CPU run); ``closeup`` shows the
 #: same shapes large, one to three per small canvas (the demo's stand-in vision-language pretraining reads kinds from it); ``vstar-like``
-#: hides a 16-24 px target among up to a dozen shapes and grey clutter on a 1024 x 1024 canvas.
+#: hides a 16-24 px target among up to a dozen shapes and grey clutter on a 1024 x 1024 canvas; ``wide``
+#: is the demo's vocabulary in the world a user brings: canvases of any size from 160 to 800 px a side
+#: and aspect ratio up to 2.5 (at most 800 x 600), plain or noisy backgrounds of any grey or muted colour,
+#: 1-12 shapes, targets down to 15 px, and the prompts users and benchmarks write: free text in many
+#: phrasings, multiple choice in the V* and MMBench layouts, yes/no questions in POPE's style.
 DEMO_KINDS = ("circle", "square", "triangle", "star")
 DEMO_COLOURS = ("red", "green", "blue", "yellow")
 WORLDS: dict[str, ShapesConfig] = {
@@ -364,6 +489,14 @@ WORLDS: dict[str, ShapesConfig] = {
         width=160, height=120, min_objects=1, max_objects=3, min_size=28, max_size=72,
         target_min_size=28, target_max_size=72, kinds=DEMO_KINDS, colours=DEMO_COLOURS,
         distractor_similarity=0.5, multi_object=0.1, multiple_choice=0.0,
+        question_types=("colour", "shape"), expressions=("simple", "superlative"),
+    ),
+    "wide": ShapesConfig(
+        width=640, height=480, canvas_sides=(160, 800), max_canvas_pixels=800 * 600, background="varied",
+        background_noise=12.0, min_objects=1, max_objects=12, min_size=15, max_size=80,
+        target_min_size=15, target_max_size=40, kinds=DEMO_KINDS, colours=DEMO_COLOURS,
+        distractor_similarity=0.6, clutter=12, multi_object=0.1, near_target=0.5,
+        multiple_choice=0.35, mc_layouts=("vstar", "mmbench"), yes_no=0.2, phrasings="varied",
         question_types=("colour", "shape"), expressions=("simple", "superlative"),
     ),
     "vstar-like": ShapesConfig(

@@ -4,10 +4,13 @@ Data: generated from a held-out seed when ``--data`` is not given, else a folder
 ``seganswer data synth --kind vqa``. Questions ask a small target's colour, its shape, or its
 position relative to another shape; half are multiple choice.
 
-Prompt: multiple choice in V*'s style (question, ``(A) ...`` lines, "Answer with the option's letter
-from the given choices directly."), scored by the extracted letter; free text is the question alone,
-scored by the normalised word (``answers.py``). Metrics: accuracy (95% Wilson interval) overall and
-per question type (``accuracy/colour``, ``accuracy/shape``, ``accuracy/position``).
+Prompt (``conversation.prompt_and_answer``, what Stage 2 trains on): multiple choice in V*'s style
+(question, ``(A) ...`` lines, "Answer with the option's letter from the given choices directly.") or
+MMBench's (``Question:``/``Options:``), scored by the extracted letter; yes/no questions followed by
+"Please answer yes or no.", scored by the yes/no extraction; free text is the question alone, scored by
+the normalised word (``answers.py``). Metrics: accuracy (95% Wilson interval) overall, per question
+type (``accuracy/colour``, ``accuracy/shape``, ``accuracy/position``, ``accuracy/exists``) and, for a
+folder mixing prompt formats, per format (``accuracy/format:free|vstar|mmbench|yesno``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from seganswer_cli.data.samples import VQASample
 from seganswer_cli.errors import DataError
 from seganswer_cli.eval.answers import score_sample
 from seganswer_cli.eval.items import BenchmarkData, EvalItem, SampleResult
-from seganswer_cli.eval.metrics import accuracy_summary
+from seganswer_cli.eval.metrics import accuracy_summary, grouped_accuracy
 from seganswer_cli.eval.protocol import Protocol
 from seganswer_cli.eval.shapes import DEFAULT_SPLIT, SPLITS, image_of, read_samples
 from seganswer_cli.masks import encode_rle
@@ -45,7 +48,8 @@ def read(root: Path | None, split: str | None = None, *, limit: int | None = Non
 
 
 def _item(sample: VQASample, source: str) -> EvalItem:
-    groups = {"question_type": str(sample.extra.get("question_type", "other"))}
+    layout = sample.extra.get("prompt_format") or ("vstar" if sample.options else "free")
+    groups = {"question_type": str(sample.extra.get("question_type", "other")), "format": str(layout)}
     if sample.options:
         options = lettered(sample.options)
         if sample.answer_letter not in options:
@@ -57,7 +61,7 @@ def _item(sample: VQASample, source: str) -> EvalItem:
         return EvalItem(id=sample.id, benchmark=NAME, image=image_of(sample), question=sample.question,
                         prompt=prompt, answer=answer, answer_kind="choice", options=options, groups=groups,
                         gt_rle=region)
-    kind = "number" if sample.answer_type == "number" else "text"
+    kind = "yesno" if layout == "yesno" else "number" if sample.answer_type == "number" else "text"
     return EvalItem(id=sample.id, benchmark=NAME, image=image_of(sample), question=sample.question,
                     prompt=prompt, answer=answer, answer_kind=kind, groups=groups, gt_rle=region)
 
@@ -72,5 +76,11 @@ def region_rle(sample: VQASample) -> dict | None:
 
 
 def summarize(results: Sequence[SampleResult]) -> dict[str, float]:
-    """Overall accuracy (with a 95% Wilson interval) and ``accuracy/<question type>``."""
-    return accuracy_summary([r.correct for r in results], [r.groups.get("question_type", "") for r in results])
+    """Overall accuracy (with a 95% Wilson interval), ``accuracy/<question type>`` and, when the
+    questions come in several prompt formats, ``accuracy/format:<format>``."""
+    summary = accuracy_summary([r.correct for r in results], [r.groups.get("question_type", "") for r in results])
+    formats = [r.groups.get("format", "") for r in results]
+    if len(set(formats)) > 1:
+        for layout, value in sorted(grouped_accuracy(zip(formats, [r.correct for r in results], strict=True)).items()):
+            summary[f"accuracy/format:{layout}"] = value
+    return summary

@@ -8,8 +8,9 @@ is the one it is asked at inference by construction, and an output scores the sa
 The texts themselves (special tokens, the paper's prompt templates) are ``tokens.py``'s.
 
 How a sample is asked (``prompt_and_answer``): multiple choice in the LLaVA/V* layout (question,
-``(A) text`` lines, "Answer with the option's letter from the given choices directly.") answered with
-the option's letter; free text asked as it is and answered with the answer. ``vlmevalkit_prompt`` is
+``(A) text`` lines, "Answer with the option's letter from the given choices directly.") or, when the
+sample says so, VLMEvalKit's, answered with the option's letter; a yes/no question with "Please answer
+yes or no."; free text asked as it is and answered with the answer. ``vlmevalkit_prompt`` is
 the ``Hint:``/``Question:``/``Options:`` layout of MMBench and HR-Bench.
 
 The paper's turns (each function returns a ``Sequence`` or extends a ``SequenceBuilder``)::
@@ -111,8 +112,10 @@ def vlmevalkit_prompt(question: str, options: dict[str, str], hint: str | None =
 
 def prompt_and_answer(sample) -> tuple[str, str]:
     """The question as the model is asked it and the answer it should give (a ``data.VQASample``):
-    multiple choice in the LLaVA layout answered with the option's letter, free text asked as it is
-    and answered with the answer itself. ``shapes-vqa`` asks its questions with it, Stage 2 and the
+    multiple choice in the LLaVA layout (or VLMEvalKit's, when ``extra["prompt_format"]`` is
+    ``mmbench``) answered with the option's letter; a yes/no question (``prompt_format`` ``yesno``)
+    followed by ``YES_NO_INSTRUCTION`` and answered ``yes`` or ``no``; free text asked as it is and
+    answered with the answer itself. ``shapes-vqa`` asks its questions with it, Stage 2 and the
     stand-in train on it and Stage 3 rolls out on it, so what training teaches is what is asked.
 
     >>> from types import SimpleNamespace as Sample
@@ -120,9 +123,17 @@ def prompt_and_answer(sample) -> tuple[str, str]:
     'B'
     >>> prompt_and_answer(Sample(question="Which colour?", options=[], answer_letter=None, answer="blue"))
     ('Which colour?', 'blue')
+    >>> prompt_and_answer(Sample(question="Is it red?", options=[], answer_letter=None, answer="no",
+    ...                          extra={"prompt_format": "yesno"}))
+    ('Is it red?\\nPlease answer yes or no.', 'no')
     """
+    layout = (getattr(sample, "extra", None) or {}).get("prompt_format")
     if sample.options:
+        if layout == "mmbench":
+            return vlmevalkit_prompt(sample.question, lettered(sample.options)), str(sample.answer_letter)
         return llava_prompt(sample.question, lettered(sample.options)), str(sample.answer_letter)
+    if layout == "yesno":
+        return f"{sample.question}\n{YES_NO_INSTRUCTION}", sample.answer
     return sample.question, sample.answer
 
 
