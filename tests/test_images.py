@@ -112,6 +112,7 @@ def patterned_cli(monkeypatch, patterned_model):
     return invoke, cases
 
 
+@pytest.mark.slow  # the patterned model's training (session fixture): seconds alone, minutes on a shared CPU
 def test_a_rotated_photo_is_answered_and_drawn_upright(patterned_cli, capsys, tmp_path):
     """The patterned model answers its first case; stored sideways with the EXIF tag, the same picture
     is answered the same, its mask has the upright (H, W) and its figure the upright run's size."""
