@@ -207,14 +207,15 @@ class BatchRun:
                 on_record: Callable[[dict[str, Any]], None] | None = None) -> BatchCounts:
         """Answer what is left, appending one record per line, then rewrite ``out`` in input order.
 
-        ``load_model()`` is called only when there is a question to answer; ``on_record(record)`` after
-        each record is written (the error records of bad lines first)."""
+        ``load_model()`` is called once, when the first readable image is to be asked (never when every
+        row left has an unreadable image); ``on_record(record)`` after each record is written (the error
+        records of bad lines first)."""
         from seganswer_cli.reasoning import ReasoningLoop, trajectory_record
 
         counts = BatchCounts()
         todo = self.todo
         reasoning = self.settings.reasoning()
-        loop = ReasoningLoop(load_model(), reasoning) if todo else None
+        loop = None  # the model loads when the first readable image needs it
         errors: dict[int, dict[str, Any]] = {}  # line -> this run's error record
         self.out.parent.mkdir(parents=True, exist_ok=True)
         with jsonl.JsonlAppender(self.out) as sink:
@@ -236,11 +237,14 @@ class BatchRun:
             for start in range(0, len(todo), self.batch_size):
                 ready = []
                 for q in todo[start : start + self.batch_size]:
-                    prepared = _prepare(loop.model, q, reasoning)
-                    if isinstance(prepared, str):
-                        write(_error_record(q, prepared))
+                    image = _read_image(q)
+                    if not isinstance(image, str):
+                        loop = loop or ReasoningLoop(load_model(), reasoning)
+                        image = _fits_the_model(loop.model, q, image, reasoning)
+                    if isinstance(image, str):
+                        write(_error_record(q, image))
                     else:
-                        ready.append((q, prepared))
+                        ready.append((q, image))
                 for q, outcome in _answer(loop, ready):
                     if isinstance(outcome, str):
                         write(_error_record(q, outcome))
@@ -278,19 +282,25 @@ def _check_settings(out: Path, settings: BatchSettings, records: list[dict[str, 
                              "give another --out, or delete the file to start over")
 
 
-def _prepare(model, question: Question, settings):
-    """The question's image, or the reason the row cannot be asked (one line)."""
+def _read_image(question: Question):
+    """The question's image, or why it cannot be read (one line)."""
     from seganswer_cli.images import load_image
+
+    try:
+        return load_image(question.image)
+    except SegAnswerError as e:
+        return str(e)
+
+
+def _fits_the_model(model, question: Question, image, settings):
+    """``image`` back, or why the model cannot take the row: the image processor refuses the image, or
+    the prompt (image and question) leaves no room in the model's context."""
     from seganswer_cli.model.conversation import reasoning_start
 
     try:
-        image = load_image(question.image)
-    except SegAnswerError as e:
-        return str(e)
-    try:
         prompt = len(reasoning_start(model, model.global_view(image), question.question, system=settings.system))
     except (SegAnswerError, ValueError) as e:  # e.g. the image processor's aspect-ratio limit
-        return f"the model cannot take image {question.image}: {e}"
+        return f"the model cannot take image {question.image}: {' '.join(str(e).split())}"
     context = context_length(model)
     if context is not None and prompt >= context:
         return (f"question too long for the model's context: the prompt (image and question) is {prompt} tokens, "

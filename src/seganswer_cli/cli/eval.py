@@ -186,7 +186,7 @@ def run(
         first = summary["failed"][0]
         err_console.print(f"[yellow]{failed} sample(s) failed[/] (recorded in {out / PREDICTIONS} with the reason, "
                           f"left out of the metrics; a rerun tries them again); first: {first['id']}: "
-                          f"{first['reason']}", highlight=False)
+                          f"{first['reason']}", highlight=False, soft_wrap=True)
     judged = summary.get("judge") or {}
     if judged.get("judge_failed"):
         down = f"; {evaluation.judge.down}" if evaluation.judge and evaluation.judge.down else ""

@@ -119,7 +119,7 @@ def _infer_batch(batch: Path, out: Path, model: str, settings, batch_size: int, 
     todo = len(run.todo)
     if not quiet:
         err_console.print(f"{len(run.entries)} lines · {len(run.questions) - todo} already answered in {out} · "
-                          f"{todo} to do", highlight=False)
+                          f"{todo} to do", highlight=False, soft_wrap=True)
 
     def load():
         loaded = load_model(model, device, dtype)
@@ -135,14 +135,14 @@ def _infer_batch(batch: Path, out: Path, model: str, settings, batch_size: int, 
             if "error" in record:
                 which = f" (id {record['id']})" if record["id"] is not None else ""
                 progress.console.print(f"[red]failed[/] {batch}:{record['line']}{which}: {record['error']}",
-                                       highlight=False)
+                                       highlight=False, soft_wrap=True)
             progress.advance(task)
 
         counts = run.execute(load, on_record=on_record)
     none = (f" ({counts.unanswered} of this run without an answer: `answer` null, see `answer_reason`)"
             if counts.unanswered else "")
     err_console.print(f"{len(run.done)} answered{none} · {len(counts.failed)} failed · answers in {out}",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     if counts.failed:
         raise DataError(f"{len(counts.failed)} line(s) of {batch} could not be answered (see the lines above; "
                         f"their records in {out} say why, and a rerun tries them again)")

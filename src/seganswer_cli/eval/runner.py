@@ -369,7 +369,7 @@ class EvalRun:
         found = RecordErrors("skip")  # collects this batch's bad samples, with the readers' error classes
         readable, images, masks = [], [], []
         for item in batch:
-            inputs = found.attempt(item.id, item.id, lambda item=item: (
+            inputs = found.attempt(self.data.source or self.spec.name, item.id, lambda item=item: (
                 item.load_image(), item.load_gt_mask() if regions else None))
             if inputs is None:
                 yield item, failed_record(item, found.skipped[-1].reason), None
