@@ -34,8 +34,7 @@ def vqa_data(tmp_path_factory) -> Path:
 def eval_cli(monkeypatch, tiny_model):
     """``seganswer eval ...`` in this process; ``--model tiny`` is served the session's tiny model, any
     other spec goes to the real loader. ``loads`` lists the specs asked for."""
-    from seganswer_cli.cli import main
-    from seganswer_cli.cli import options
+    from seganswer_cli.cli import main, options
 
     loads = []
 
