@@ -160,3 +160,17 @@ def test_a_failed_option_leaves_nothing_behind(eval_cli, capsys, vqa_data, tmp_p
     code, out, err = eval_cli(capsys, "shapes-vqa", "--data", vqa_data, "--out", run, "--limit", 1, *QA)
     assert code == 0, err
     assert json.loads((run / "run.json").read_text())["settings"]["model"] == "tiny"
+
+
+def test_segmentation_runs_record_failed_samples_too(eval_cli, capsys, tmp_path):
+    folder = tmp_path / "refseg"
+    result = CliRunner().invoke(app, ["data", "synth", "--kind", "refseg", "--n", "4", *SMALL, "--seed", "11",
+                                      "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    data, bad_id = broken_copy(folder, tmp_path, 2)
+    code, out, err = eval_cli(capsys, "shapes-refseg", "--data", data, "--out", tmp_path / "run", "--json", *QA)
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["counts"]["failed"] == 1 and summary["counts"]["evaluated"] == 3 == summary["metrics"]["n"]
+    assert summary["failed"][0]["id"] == bad_id and "cannot read image" in summary["failed"][0]["reason"]
+    assert sorted("failed" in r for r in records(tmp_path / "run")) == [False, False, False, True]
