@@ -206,7 +206,7 @@ def test_missing_image_fails_unless_skipped(tiny_cli, shapes_data, tmp_path):
     result = invoke("shapes-refseg", "--data", data, "--out", tmp_path / "run", "--skip-missing", "--json", *TINY)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
-    assert summary["counts"] == {"items": 4, "evaluated": 3, "missing_images": 1, "limit": None}
+    assert summary["counts"] == {"items": 4, "evaluated": 3, "missing_images": 1, "failed": 0, "limit": None}
     assert summary["metrics"]["n"] == 3 and "000001.png" in summary["missing"][0]
     assert "without an image left out" in result.stderr
 

@@ -149,13 +149,15 @@ def test_infer_batch_resumes_a_cut_answers_file(tmp_path, noise_image):
     batch.write_text("".join(json.dumps({"id": i, "image": "img.png", "question": "Colour?"}) + "\n"
                              for i in ("q0", "x")))
     answers = tmp_path / "answers.jsonl"
-    answers.write_text(json.dumps({"id": "q0", "answer": "red"}) + "\n" + CUT)
+    settings = {"model": "tiny", "dtype": "auto", "roi": "mask", "max_seg_steps": 1, "max_new_tokens": 2,
+                "sample": False, "temperature": 1.0, "top_p": 1.0, "seed": 0}  # the command's (batch_infer.py)
+    answers.write_text(json.dumps({"id": "q0", "answer": "red", "settings": settings}) + "\n" + CUT)
     result = CliRunner().invoke(app, ["infer", "--batch", str(batch), "--out", str(answers), "--model", "tiny",
                                       "--max-new-tokens", "2", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     records = complete_lines(answers)
     assert [r["id"] for r in records] == ["q0", "x"]  # q0 kept, not redone; x answered on a fresh line
-    assert records[0] == {"id": "q0", "answer": "red"} and "answer" in records[1]
+    assert records[0] == {"id": "q0", "answer": "red", "settings": settings, "line": 1} and "answer" in records[1]
 
 
 def test_metrics_log_resumes_a_cut_line(tmp_path):

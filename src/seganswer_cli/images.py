@@ -1,5 +1,17 @@
 """Reading images the same way everywhere (CLI, data readers, evaluation), with clear errors.
 
+Every image a command reads goes through ``load_image``:
+
+- **Orientation.** A photo whose EXIF ``Orientation`` tag says "rotate 90°" (what phones write for a
+  portrait shot stored as a landscape bitmap) is turned upright (``ImageOps.exif_transpose``), so it
+  is answered, segmented and drawn the way a viewer shows it. Masks, boxes and ``--save-vis``
+  figures are in the upright image's pixels.
+- **Size.** Images over ``MAX_IMAGE_PIXELS`` pixels are refused from the header, before decoding,
+  with our message. This limit is the one in force: Pillow's own decompression-bomb guard (89.5 MP by
+  default, ``PIL.Image.MAX_IMAGE_PIXELS``) is lifted while our loader opens and decodes a file, so an
+  image between Pillow's limit and ours loads, and one over ours gets our line, not Pillow's text.
+  Elsewhere in the process Pillow's guard is left as it was.
+
 Kept free of torch so data readers and the CLI can use it cheaply.
 """
 
@@ -7,24 +19,30 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from seganswer_cli.errors import ImageReadError
 
-#: Images above this many pixels are refused (decompression-bomb guard). 8K x 8K covers HR-Bench 8K.
+#: Images above this many pixels are refused (decompression-bomb guard): 134 MP, twice 8K x 8K,
+#: which covers HR-Bench 8K.
 MAX_IMAGE_PIXELS = 8192 * 8192 * 2
 
 ImageSource = str | os.PathLike | bytes | Image.Image
 
+_ORIENTATION = ExifTags.Base.Orientation
+
 
 def load_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None) -> Image.Image:
-    """Open ``source`` (a path, encoded bytes or a PIL image) as an RGB ``PIL.Image``.
+    """Open ``source`` (a path, encoded bytes or a PIL image) as an upright RGB ``PIL.Image``.
 
     Raises ``ImageReadError`` naming the file when it is missing, not an image, truncated, or has more
-    than ``max_pixels`` pixels (checked from the header, before decoding).
+    than ``max_pixels`` pixels (checked from the header, before decoding). A PIL image is taken as
+    given (only converted to RGB): whoever opened it decided its orientation.
     """
     if isinstance(source, Image.Image):
         return source.convert("RGB") if source.mode != "RGB" else source
@@ -39,20 +57,51 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, name:
             raise ImageReadError(f"expected an image file, got a folder: {path}")
         fp = path
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:
-                width, height = img.size
-                if width * height > max_pixels:
-                    raise ImageReadError(
-                        f"image too large: {label} is {width}x{height} "
-                        f"({width * height} pixels > limit {max_pixels})"
-                    )
-                img.load()
-                return img.convert("RGB")
+        with _our_size_limit(), Image.open(fp) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageReadError(
+                    f"image too large: {label} is {width}x{height} "
+                    f"({width * height} pixels > limit {max_pixels})"
+                )
+            img.load()
+            upright = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
+            return upright.convert("RGB")
     except ImageReadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        # OSError: truncated or corrupt data; SyntaxError and ValueError: some plugins' broken headers
         raise ImageReadError(f"cannot read image {label}: {e}") from None
-    except OSError as e:
-        raise ImageReadError(f"cannot read image {label}: {e}") from None
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1: upright, also when there is no EXIF or it cannot be parsed)."""
+    try:
+        return int(img.getexif().get(_ORIENTATION, 1))
+    except (OSError, SyntaxError, ValueError, TypeError):
+        return 1
+
+
+_guard_lock = threading.Lock()
+_guard_users = 0
+_pillow_limit: int | None = None
+
+
+@contextmanager
+def _our_size_limit() -> Iterator[None]:
+    """Lift Pillow's decompression-bomb guard while our loader (which checks ``max_pixels`` itself)
+    reads a file; counted, so that threads loading at once restore Pillow's value only when the last
+    one is done."""
+    global _guard_users, _pillow_limit
+    with _guard_lock:
+        if _guard_users == 0:
+            _pillow_limit = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _guard_users += 1
+    try:
+        yield
+    finally:
+        with _guard_lock:
+            _guard_users -= 1
+            if _guard_users == 0:
+                Image.MAX_IMAGE_PIXELS = _pillow_limit

@@ -23,6 +23,13 @@ def settings(**overrides) -> RunSettings:
     return RunSettings(**{"benchmark": "shapes-vqa", "split": "test", "data": "/d", "model": "tiny", **overrides})
 
 
+def started(spec, data, run_settings, folder, **kwargs) -> EvalRun:
+    """A run folder as ``execute`` leaves it once the model has loaded: ``run.json`` written."""
+    run = EvalRun.open(spec, data, run_settings, folder, **kwargs)
+    run.write_run_file()
+    return run
+
+
 def test_predictions_tolerate_a_cut_last_line(tmp_path):
     path = tmp_path / "predictions.jsonl"
     lines = [json.dumps({"id": "q0", "correct": True}), json.dumps({"id": "q1", "correct": False})]
@@ -37,7 +44,7 @@ def test_predictions_tolerate_a_cut_last_line(tmp_path):
 
 def test_settings_are_recorded_and_a_different_run_is_refused(tmp_path):
     spec, data = get_benchmark("shapes-vqa"), BenchmarkData(items(3), source="x")
-    EvalRun.open(spec, data, settings(), tmp_path)
+    started(spec, data, settings(), tmp_path)
     recorded = json.loads((tmp_path / "run.json").read_text())["settings"]
     assert recorded["model"] == "tiny" and recorded["roi"] == "mask"
     EvalRun.open(spec, data, settings(), tmp_path, limit=2)  # --limit is not a setting
@@ -53,7 +60,7 @@ def test_ground_truth_masks_need_regions_and_a_second_look(tmp_path):
     ran with the model's masks."""
     spec = get_benchmark("shapes-vqa")
     with_regions = [EvalItem(**{**vars(item), "gt_rle": {"size": [2, 2], "counts": "04"}}) for item in items(2)]
-    EvalRun.open(spec, BenchmarkData(with_regions, source="x"), settings(masks="gt"), tmp_path / "gt")
+    started(spec, BenchmarkData(with_regions, source="x"), settings(masks="gt"), tmp_path / "gt")
     assert json.loads((tmp_path / "gt" / "run.json").read_text())["settings"]["masks"] == "gt"
     with pytest.raises(UsageError, match="masks: 'gt' there, 'model' now"):
         EvalRun.open(spec, BenchmarkData(with_regions, source="x"), settings(), tmp_path / "gt")
@@ -65,7 +72,7 @@ def test_ground_truth_masks_need_regions_and_a_second_look(tmp_path):
     with pytest.raises(UsageError, match="unknown --masks 'oracle'"):
         EvalRun.open(spec, BenchmarkData(with_regions, source="x"), settings(masks="oracle"), tmp_path / "o")
     old = tmp_path / "old"
-    EvalRun.open(spec, BenchmarkData(items(1), source="x"), settings(), old)
+    started(spec, BenchmarkData(items(1), source="x"), settings(), old)
     run_file = json.loads((old / "run.json").read_text())
     del run_file["settings"]["masks"]
     (old / "run.json").write_text(json.dumps(run_file))
@@ -81,12 +88,12 @@ def test_a_no_second_look_run_records_its_protocol(tmp_path):
     spec = get_benchmark("shapes-vqa")
     data = BenchmarkData(items(1), source="x")
     assert settings(roi="none").no_look == "direct" and settings().no_look is None
-    EvalRun.open(spec, data, settings(roi="none"), tmp_path / "none")
+    started(spec, data, settings(roi="none"), tmp_path / "none")
     assert json.loads((tmp_path / "none" / "run.json").read_text())["settings"]["no_look"] == "direct"
     EvalRun.open(spec, data, settings(roi="none"), tmp_path / "none")  # resumes
     for roi in ("none", "mask"):
         old = tmp_path / f"old-{roi}"
-        EvalRun.open(spec, data, settings(roi=roi), old)
+        started(spec, data, settings(roi=roi), old)
         run_file = json.loads((old / "run.json").read_text())
         del run_file["settings"]["no_look"]
         (old / "run.json").write_text(json.dumps(run_file))
@@ -132,7 +139,7 @@ def test_summary_rebuilt_from_predictions_of_the_selected_items(tmp_path):
     assert summary["metrics"]["accuracy"] == 0.5 and summary["metrics"]["n"] == 2
     assert summary["cost"] == {"second_look_rate": 0.5, "mean_visual_tokens": 6.0, "mean_generated_tokens": 15.0}
     assert summary["timing"]["seconds_per_sample"] == 2.0
-    assert summary["counts"] == {"items": 5, "evaluated": 2, "missing_images": 1, "limit": 2}
+    assert summary["counts"] == {"items": 5, "evaluated": 2, "missing_images": 1, "failed": 0, "limit": 2}
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     full = EvalRun.open(spec, data, settings(), tmp_path, skip_missing=True)
     assert [i.id for i in full.todo] == ["q2"]

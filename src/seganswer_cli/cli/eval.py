@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from seganswer_cli.cli.data import OnErrorChoice
 from seganswer_cli.cli.options import (
     DEFAULT_MODEL,
     DeviceOpt,
@@ -87,6 +88,10 @@ def run(
                                                  "option scored as the final answer).", show_default=False)] = None,
     skip_missing: Annotated[bool, typer.Option("--skip-missing", help="Evaluate without records whose image "
                                                "is missing (counted, reported, out of the denominator).")] = False,
+    on_error: Annotated[OnErrorChoice, typer.Option("--on-error", help="A sample whose image does not decode: "
+                                                    "skip (recorded as failed with the reason, left out of the "
+                                                    "metrics, tried again by a rerun) or stop (after the good "
+                                                    "samples of its batch are written).")] = OnErrorChoice.skip,
     judge: Annotated[str | None, typer.Option("--judge", help="Judge model, for benchmarks whose protocol "
                                               "uses one (docs/evaluation.md, Judge): an OpenAI-compatible "
                                               "endpoint (http://host:port/v1) or a local causal-LM folder. "
@@ -139,7 +144,8 @@ def run(
     fresh = not (out / RUN_FILE).is_file()
     if judge_client is not None and fresh:
         judge_client.probe()  # before the folder is written, so a fixed --judge-model can reuse it
-    evaluation = EvalRun.open(spec, bench_data, settings, out, limit=limit, skip_missing=skip_missing)
+    evaluation = EvalRun.open(spec, bench_data, settings, out, limit=limit, skip_missing=skip_missing,
+                              on_error=on_error.value)
     if bench_data.missing:
         err_console.print(f"[yellow]{len(bench_data.missing)} record(s) without an image left out[/] "
                           f"(--skip-missing); first: {bench_data.missing[0]}", highlight=False)
@@ -175,6 +181,12 @@ def run(
                                  note=running_note(spec, evaluation.results()))
         summary = evaluation.execute(load, batch_size=batch_size, save_vis=save_vis, judge_client=judge_client,
                                      on_batch=lambda n, note: progress.update(task, advance=n, note=note))
+    failed = summary["counts"]["failed"]
+    if failed:
+        first = summary["failed"][0]
+        err_console.print(f"[yellow]{failed} sample(s) failed[/] (recorded in {out / PREDICTIONS} with the reason, "
+                          f"left out of the metrics; a rerun tries them again); first: {first['id']}: "
+                          f"{first['reason']}", highlight=False, soft_wrap=True)
     judged = summary.get("judge") or {}
     if judged.get("judge_failed"):
         down = f"; {evaluation.judge.down}" if evaluation.judge and evaluation.judge.down else ""
@@ -302,6 +314,8 @@ def _rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     limit = f" (--limit {counts['limit']})" if counts.get("limit") else ""
     rows.append(("evaluated", f"{counts.get('evaluated')} of {counts.get('items')}{limit}"))
     rows.append(("missing images", str(counts.get("missing_images", 0))))
+    if counts.get("failed"):
+        rows.append(("failed samples", str(counts["failed"])))
     judge = summary.get("judge")
     if judge:
         rows.append(("judge", f"{judge['model'] or Path(judge['target']).name} ({judge['use']}): {judge['judged']} "

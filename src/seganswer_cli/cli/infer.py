@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from seganswer_cli import jsonl
 from seganswer_cli.cli.options import (
     DEFAULT_MODEL,
     DeviceOpt,
@@ -23,7 +22,7 @@ from seganswer_cli.cli.options import (
     load_model,
     note_generation_config,
 )
-from seganswer_cli.errors import DataError, NoAnswer, SegAnswerError, UsageError
+from seganswer_cli.errors import DataError, NoAnswer, UsageError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -110,88 +109,43 @@ def _print_trajectory(traj, save_vis: Path | None) -> None:
     console.print(table)
 
 
-def _read_batch(path: Path) -> tuple[list[dict], list[str]]:
-    """Valid questions and error lines (with line numbers) from a batch JSONL file."""
-    if not path.is_file():
-        raise UsageError(f"batch file not found: {path}")
-    good, errors, seen = [], [], set()
-    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            if not isinstance(rec, dict):
-                raise ValueError("not a JSON object")
-            for key in ("image", "question"):
-                if not isinstance(rec.get(key), str) or not rec[key].strip():
-                    raise ValueError(f"missing or empty {key!r}")
-        except ValueError as e:
-            errors.append(f"{path}:{n}: {e}")
-            continue
-        rec_id = str(rec.get("id", n))
-        if rec_id in seen:
-            errors.append(f"{path}:{n}: duplicate id {rec_id!r}")
-            continue
-        seen.add(rec_id)
-        image = Path(rec["image"])
-        good.append({"id": rec_id, "question": rec["question"], "image": image if image.is_absolute() else path.parent / image, "line": n})
-    return good, errors
-
-
-def _done_ids(out: Path) -> set[str]:
-    """Ids answered in ``out`` (a line cut by a kill is skipped: that question is answered again;
-    a failed question has an ``error`` record and is tried again)."""
-    return {str(rec["id"]) for rec in jsonl.read_records(out, require=("id",))
-            if "answer" in rec and "error" not in rec}
-
-
 def _infer_batch(batch: Path, out: Path, model: str, settings, batch_size: int, device: str, dtype: str, quiet: bool) -> None:
+    """``--batch``: the library (``seganswer_cli.batch_infer``) answers; this prints what it does."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from seganswer_cli.images import load_image
-    from seganswer_cli.reasoning import ReasoningLoop, trajectory_record
+    from seganswer_cli.batch_infer import BatchRun, BatchSettings
 
-    if batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
-    questions, errors = _read_batch(batch)
-    done = _done_ids(out)
-    todo = [q for q in questions if q["id"] not in done]
-    for e in errors:
-        err_console.print(f"[yellow]skipped[/] {e}", highlight=False)
+    run = BatchRun.open(batch, out, BatchSettings.create(model, dtype, settings), batch_size=batch_size)
+    todo = len(run.todo)
     if not quiet:
-        err_console.print(f"{len(questions)} questions · {len(done)} already answered in {out} · {len(todo)} to do", highlight=False)
-    loop = ReasoningLoop(load_model(model, device, dtype), settings) if todo else None
-    if loop is not None and not quiet:
-        note_generation_config(loop.model, err_console)
-    failures, unanswered = len(errors), 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with jsonl.JsonlAppender(out) as sink, Progress(
-        TextColumn("answering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=err_console, disable=quiet,
-    ) as progress:
-        task = progress.add_task("answering", total=len(todo))
-        for start in range(0, len(todo), batch_size):
-            chunk, images = [], []
-            for q in todo[start : start + batch_size]:
-                try:
-                    images.append(load_image(q["image"]))
-                    chunk.append(q)
-                except SegAnswerError as e:
-                    failures += 1
-                    err_console.print(f"[red]failed[/] {batch}:{q['line']} (id {q['id']}): {e}", highlight=False)
-                    sink.write({"id": q["id"], "error": str(e)})
-                    progress.advance(task)
-            if chunk:
-                trajs = loop.run(images, [q["question"] for q in chunk])
-                for q, traj in zip(chunk, trajs):
-                    sink.write(trajectory_record(traj, id=q["id"], image=str(q["image"])))
-                    unanswered += traj.answer is None
-                    progress.advance(task)
-    answered = len(_done_ids(out))
-    none = f" ({unanswered} of this run without an answer: `answer` null, see `answer_reason`)" if unanswered else ""
-    err_console.print(f"{answered} answered{none} · {failures} failed · answers in {out}", highlight=False)
-    if failures:
-        raise DataError(f"{failures} question(s) of {batch} could not be answered (see the lines above)")
+        err_console.print(f"{len(run.entries)} lines · {len(run.questions) - todo} already answered in {out} · "
+                          f"{todo} to do", highlight=False, soft_wrap=True)
+
+    def load():
+        loaded = load_model(model, device, dtype)
+        if not quiet:
+            note_generation_config(loaded, err_console)
+        return loaded
+
+    with Progress(TextColumn("answering"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=err_console, disable=quiet) as progress:
+        task = progress.add_task("answering", total=todo + len(run.bad_lines))
+
+        def on_record(record: dict) -> None:
+            if "error" in record:
+                which = f" (id {record['id']})" if record["id"] is not None else ""
+                progress.console.print(f"[red]failed[/] {batch}:{record['line']}{which}: {record['error']}",
+                                       highlight=False, soft_wrap=True)
+            progress.advance(task)
+
+        counts = run.execute(load, on_record=on_record)
+    none = (f" ({counts.unanswered} of this run without an answer: `answer` null, see `answer_reason`)"
+            if counts.unanswered else "")
+    err_console.print(f"{len(run.done)} answered{none} · {len(counts.failed)} failed · answers in {out}",
+                      highlight=False, soft_wrap=True)
+    if counts.failed:
+        raise DataError(f"{len(counts.failed)} line(s) of {batch} could not be answered (see the lines above; "
+                        f"their records in {out} say why, and a rerun tries them again)")
 
 
 def segment(

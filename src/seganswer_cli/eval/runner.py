@@ -7,14 +7,22 @@ item's ``prompt`` as the question); referring segmentation through ``SegAnswerMo
 skips the ids already there (a last line cut by the kill is dropped and redone) and the summary is
 rebuilt from the file, equal to that of an uninterrupted run.
 
+A sample whose image does not decode (or whose ``--masks gt`` region does not load) does not stop the
+run (``on_error="skip"``, the default): it gets a ``failed`` record with the reason (``failed_record``),
+is left out of the metrics and counted in the summary, and the next invocation tries it again. With
+``on_error="stop"`` the run writes the good samples of that batch, then stops with one line naming the
+sample. ``run.json`` is written only once the model has loaded (``execute``), so an option that fails
+(a mistyped ``--model``, ``--batch-size 0``) leaves nothing behind; a non-empty folder that holds no
+run is refused.
+
 A run folder (``--out RUN_DIR``)::
 
     run.json           the settings that define the run (benchmark, split, data, model, roi, token
                        limits, dtype), the model's card and package versions; a rerun into the same
                        folder with other settings is refused
-    predictions.jsonl  one JSON object per sample (see ``qa_record`` / ``mask_record``)
+    predictions.jsonl  one JSON object per sample (see ``qa_record`` / ``mask_record`` / ``failed_record``)
     summary.json       metrics, cost (visual tokens of the second look, generated tokens), seconds per
-                       sample, counts (items, evaluated, missing images), settings, model, versions,
+                       sample, counts (items, evaluated, missing images, failed), settings, model, versions,
                        the judge and its counts (``judge``, None without ``--judge``)
     judge_cache.jsonl  with ``--judge``: every judge reply, so a resumed run never asks twice (judge.py)
     vis/               overlays of ``--save-vis N`` samples, named ``<index>_<ok|wrong>_<id>.png``
@@ -43,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from seganswer_cli import jsonl
+from seganswer_cli.data.onerror import OnError, RecordErrors
 from seganswer_cli.errors import DataError, UsageError, read_json
 from seganswer_cli.eval import BenchmarkSpec
 from seganswer_cli.eval import judge as judging
@@ -54,6 +63,8 @@ NO_LOOK = "direct"
 PREDICTIONS = "predictions.jsonl"
 SUMMARY = "summary.json"
 VIS_DIR = "vis"
+FAILED = "failed"
+"""Key of a failed sample's ``predictions.jsonl`` record: why its inputs could not be read."""
 
 
 @dataclass(frozen=True)
@@ -110,30 +121,43 @@ class RunSettings:
         """Settings with paths made absolute (so a rerun from another folder matches) and the split resolved;
         ``loop`` (roi, masks, max_seg_steps, max_new_tokens; option_order) is the other settings; the loop's
         are dropped for segmentation, which does not use them."""
-        model_path = Path(model)
         if spec.task == "segmentation":
             loop = {**loop, "roi": None, "max_seg_steps": None, "max_new_tokens": None, "masks": None}
         return cls(
             benchmark=spec.name,
             split=split or spec.default_split,
             data=str(data_path.resolve()) if data_path is not None else data.source,
-            model=str(model_path.resolve()) if model_path.exists() else model,
+            model=model_setting(model),
             **(judge.settings() if judge is not None else {}),
             **loop,
         )
 
     def differences(self, recorded: dict[str, Any]) -> list[str]:
-        """``name: <recorded> there, <self> now`` for every setting that differs from ``recorded``.
-        A setting the folder does not record (written before the setting existed) matches its default
-        and "not applicable" (None)."""
-        found = []
-        for f in fields(self):
-            now = getattr(self, f.name)
-            if f.name not in recorded and now in (f.default, None):
-                continue
-            if recorded.get(f.name) != now:
-                found.append(f"{f.name}: {recorded.get(f.name)!r} there, {now!r} now")
-        return found
+        """``name: <recorded> there, <self> now`` for every setting that differs from ``recorded``
+        (``settings_differences``)."""
+        return settings_differences(self, recorded)
+
+
+def settings_differences(settings: Any, recorded: dict[str, Any]) -> list[str]:
+    """``name: <recorded> there, <now> now`` for every field of the settings dataclass ``settings`` that
+    differs from ``recorded`` (what an earlier run wrote down). A setting not recorded (written before
+    the setting existed) matches its default and "not applicable" (None). Eval run folders and
+    ``infer --batch`` answer files (``batch_infer.py``) refuse a rerun with other settings through it."""
+    found = []
+    for f in fields(settings):
+        now = getattr(settings, f.name)
+        if f.name not in recorded and now in (f.default, None):
+            continue
+        if recorded.get(f.name) != now:
+            found.append(f"{f.name}: {recorded.get(f.name)!r} there, {now!r} now")
+    return found
+
+
+def model_setting(model: str) -> str:
+    """``--model`` as a setting: a folder as an absolute path (so a rerun from another folder matches),
+    anything else (a preset name, a hub id) as given."""
+    path = Path(model)
+    return str(path.resolve()) if path.exists() else model
 
 
 def versions() -> dict[str, str]:
@@ -151,7 +175,8 @@ class EvalRun:
     """One run folder: the items to evaluate, those already done, and how to do the rest."""
 
     def __init__(self, spec: BenchmarkSpec, data: BenchmarkData, settings: RunSettings, folder: Path,
-                 items: list[EvalItem], done: dict[str, dict], run_info: dict[str, Any], limit: int | None = None):
+                 items: list[EvalItem], done: dict[str, dict], run_info: dict[str, Any], limit: int | None = None,
+                 failed: dict[str, dict] | None = None, on_error: OnError = "skip"):
         self.spec = spec
         self.data = data
         self.settings = settings
@@ -160,6 +185,10 @@ class EvalRun:
         """The items of this invocation (the split, cut to ``--limit``), in benchmark order."""
         self.done = done
         """id -> prediction record already in ``predictions.jsonl``."""
+        self.failed = failed if failed is not None else {}
+        """id -> record of a sample whose inputs could not be read (``FAILED``: why); tried again by ``execute``."""
+        self.errors = RecordErrors(on_error)
+        """What a sample that cannot be read does: ``skip`` (recorded as failed, the run goes on) or ``stop``."""
         self.run_info = run_info
         self.limit = limit
         """``--limit`` of this invocation (recorded in the summary's counts; not a setting of the run)."""
@@ -177,12 +206,14 @@ class EvalRun:
 
     @classmethod
     def open(cls, spec: BenchmarkSpec, data: BenchmarkData, settings: RunSettings, folder: Path, *,
-             limit: int | None = None, skip_missing: bool = False) -> EvalRun:
-        """Check the data and the folder (nothing is loaded or written on bad input), then read what is done.
+             limit: int | None = None, skip_missing: bool = False, on_error: OnError = "skip") -> EvalRun:
+        """Check the data, the settings and the folder, then read what is done. Nothing is loaded or
+        written: ``run.json`` is written by ``execute`` once the model has loaded.
 
         Raises ``DataError`` naming the first missing image unless ``skip_missing``; ``UsageError`` when
-        ``folder`` holds a run with other settings.
+        ``folder`` holds a run with other settings, or is not empty and holds no run.
         """
+        errors = RecordErrors(on_error)  # validates on_error
         if data.missing and not skip_missing:
             raise DataError(
                 f"{spec.name}: {len(data.missing)} record(s) have no image; first: {data.missing[0]} "
@@ -208,8 +239,8 @@ class EvalRun:
             judging.check_protocol(spec.name, spec.protocol.judge)
         folder = Path(folder)
         run_info = _check_run_file(folder, settings)
-        done = read_predictions(folder / PREDICTIONS)
-        return cls(spec, data, settings, folder, items, done, run_info, limit)
+        done, failed = _read_prediction_records(folder / PREDICTIONS)
+        return cls(spec, data, settings, folder, items, done, run_info, limit, failed, errors.on_error)
 
     def execute(self, load_model: Callable[[], Any], *, batch_size: int = 8, save_vis: int = 0,
                 on_batch: Callable[[int, str], None] | None = None, judge_client: Any = None) -> dict[str, Any]:
@@ -223,35 +254,53 @@ class EvalRun:
         """
         if batch_size < 1:
             raise UsageError("--batch-size must be >= 1")
-        self.folder.mkdir(parents=True, exist_ok=True)
         todo = self.todo
+        # The model loads before anything is written: a --model, --device or --dtype that fails leaves
+        # no run.json behind to block the corrected command.
+        model = load_model() if todo else None
+        if model is not None or not (self.folder / RUN_FILE).is_file():
+            self.write_run_file(model)
         config = judging.JudgeConfig.from_settings(self.settings)
         if config is not None and (todo or self.judge_failed):
             self.judge = judging.Judge(judge_client or judging.client_for(config), self.spec.protocol.judge,
                                        judging.JudgeCache(self.folder / judging.JUDGE_CACHE))
             self._judge_again()
         if todo:
-            model = load_model()
-            self.run_info["model_info"] = _jsonable(getattr(model, "info", {}))
-            self.run_info["versions"] = versions()
-            _write_json(self.folder / RUN_FILE, self.run_info)
+            self._forget_failures(todo)
             predict = self._qa_batches if self.spec.task == "qa" else self._mask_batches
             order = {item.id: index for index, item in enumerate(self.items)}
             vis_left = save_vis
             with jsonl.JsonlAppender(self.folder / PREDICTIONS) as sink:
                 for start in range(0, len(todo), batch_size):
                     batch = todo[start : start + batch_size]
+                    bad = []
                     for item, record, figure in predict(model, batch, want_vis=vis_left > 0):
+                        if FAILED in record:
+                            bad.append((item, record))
+                            continue
                         sink.write(_jsonable(record))
                         self.done[item.id] = record
                         if figure is not None and vis_left > 0:
                             vis_left -= 1
                             self._save_figure(figure(), order[item.id], item.id, record["correct"])
+                    for item, record in bad:  # after the batch's good samples are written
+                        self.errors.fail(self.data.source or self.spec.name, item.id, record[FAILED] + (
+                            " (--on-error skip records it as failed and goes on)" if self.errors.on_error == "stop" else ""))
+                        sink.write(_jsonable(record))
+                        self.failed[item.id] = record
                     if on_batch is not None:
                         on_batch(len(batch), running_note(self.spec, self.results()))
         summary = self.summary()
         _write_json(self.folder / SUMMARY, summary)
         return summary
+
+    def write_run_file(self, model=None) -> None:
+        """Write ``run.json``: the settings and, given the loaded ``model``, its card and the package versions."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if model is not None:
+            self.run_info["model_info"] = _jsonable(getattr(model, "info", {}))
+            self.run_info["versions"] = versions()
+        _write_json(self.folder / RUN_FILE, self.run_info)
 
     # -- predicting ------------------------------------------------------------------------------
 
@@ -262,8 +311,10 @@ class EvalRun:
         s = self.settings
         loop = ReasoningLoop(model, ReasoningSettings(roi=s.roi, max_seg_steps=s.max_seg_steps,
                                                       max_new_tokens=s.max_new_tokens))  # cheap: no state
-        images = [item.load_image() for item in batch]
-        regions = [item.load_gt_mask() for item in batch] if s.masks == "gt" else None
+        batch, images, regions = yield from self._readable(batch, regions=s.masks == "gt")
+        if not batch:
+            return
+        regions = regions if s.masks == "gt" else None
         likelihood = s.protocol == "likelihood"
         # the likelihood protocol asks the question alone: the options are scored, not shown
         questions = [item.question if likelihood else item.prompt for item in batch]
@@ -300,7 +351,9 @@ class EvalRun:
             jsonl.rewrite(path, [self.done.get(str(r["id"]), r) for r in jsonl.read_records(path)])
 
     def _mask_batches(self, model, batch: list[EvalItem], want_vis: bool):
-        images = [item.load_image() for item in batch]
+        batch, images, _ = yield from self._readable(batch)
+        if not batch:
+            return
         start = time.perf_counter()
         predictions = model.segment_batch(images, [item.question for item in batch])
         seconds = (time.perf_counter() - start) / len(batch)
@@ -308,6 +361,34 @@ class EvalRun:
             result = self.spec.score(mask, item)
             figure = functools.partial(mask_figure, image, mask, item, result) if want_vis else None
             yield item, mask_record(item, result, mask, iou, score, seconds), figure
+
+    def _readable(self, batch: list[EvalItem], *, regions: bool = False):
+        """Decode the batch's images (and ``--masks gt`` regions); a sample whose inputs cannot be read is
+        yielded as ``(item, failed_record, None)`` here, the policy (stop or skip) applied by ``execute``.
+        Returns the other items with their images and regions (None without ``regions``)."""
+        found = RecordErrors("skip")  # collects this batch's bad samples, with the readers' error classes
+        readable, images, masks = [], [], []
+        for item in batch:
+            inputs = found.attempt(self.data.source or self.spec.name, item.id, lambda item=item: (
+                item.load_image(), item.load_gt_mask() if regions else None))
+            if inputs is None:
+                yield item, failed_record(item, found.skipped[-1].reason), None
+                continue
+            readable.append(item)
+            images.append(inputs[0])
+            masks.append(inputs[1])
+        return readable, images, masks
+
+    def _forget_failures(self, todo: list[EvalItem]) -> None:
+        """Take the failed records of samples about to be tried again out of ``predictions.jsonl``
+        (rewritten through a temporary file), so that the file keeps one record per sample."""
+        again = {item.id for item in todo} & set(self.failed)
+        if not again:
+            return
+        path = self.folder / PREDICTIONS
+        jsonl.rewrite(path, [r for r in jsonl.read_records(path) if not (FAILED in r and str(r["id"]) in again)])
+        for item_id in again:
+            del self.failed[item_id]
 
     def _save_figure(self, figure, index: int, item_id: str, correct: bool) -> None:
         folder = self.folder / VIS_DIR
@@ -327,6 +408,7 @@ class EvalRun:
         results = [SampleResult.from_json(r) for r in records]
         metrics = self.spec.summarize(results)
         skipped = len(self.data.missing)
+        failed = [self.failed[item.id] for item in self.items if item.id in self.failed]
         return _jsonable({
             "benchmark": self.spec.name,
             "split": self.settings.split,
@@ -342,9 +424,11 @@ class EvalRun:
                 "items": len(self.data.items) + skipped,
                 "evaluated": len(results),
                 "missing_images": skipped,
+                "failed": len(failed),
                 "limit": self.limit,
             },
             "missing": [str(m) for m in self.data.missing[:20]],
+            "failed": [{"id": r["id"], "reason": r[FAILED]} for r in failed[:20]],
             "source": self.data.source,
             "settings": asdict(self.settings),
             "model_info": self.run_info.get("model_info", {}),
@@ -392,6 +476,13 @@ def qa_record(item: EvalItem, result: SampleResult, traj) -> dict[str, Any]:
         "sequence_tokens": trace["sequence_tokens"],
         "timings": trace["timings"],
     }
+
+
+def failed_record(item: EvalItem, reason: str) -> dict[str, Any]:
+    """The ``predictions.jsonl`` line of a sample that could not be evaluated (its image does not decode,
+    its region does not load): id, question and why. Left out of the metrics, counted in the summary
+    (``counts.failed``, ``failed``), tried again by the next invocation."""
+    return {"id": item.id, FAILED: reason, "question": item.question}
 
 
 def mask_record(item: EvalItem, result: SampleResult, mask, iou: float, score: float, seconds: float) -> dict:
@@ -455,27 +546,45 @@ def mask_figure(image, mask, item: EvalItem, result: SampleResult):
 
 
 def read_predictions(path: Path, *, repair: bool = True) -> dict[str, dict]:
-    """id -> record of every complete line of ``predictions.jsonl`` (empty when there is none).
+    """id -> record of every scored sample in ``predictions.jsonl`` (empty when there is none); the
+    records of failed samples (``failed_record``) are left out.
 
     A last line without its newline was cut by a kill (``seganswer_cli.jsonl``'s rules): with ``repair``
     it is removed from the file and that sample is evaluated again; readers that only look (``eval
     sheet``, maybe while the run goes on) pass ``repair=False`` and skip it. A broken line elsewhere,
-    or one without ``id`` and ``correct``, is a ``DataError``.
+    or one without ``id`` and either ``correct`` or ``failed``, is a ``DataError``.
     """
+    return _read_prediction_records(path, repair=repair)[0]
+
+
+def _read_prediction_records(path: Path, *, repair: bool = True) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(id -> scored record, id -> failed record) of ``predictions.jsonl``; see ``read_predictions``."""
     read = jsonl.repair if repair else jsonl.read_records
-    return {str(record["id"]): record for record in read(path, require=("id", "correct"))}
+    scored, failed = {}, {}
+    for record in read(path, require=("id",)):
+        if FAILED in record:
+            failed[str(record["id"])] = record
+        elif "correct" in record:
+            scored[str(record["id"])] = record
+        else:
+            raise DataError(f"{path}: the record of id {record['id']!r} has neither 'correct' nor '{FAILED}'; "
+                            "fix or remove the line")
+    return scored, {k: v for k, v in failed.items() if k not in scored}
 
 
 def _check_run_file(folder: Path, settings: RunSettings) -> dict[str, Any]:
-    """The run file's content; written now for a new run, compared with ``settings`` for an old one."""
+    """The run file's content: new for a fresh folder (nothing is written here), compared with ``settings``
+    for an existing run."""
     run_file = folder / RUN_FILE
     if not run_file.is_file():
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"--out {folder} is a file; give a folder for the run")
         if (folder / PREDICTIONS).exists():
             raise UsageError(f"{folder} has {PREDICTIONS} but no {RUN_FILE}: not a seganswer eval run folder")
-        info = {"settings": asdict(settings)}
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_json(run_file, info)
-        return info
+        if folder.is_dir() and any(folder.iterdir()):
+            raise UsageError(f"{folder} is not empty and holds no {RUN_FILE}: not a seganswer eval run folder; "
+                             "give a new or empty folder as --out")
+        return {"settings": asdict(settings)}  # written by EvalRun.execute once the model has loaded
     info = read_json(run_file)
     differences = settings.differences(info.get("settings", {}))
     if differences:
