@@ -262,7 +262,7 @@ def meta_model(spec: str, dtype: str = "float32"):
 
     from seganswer_cli.model.presets import PRESETS, packaged_folder
 
-    torch_dtype = None if dtype == "float32" else getattr(torch, dtype)
+    torch_dtype = getattr(torch, dtype)  # the run's dtype, as load_starting_model loads it
     if spec in PRESETS and PRESETS[spec].packaged is None and PRESETS[spec].mllm is None:
         from seganswer_cli.model import SegAnswerModel
 
@@ -310,10 +310,7 @@ def _from_configs(mllm_config: dict, sam_config: dict, dtype):
         mllm = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig.from_dict(mllm_config))
         decoder = SamMaskDecoder(Sam2Model(Sam2Config.from_dict(sam_config)))
         projector = SegProjector(mllm.config.text_config.hidden_size, decoder.prompt_dim)
-    model = MetaModel(mllm, projector, decoder)
-    if dtype is not None:
-        model.to(dtype)
-    return model
+    return MetaModel(mllm, projector, decoder).to(dtype)
 
 
 def stage_model(config, stage: str, spec: str):
