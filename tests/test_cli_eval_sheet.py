@@ -150,8 +150,8 @@ def test_sheet_bad_input_is_one_line(qa_runs, tmp_path):
     result = invoke("sheet", segmentation, "--out", tmp_path / "s.png")
     assert isinstance(result.exception, UsageError) and "referring segmentation" in str(result.exception)
 
-    result = invoke("sheet", qa_runs["mask"], "--out", tmp_path / "s.jpg")
-    assert isinstance(result.exception, UsageError) and "--out must name a .png file" in str(result.exception)
+    result = invoke("sheet", qa_runs["mask"], "--out", tmp_path / "s.svg")
+    assert isinstance(result.exception, UsageError) and "unknown image extension '.svg'" in str(result.exception)
     result = invoke("sheet", qa_runs["mask"], "--out", tmp_path / "s.png", "--right", 0, "--wrong", 0)
     assert isinstance(result.exception, UsageError) and "nothing to draw" in str(result.exception)
     assert not list(tmp_path.glob("s.*"))

@@ -87,7 +87,7 @@ def test_segment_writes_mask_and_json(tmp_path, noise_image):
         (["infer", "missing.png", "q", "--model", "tiny"], "image not found"),
         (["infer", "notimage.png", "q"], "cannot read image"),
         (["infer", "img.png", "   "], "question is empty"),
-        (["infer", "img.png", "q", "--roi", "box"], "unknown --roi"),
+        (["infer", "img.png", "q", "--roi", "box"], "Invalid value for '--roi'"),  # the usage line, exit 2
         (["infer", "img.png", "q", "--model", "nope"], "model folder not found"),
         (["infer", "--batch", "q.jsonl"], "--batch needs --out"),
         (["segment", "img.png", ""], "expression is empty"),

@@ -38,7 +38,6 @@ def test_7b_stage2_under_ddp_does_not_fit_and_says_what_does():
     (["-c", "stage9-nope"], "config not found: stage9-nope"),
     (["-c", "stage2-7b", "--gpu-memory", "eighty"], "--gpu-memory 'eighty'"),
     (["-c", "stage2-7b", "--gpus", "0"], "--gpus must be >= 1"),
-    (["-c", "stage2-7b", "--strategy", "zero3"], "--strategy 'zero3'"),
     (["-c", "stage2-7b"], "give --model with a model folder or the preset of its architecture"),
     (["-c", "stage2-7b", "--model", "qwen9-vl"], "neither a model folder nor a preset"),
     (["-c", "stage2-7b", "-m", "tiny", "--strategy", "ddp", "--offload"], "--offload moves FSDP's shards"),

@@ -43,7 +43,6 @@ def test_allow_untrained_start_runs(monkeypatch, capsys, tmp_path, vqa_dir, fres
     ([], "no starting model"),
     (["--model", "nope/not/here"], "model folder not found"),
     (["--model", "tiny"], "is a preset"),
-    (["--masks", "cached"], "unknown masks"),
     (["--direct-share", "1.5"], "direct_share must be in [0, 1]"),
 ])
 def test_bad_flags(monkeypatch, capsys, tmp_path, vqa_dir, args, expected):

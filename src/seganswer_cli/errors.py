@@ -54,6 +54,10 @@ class DataError(SegAnswerError):
     """A dataset file or record is missing or malformed (the message names file and record)."""
 
 
+class OutputError(SegAnswerError):
+    """An output file or folder could not be written (no space, no permission, ...): the message names it."""
+
+
 def read_json(path, error: type[SegAnswerError] | None = None):
     """The JSON value in the file ``path`` (UTF-8); a file that is not valid JSON (or not UTF-8)
     raises ``error`` (default ``DataError``) as one line naming the file, as does one that cannot be read."""

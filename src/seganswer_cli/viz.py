@@ -3,10 +3,44 @@ contact sheets of many answered questions (``seganswer eval sheet``); training c
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from seganswer_cli.errors import OutputError
+
+#: Extension -> Pillow format of the figures seganswer writes (``save_image``; checked by the CLI
+#: when it parses an output option).
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".bmp": "BMP",
+                 ".tif": "TIFF", ".tiff": "TIFF", ".gif": "GIF", ".pdf": "PDF"}
+#: The lossless ones, for masks (a JPEG or WebP mask would not be 0/255 at its edge).
+MASK_FORMATS = {k: v for k, v in IMAGE_FORMATS.items() if v in ("PNG", "BMP", "TIFF")}
+
+
+def save_image(image: Image.Image, path) -> Path:
+    """Write ``image`` to ``path`` in the format its extension names (``IMAGE_FORMATS``), creating
+    its folder. The file is written beside ``path`` and renamed over it once complete, so a failed
+    write (no space, no permission) leaves neither half a file nor a destroyed earlier one; it
+    raises ``OutputError`` naming the path."""
+    path = Path(path)
+    fmt = IMAGE_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise OutputError(f"cannot write {path}: unknown image extension {path.suffix!r} "
+                          f"(known: {', '.join(IMAGE_FORMATS)})")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(partial, format=fmt)
+        os.replace(partial, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
 
 #: Outline colours per mask (RGB), cycled.
 MASK_COLOURS = ((255, 64, 64), (64, 160, 255), (64, 220, 96), (255, 200, 40))

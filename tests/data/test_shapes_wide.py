@@ -23,7 +23,12 @@ from seganswer_cli.data.shapes_scenes import (
     world,
 )
 from seganswer_cli.errors import UsageError
-from seganswer_cli.model.conversation import LLAVA_INSTRUCTION, VLMEVALKIT_INSTRUCTION, YES_NO_INSTRUCTION, prompt_and_answer
+from seganswer_cli.model.conversation import (
+    LLAVA_INSTRUCTION,
+    VLMEVALKIT_INSTRUCTION,
+    YES_NO_INSTRUCTION,
+    prompt_and_answer,
+)
 
 # the wide world on smaller canvases, so that many samples are made in a second or two
 WIDE = world("wide", canvas_sides=(120, 320), max_canvas_pixels=320 * 240, max_size=48, target_max_size=30)

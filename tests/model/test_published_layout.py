@@ -90,7 +90,8 @@ def test_generation_config_is_overridden_and_said_so(model, published_model, pub
     image = Image.new("RGB", (64, 64), "red")
     result = runner.invoke(app, ["infer", "--model", str(published_model), "--max-new-tokens", "2",
                                  str(_save(image, published_model.parent / "red.png")), "What colour is it?"])
-    assert result.exit_code in (0, 3), result.output  # 3: no answer from random weights
+    # random weights: an answer, or none (NoAnswer: exit 3 from the executable; 2 tokens cut most answers)
+    assert result.exit_code == 0 or type(result.exception).__name__ == "NoAnswer", result.output
     assert "generation_config.json" in result.stderr and "is not used" in result.stderr
 
 

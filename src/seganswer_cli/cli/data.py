@@ -4,20 +4,25 @@ Thin: parse, validate, print the resolved settings, call ``seganswer_cli.data``.
 (numpy, PIL, pycocotools) is imported inside the commands so ``seganswer --help`` stays fast.
 """
 
-from __future__ import annotations
-
 import json
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
 
-from seganswer_cli.cli.options import JsonOpt, OutDirOpt, SeedOpt
+from seganswer_cli.cli.options import JsonOpt, OutDirOpt, SeedOpt, image_output
 from seganswer_cli.errors import UsageError
 
-app = typer.Typer(help="Data preparation: the shapes world and readers for the published formats.", no_args_is_help=True)
+app = typer.Typer(help="""The shapes world and readers for published datasets.
+
+    Example:
+
+    \b
+        seganswer data synth --kind vqa --n 200 --out data/shapes-vqa
+        seganswer data inspect data/shapes-vqa --examples 3
+    """, no_args_is_help=True)
 
 console = Console()
 err_console = Console(stderr=True)
@@ -33,6 +38,11 @@ class SynthKind(str, Enum):
 class OnErrorChoice(str, Enum):
     stop = "stop"
     skip = "skip"
+
+
+#: The named worlds of ``data/shapes_scenes.py`` (``WORLDS``; spelled here so that --help need not
+#: import numpy; tests/test_cli_help.py checks they agree).
+World = Literal["default", "demo", "closeup", "wide", "vstar-like"]
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -52,34 +62,40 @@ def synth(
     n: Annotated[int, typer.Option("--n", min=1, help="Number of samples (one scene each).")] = 100,
     size: Annotated[str | None, typer.Option("--size", help="Canvas WIDTHxHEIGHT in pixels (default: the "
                                              "world's; 256x256 for the default world).")] = None,
-    world: Annotated[str, typer.Option("--world", help="Named settings: default, demo (the shipped model's "
-                                       "world, docs/shapes-experiment.md), wide (its vocabulary on any canvas, background and prompt format), "
-                                       "closeup or vstar-like; options below override.")]
-    = "default",
+    world: Annotated[World, typer.Option("--world", help="Named settings: default, demo (the shipped model's "
+                                         "world, docs/shapes-experiment.md), wide (its vocabulary on any canvas, "
+                                         "background and prompt format), closeup or vstar-like; options below "
+                                         "override.")] = "default",
     seed: SeedOpt = 0,
     min_objects: Annotated[int | None, typer.Option(help="Fewest shapes per scene.")] = None,
     max_objects: Annotated[int | None, typer.Option(help="Most shapes per scene.")] = None,
     min_size: Annotated[int | None, typer.Option(help="Smallest shape side (px).")] = None,
     max_size: Annotated[int | None, typer.Option(help="Largest shape side (px).")] = None,
     clutter: Annotated[int | None, typer.Option(help="Grey specks under the shapes.")] = None,
-    layout: Annotated[str, typer.Option("--layout", help="seganswer (a dataset folder any command reads), vstar "
+    layout: Annotated[Literal["seganswer", "vstar", "pope"], typer.Option("--layout", help="seganswer (a dataset folder any command reads), vstar "
                                         "(--kind vqa only: the multiple-choice questions in V* Bench's published "
                                         "layout, for seganswer eval vstar) or pope (--kind vqa only: yes/no "
                                         "questions in POPE's three settings, for seganswer eval pope).")] = "seganswer",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Write into a non-empty --out.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Generate a shapes-world dataset folder (images + records.jsonl with COCO RLE masks)."""
+    """Generate a shapes-world dataset folder.
+
+    Images and records.jsonl, masks as COCO RLE.
+
+    Example:
+
+    \b
+        seganswer data synth --kind refseg --n 500 --out data/shapes-refseg
+        seganswer data synth --kind vqa --world demo --n 200 --seed 7 --out data/shapes-vqa
+        seganswer data synth --kind vqa --layout vstar --n 100 --out data/vstar-shapes
+        seganswer data synth --kind vqa --world wide --layout pope --n 100 --out data/pope-shapes
+    """
     from dataclasses import asdict
 
     from seganswer_cli.data.shapes_datasets import write_pope_layout, write_synthetic, write_vstar_layout
-    from seganswer_cli.data.shapes_scenes import WORLDS
     from seganswer_cli.data.shapes_scenes import world as named_world
 
-    if world not in WORLDS:
-        raise UsageError(f"unknown --world {world!r}; choose from {', '.join(WORLDS)}")
-    if layout not in ("seganswer", "vstar", "pope"):
-        raise UsageError(f"unknown --layout {layout!r}; choose from seganswer, vstar, pope")
     if layout != "seganswer" and kind.value != "vqa":
         raise UsageError(f"--layout {layout} writes benchmark questions: use it with --kind vqa, not {kind.value}")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -112,7 +128,8 @@ def synth(
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="Dataset folder or file, as distributed.")],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="Dataset folder or file, as distributed.",
+                                         show_default=False)],
     format: Annotated[str | None, typer.Option("--format", "-f", help="Format name (detected when omitted): "
                                                "seganswer, refcoco, refcoco+, refcocog, refclef, refcoco-parquet, "
                                                "reasonseg, ade20k, coco, visualcot, virl39k, ...")] = None,
@@ -123,13 +140,24 @@ def inspect(
     examples: Annotated[int, typer.Option("--examples", min=0, help="Samples to show.")] = 5,
     check: Annotated[bool, typer.Option("--check", help="Decode every image and mask (slow; finds bad images).")]
     = False,
-    contact_sheet: Annotated[Path | None, typer.Option("--contact-sheet", help="Write a PNG grid of the shown "
-                                                       "samples with masks drawn.")] = None,
+    contact_sheet: Annotated[Path | None, typer.Option("--contact-sheet", callback=image_output, help="Write an "
+                                                       "image (.png, .jpg, ...): a grid of the shown samples with "
+                                                       "masks drawn.")] = None,
     on_error: Annotated[OnErrorChoice, typer.Option("--on-error", help="stop at the first bad record, or skip "
                                                     "bad records and report them at the end.")] = OnErrorChoice.stop,
     json_out: JsonOpt = False,
 ) -> None:
-    """Count, describe and show samples of a dataset in any supported format."""
+    """Count, describe and show samples of a dataset.
+
+    Any supported format (--format, detected when omitted).
+
+    Example:
+
+    \b
+        seganswer data inspect data/shapes-vqa
+        seganswer data inspect refcoco --format refcoco --split val --limit 100 --contact-sheet refcoco.png
+        seganswer data inspect reasonseg/train --check --on-error skip --json
+    """
     from seganswer_cli.data.formats import open_dataset
     from seganswer_cli.data.inspect import contact_sheet as write_sheet
     from seganswer_cli.data.inspect import summarize

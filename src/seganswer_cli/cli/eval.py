@@ -7,13 +7,10 @@ so scripts type the benchmark right after ``eval``. Library code: ``seganswer_cl
 ``seganswer_cli.eval.sheet``.
 """
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -27,6 +24,9 @@ from seganswer_cli.cli.options import (
     JsonOpt,
     ModelDefaultOpt,
     QuietOpt,
+    RoiOpt,
+    folder_output,
+    image_output,
     load_model,
     note_generation_config,
     resolve_device,
@@ -40,7 +40,7 @@ err_console = Console(stderr=True)
 class BenchmarkFirstGroup(TyperGroup):
     """A group whose default command is ``run``: ``eval vstar ...`` resolves as ``eval run vstar ...``."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):
+    def resolve_command(self, ctx, args: list[str]):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
             args = ["run", *args]
         return super().resolve_command(ctx, args)
@@ -50,40 +50,54 @@ app = typer.Typer(
     cls=BenchmarkFirstGroup,
     no_args_is_help=True,
     subcommand_metavar="BENCH [OPTIONS] | COMMAND [ARGS]...",
-    help="Evaluate on a benchmark: [bold]seganswer eval BENCH --data PATH --out RUN_DIR[/] "
-    "(BENCH is vstar, pope, refcoco, shapes-vqa, ...: see [bold]seganswer eval list[/]); "
-    "[bold]seganswer eval report RUN_DIR...[/] puts runs side by side; "
-    "[bold]seganswer eval sheet RUN_DIR... --out sheet.png[/] draws right and wrong answers.",
+    help="""Evaluate on benchmarks, compare runs, draw sheets.
+
+    BENCH: vstar, pope, refcoco, shapes-vqa, ... (seganswer eval list).
+    seganswer eval BENCH ... is short for seganswer eval run BENCH ...; eval report puts runs side by
+    side; eval sheet draws right and wrong answers.
+
+    Example:
+
+    \b
+        seganswer eval shapes-vqa --out runs/shapes-vqa
+        seganswer eval vstar --data vstar_bench --out runs/vstar --model my-model
+        seganswer eval report runs/vstar runs/vstar-bbox
+        seganswer eval sheet runs/vstar --out sheet.png
+    """,
 )
+
+#: ``--option-order`` and ``--protocol``: V*'s ``OPTION_ORDERS`` and ``PROTOCOL_VARIANTS`` (eval/vstar.py;
+#: spelled here so that --help need not load the registry; tests/test_cli_help.py checks they agree).
+OptionOrder = Literal["shuffled", "fixed"]
+Protocol = Literal["generate", "likelihood"]
 
 
 @app.command("run")
 def run(
     bench: Annotated[str, typer.Argument(metavar="BENCH", help="Benchmark name (seganswer eval list shows them all).",
                                          show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: predictions.jsonl, summary.json, vis/. "
-                                      "Rerunning into it resumes.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", callback=folder_output, help="Run folder: predictions.jsonl, "
+                                      "summary.json, vis/. Rerunning into it resumes.", show_default=False)],
     data: Annotated[Path | None, typer.Option("--data", help="The benchmark's folder as distributed. Optional "
                                               "for shapes-*: generated from a held-out seed when omitted.")] = None,
     split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default: the benchmark's).")] = None,
     model: ModelDefaultOpt = DEFAULT_MODEL,
-    roi: Annotated[str, typer.Option("--roi", help="Second look: mask (sparse segmented patches), bbox (box "
-                                     "crop), none (no second look: the model answers directly from the first look).")] = "mask",
-    masks: Annotated[str, typer.Option("--masks", help="Mask of the second look: model (SAM 2.1, from the "
+    roi: RoiOpt = "mask",
+    masks: Annotated[Literal["model", "gt"], typer.Option("--masks", help="Mask of the second look: model (SAM 2.1, from the "
                                        "<|seg|> state) or gt (the question's annotated region, where the "
                                        "benchmark has one: the oracle-grounding ablation).")] = "model",
-    max_seg_steps: Annotated[int, typer.Option(help="Most <|seg|> rounds per question.")] = 1,
-    max_new_tokens: Annotated[int, typer.Option(help="Most generated tokens per question.")] = 256,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples run through the model together.")] = 8,
+    max_seg_steps: Annotated[int, typer.Option(min=0, help="Most <|seg|> rounds per question.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Most generated tokens per question.")] = 256,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Samples run through the model together.")] = 8,
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N items (a later run without "
                                               "it resumes).")] = None,
-    save_vis: Annotated[int, typer.Option("--save-vis", help="Write overlay PNGs (mask + answer) for the first "
+    save_vis: Annotated[int, typer.Option("--save-vis", min=0, help="Write overlay PNGs (mask + answer) for the first "
                                           "N samples evaluated, into RUN_DIR/vis/.")] = 0,
-    option_order: Annotated[str | None, typer.Option("--option-order", help="vstar: shuffled (default: the "
+    option_order: Annotated[OptionOrder | None, typer.Option("--option-order", help="vstar: shuffled (default: the "
                                                      "published order, or a seeded one for annotation-only copies) "
                                                      "or fixed (the right option first: measures position bias).",
                                                      show_default=False)] = None,
-    protocol: Annotated[str | None, typer.Option("--protocol", help="vstar: generate (default: the answer the "
+    protocol: Annotated[Protocol | None, typer.Option("--protocol", help="vstar: generate (default: the answer the "
                                                  "model writes) or likelihood (the official script's: each "
                                                  "option scored as the final answer).", show_default=False)] = None,
     skip_missing: Annotated[bool, typer.Option("--skip-missing", help="Evaluate without records whose image "
@@ -106,7 +120,17 @@ def run(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """Evaluate a model on benchmark BENCH; predictions are appended as they come and a rerun resumes."""
+    """Evaluate a model on benchmark BENCH (resumable).
+
+    Predictions are appended to RUN_DIR as they come; a rerun into it resumes.
+
+    Example:
+
+    \b
+        seganswer eval run shapes-vqa --out runs/shapes-vqa --limit 50
+        seganswer eval vstar --data vstar_bench --out runs/vstar --roi bbox --batch-size 16
+        seganswer eval pope --data pope --out runs/pope --json
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from seganswer_cli.eval import get_benchmark
@@ -208,9 +232,19 @@ def report(
     markdown: Annotated[bool, typer.Option("--markdown", help="Print the table as Markdown (to paste into "
                                            "docs) instead of drawing it.")] = False,
 ) -> None:
-    """Put several runs side by side (e.g. --roi mask vs bbox vs none): one column per run. Question runs
-    of one benchmark and split are also compared with the first run, question by question (exact
-    McNemar test)."""
+    """Put several runs side by side, one column per run.
+
+    For instance --roi mask vs bbox vs none.
+
+    Question runs of one benchmark and split are also compared with the first run, question by
+    question (exact McNemar test).
+
+    Example:
+
+    \b
+        seganswer eval report runs/vstar-mask runs/vstar-bbox runs/vstar-none
+        seganswer eval report runs/* --markdown
+    """
     from dataclasses import asdict
 
     from seganswer_cli.eval.runner import load_summary
@@ -238,7 +272,8 @@ def report(
 def sheet(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Question run folders written by "
                                                "seganswer eval (e.g. one per --roi).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The PNG to write.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", callback=image_output, help="The image to write (.png, "
+                                      ".jpg, ...).", show_default=False)],
     right: Annotated[int, typer.Option("--right", min=0, help="Correct answers to draw (the first in item "
                                        "order).")] = 4,
     wrong: Annotated[int, typer.Option("--wrong", min=0, help="Wrong answers to draw (the first in item "
@@ -247,15 +282,22 @@ def sheet(
                                                 "Default: runs of the same questions side by side (one row "
                                                 "per question, one column per run), else 4.")] = None,
 ) -> None:
-    """Draw a contact sheet of trajectories: per answered question, the image with the predicted mask, the
-    second look the model was shown, the question, the gold answer and the model's, marked right or wrong."""
-    if out.suffix.lower() != ".png":
-        raise UsageError(f"--out must name a .png file, got {out}")
+    """Draw a contact sheet of right and wrong trajectories.
+
+    Per answered question: the image with the predicted mask, the second look the model was shown,
+    the question, the gold answer and the model's.
+
+    Example:
+
+    \b
+        seganswer eval sheet runs/shapes-vqa --out sheet.png
+        seganswer eval sheet runs/vstar-mask runs/vstar-none --out compare.png --right 2 --wrong 6
+    """
     from seganswer_cli.eval.sheet import contact_sheet_of_runs
+    from seganswer_cli.viz import save_image
 
     drawn = contact_sheet_of_runs(runs, right=right, wrong=wrong, columns=columns)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    drawn.image.save(out)
+    save_image(drawn.image, out)
     layout = "one row per question, one column per run" if drawn.layout == "compare" else "grid"
     print(f"wrote {out}: {drawn.tiles} tiles, {drawn.rows} x {drawn.columns} ({layout}), "
           f"{drawn.image.width}x{drawn.image.height} px")
@@ -263,7 +305,16 @@ def sheet(
 
 @app.command("list")
 def list_benchmarks(as_json: JsonOpt = False) -> None:
-    """The benchmark names seganswer eval takes, with their splits and headline metric."""
+    """The benchmarks seganswer eval takes.
+
+    With their splits and headline metric.
+
+    Example:
+
+    \b
+        seganswer eval list
+        seganswer eval list --json
+    """
     from seganswer_cli.eval import BENCHMARKS
 
     rows = [{"name": s.name, "task": s.task, "splits": list(s.splits), "default_split": s.default_split,

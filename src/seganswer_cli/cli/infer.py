@@ -1,7 +1,5 @@
 """``seganswer infer`` (segment, look again, answer) and ``seganswer segment`` (Stage 1 masks)."""
 
-from __future__ import annotations
-
 import json
 import sys
 from pathlib import Path
@@ -9,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -19,40 +18,66 @@ from seganswer_cli.cli.options import (
     JsonOpt,
     ModelDefaultOpt,
     QuietOpt,
+    RoiOpt,
+    image_output,
+    jsonl_output,
     load_model,
+    mask_output,
     note_generation_config,
+    refuse_overwriting,
 )
 from seganswer_cli.errors import DataError, NoAnswer, UsageError
 
 console = Console()
 err_console = Console(stderr=True)
 
-RoiOpt = Annotated[str, typer.Option("--roi", help="Second look: mask (sparse segmented patches), bbox (box crop), none (answer directly from the first look).")]
-
 
 def infer(
-    image: Annotated[Path | None, typer.Argument(help="Image file (omit with --batch).", show_default=False)] = None,
-    question: Annotated[str | None, typer.Argument(help="The question (omit with --batch).", show_default=False)] = None,
+    image: Annotated[Path | None, typer.Argument(metavar="IMAGE", help="Image file (omit with --batch).",
+                                                 show_default=False)] = None,
+    question: Annotated[str | None, typer.Argument(metavar="QUESTION", help="The question (omit with --batch).",
+                                                   show_default=False)] = None,
     model: ModelDefaultOpt = DEFAULT_MODEL,
     roi: RoiOpt = "mask",
-    max_seg_steps: Annotated[int, typer.Option(help="Most <|seg|> rounds per question.")] = 1,
-    max_new_tokens: Annotated[int, typer.Option(help="Most generated tokens per question.")] = 256,
+    max_seg_steps: Annotated[int, typer.Option(min=0, help="Most <|seg|> rounds per question.")] = 1,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Most generated tokens per question; an answer "
+                                                "cut off by this limit is no answer (exit 3).")] = 256,
     sample: Annotated[bool, typer.Option("--sample", help="Sample instead of greedy decoding.")] = False,
     temperature: Annotated[float, typer.Option(help="Sampling temperature (with --sample).")] = 1.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --sample).")] = 1.0,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-    save_vis: Annotated[Path | None, typer.Option(help="Write a PNG: mask on the image beside the segmented view.")] = None,
+    save_vis: Annotated[Path | None, typer.Option(callback=image_output, help="Write a figure (.png, .jpg, ...): "
+                                                  "the mask on the image beside the segmented view. Written "
+                                                  "after the answer is printed.")] = None,
     as_json: JsonOpt = False,
-    batch: Annotated[Path | None, typer.Option(help="JSONL of questions: {\"id\", \"image\", \"question\"} per line.")] = None,
-    out: Annotated[Path | None, typer.Option(help="With --batch: JSONL answers, appended as they come; rerun resumes.")] = None,
-    batch_size: Annotated[int, typer.Option(help="With --batch: questions answered together.")] = 4,
+    batch: Annotated[Path | None, typer.Option(help="JSONL of questions: {\"id\", \"image\", \"question\"} "
+                                               "per line.")] = None,
+    out: Annotated[Path | None, typer.Option(callback=jsonl_output, help="With --batch: the answers (.jsonl), "
+                                             "appended as they come; rerun resumes.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="With --batch: questions answered together.")] = 4,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     quiet: QuietOpt = False,
 ) -> None:
-    """Answer a question about an image: segment the region of interest, look again, answer."""
+    """Answer a question about an image: segment, look, answer.
+
+    The model segments the region of interest, looks at it again, then answers.
+
+    Exit status: 0 with an answer; 3 when the model gave none (it stopped without one, or the token
+    limit cut it off: the partial text is shown as partial); 2 for usage errors; 1 for other failures.
+
+    Example:
+
+    \b
+        seganswer infer examples/shapes-4.png "What shape is the smallest yellow shape?"
+        seganswer infer photo.jpg "What is written on the sign?" --model my-model --save-vis fig.png
+        seganswer infer photo.jpg "Is there a dog?" --roi bbox --json
+        seganswer infer --batch examples/questions.jsonl --out answers.jsonl
+    """
     from seganswer_cli.reasoning import ReasoningSettings
 
+    refuse_overwriting(save_vis, image, "--save-vis", "input image")
+    refuse_overwriting(out, batch, "--out", "batch file")
     settings = ReasoningSettings(roi=roi, max_seg_steps=max_seg_steps, max_new_tokens=max_new_tokens,
                                  sample=sample, temperature=temperature, top_p=top_p, seed=seed)
     if batch is not None:
@@ -75,15 +100,24 @@ def infer(
     if not as_json and not quiet:
         note_generation_config(loaded, err_console)
     traj = run(loaded, pil, question, settings)
-    if save_vis is not None:
-        from seganswer_cli.viz import trajectory_figure
-
-        save_vis.parent.mkdir(parents=True, exist_ok=True)
-        trajectory_figure(pil, traj).save(save_vis)
+    cut_off = traj.stop_reason == "length"  # a cut-off answer is no answer: shown as partial, exit 3
+    # The result first, then the figure: a figure that cannot be written never loses the answer.
     if as_json:
-        print(json.dumps(trajectory_record(traj, image=str(image), model=model, roi=roi)))
+        record = trajectory_record(traj, image=str(image), model=model, roi=roi)
+        if cut_off:
+            record.update(answer=None, partial_answer=traj.answer, answer_reason="token_limit")
+        print(json.dumps(record))
     else:
-        _print_trajectory(traj, save_vis)
+        _print_trajectory(traj, save_vis, cut_off=cut_off)
+    sys.stdout.flush()
+    if save_vis is not None:
+        from seganswer_cli.viz import save_image, trajectory_figure
+
+        save_image(trajectory_figure(pil, traj), save_vis)
+    if cut_off:
+        partial = f"; partial text: {traj.answer!r}" if traj.answer else ""
+        raise NoAnswer(f"no answer: the token limit (--max-new-tokens {max_new_tokens}) stopped the model "
+                       f"before it finished{partial}")
     if traj.answer is None:
         from seganswer_cli.model.conversation import NO_ANSWER_REASONS
 
@@ -91,9 +125,9 @@ def infer(
         raise NoAnswer(f"no answer: the model stopped ({traj.stop_reason}) without one: {why}")
 
 
-def _print_trajectory(traj, save_vis: Path | None) -> None:
+def _print_trajectory(traj, save_vis: Path | None, *, cut_off: bool = False) -> None:
     for i, turn in enumerate(traj.turns):
-        console.print(Panel(turn.strip() or "(empty)", title=f"model turn {i + 1}", title_align="left"), highlight=False)
+        console.print(Panel(escape(turn.strip()) or "(empty)", title=f"model turn {i + 1}", title_align="left"), highlight=False)
         if i < len(traj.steps):
             step = traj.steps[i]
             area = int(step.mask.sum()) if step.mask is not None else 0
@@ -101,7 +135,12 @@ def _print_trajectory(traj, save_vis: Path | None) -> None:
             console.print(f"  [cyan]<|seg|>[/] mask {area} px · crop {step.box} · second look "
                           f"{step.kept_tokens} visual tokens{note}", highlight=False)
     table = Table(show_header=False, box=None)
-    table.add_row("answer", f"[bold]{traj.answer}[/]" if traj.answer is not None else "[red](none)[/]")
+    if cut_off:
+        table.add_row("answer", "[red](none: cut off by the token limit)[/]")
+        if traj.answer is not None:
+            table.add_row("partial", escape(traj.answer))
+    else:
+        table.add_row("answer", f"[bold]{escape(traj.answer)}[/]" if traj.answer is not None else "[red](none)[/]")
     table.add_row("stopped", f"{traj.stop_reason} · {traj.generated_tokens} tokens generated")
     table.add_row("seconds", " · ".join(f"{k} {v:.3f}" for k, v in traj.timings.items()))
     if save_vis is not None:
@@ -149,43 +188,58 @@ def _infer_batch(batch: Path, out: Path, model: str, settings, batch_size: int, 
 
 
 def segment(
-    image: Annotated[Path, typer.Argument(help="Image file.")],
-    expression: Annotated[str, typer.Argument(help="What to segment, e.g. \"the red triangle\".")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="Image file.", show_default=False)],
+    expression: Annotated[str, typer.Argument(metavar="EXPRESSION", help="What to segment, e.g. \"the red triangle\".",
+                                              show_default=False)],
     model: ModelDefaultOpt = DEFAULT_MODEL,
-    save_vis: Annotated[Path | None, typer.Option(help="Write a PNG of the mask over the image.")] = None,
-    save_mask: Annotated[Path | None, typer.Option(help="Write the mask as a black/white PNG.")] = None,
+    save_vis: Annotated[Path | None, typer.Option(callback=image_output, help="Write a figure of the mask over the "
+                                                  "image (.png, .jpg, ...).")] = None,
+    save_mask: Annotated[Path | None, typer.Option(callback=mask_output, help="Write the mask as a black/white "
+                                                   "image (lossless: .png, .bmp, .tif).")] = None,
     as_json: JsonOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
 ) -> None:
-    """Referring segmentation (Stage 1): the paper's Prompt 1 -> ``It is <|seg|>.`` -> the mask."""
+    """Referring segmentation: the mask EXPRESSION names.
+
+    The task of Stage 1, asked with the paper's Prompt 1 (Segment the "..." in the image.); the model
+    replies It is <|seg|>. and SAM 2.1 decodes the mask from the state of <|seg|>.
+
+    Example:
+
+    \b
+        seganswer segment examples/shapes-1.png "the yellow triangle" --save-mask mask.png
+        seganswer segment photo.jpg "the dog on the left" --save-vis fig.png --json
+    """
     from PIL import Image
 
     from seganswer_cli.images import load_image
     from seganswer_cli.masks import encode_rle, mask_bbox
+    from seganswer_cli.viz import save_image, segmentation_figure
 
+    refuse_overwriting(save_vis, image, "--save-vis", "input image")
+    refuse_overwriting(save_mask, image, "--save-mask", "input image")
+    refuse_overwriting(save_mask, save_vis, "--save-mask", "--save-vis file")
     if not expression.strip():
         raise UsageError("the expression is empty")
     pil = load_image(image)
     loaded = load_model(model, device, dtype)
     mask, iou, score = loaded.segment(pil, expression)
-    if save_mask is not None:
-        save_mask.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(mask.astype("uint8") * 255).save(save_mask)
-    if save_vis is not None:
-        from seganswer_cli.viz import segmentation_figure
-
-        save_vis.parent.mkdir(parents=True, exist_ok=True)
-        segmentation_figure(pil, mask, expression).save(save_vis)
     area = int(mask.sum())
     bbox = list(mask_bbox(mask)) if area else None  # COCO: x, y, width, height
+    # The result first, then the files: one that cannot be written never loses the mask.
     if as_json:
         print(json.dumps({"image": str(image), "expression": expression, "mask": encode_rle(mask), "area": area,
                           "bbox": bbox, "iou": round(iou, 4), "object_score": round(score, 4)}))
     else:
         console.print(f"mask: {area} px ({area / mask.size:.2%} of the image) · bbox (x, y, w, h) {bbox} · "
                       f"predicted IoU {iou:.3f} · object score {score:.3f}", highlight=False)
+    sys.stdout.flush()
+    if save_mask is not None:
+        save_image(Image.fromarray(mask.astype("uint8") * 255), save_mask)
+    if save_vis is not None:
+        save_image(segmentation_figure(pil, mask, expression), save_vis)
+    if not as_json:
         for path in (save_mask, save_vis):
             if path is not None:
                 console.print(f"wrote {path}", highlight=False)
-    sys.stdout.flush()

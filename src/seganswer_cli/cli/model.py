@@ -1,7 +1,5 @@
 """``seganswer model ...``: build model folders from presets and describe them."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated
@@ -10,10 +8,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from seganswer_cli.cli.options import DTYPES, JsonOpt, resolve_dtype
+from seganswer_cli.cli.options import DtypeOpt, JsonOpt, folder_output, resolve_dtype
 from seganswer_cli.errors import UsageError
 
-app = typer.Typer(help="Model folders: create one from a preset, describe one, convert Meta's SAM 2.1 checkpoint.", no_args_is_help=True)
+app = typer.Typer(help="""Model folders: create, describe, convert SAM 2.1.
+
+    Example:
+
+    \b
+        seganswer model init tiny --out models/tiny
+        seganswer model info shapes
+    """, no_args_is_help=True)
 console = Console()
 
 def describe(model) -> dict:
@@ -51,14 +56,27 @@ def describe(model) -> dict:
 
 @app.command("init")
 def init(
-    preset: Annotated[str, typer.Argument(help="Preset name: tiny, shapes-base, qwen2.5-vl-7b (shapes: a copy of the shipped demo model).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must not exist or be empty).")],
+    preset: Annotated[str, typer.Argument(metavar="PRESET", help="Preset name: tiny, shapes-base, qwen2.5-vl-7b, "
+                                          "qwen2.5-vl-7b-zoom (shapes: a copy of the shipped demo model).",
+                                          show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", callback=folder_output, help="Folder to write (must not exist "
+                                      "or be empty).", show_default=False)],
     mllm: Annotated[str | None, typer.Option(help="Local folder (or hub id) of Qwen2.5-VL instead of the preset's.")] = None,
     sam: Annotated[str | None, typer.Option(help="SAM 2.1 instead of the preset's: a transformers folder, a hub id, or Meta's checkpoint file (sam2.1_hiera_large.pt, converted on load).")] = None,
-    dtype: Annotated[str, typer.Option(help=f"Weights dtype: {', '.join(DTYPES)}.")] = "auto",
+    dtype: DtypeOpt = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the new projector (and of tiny models).")] = 0,
 ) -> None:
-    """Write a fresh model folder from a preset (new projector; MLLM and SAM 2.1 as published)."""
+    """Write a fresh model folder from a preset.
+
+    A new projector; the MLLM and SAM 2.1 as published.
+
+    Example:
+
+    \b
+        seganswer model init tiny --out models/tiny
+        seganswer model init qwen2.5-vl-7b --out models/base-7b --dtype bfloat16
+        seganswer model init qwen2.5-vl-7b --out models/base-7b --mllm ~/Qwen2.5-VL-7B-Instruct --sam ~/sam2.1_hiera_large.pt
+    """
     from seganswer_cli.model.presets import get_preset
 
     get_preset(preset)  # unknown names fail before any heavy import
@@ -75,10 +93,20 @@ def init(
 
 @app.command("info")
 def info(
-    model: Annotated[str, typer.Argument(help="A seganswer model folder or a preset name (shapes: the shipped demo model).")],
+    model: Annotated[str, typer.Argument(metavar="MODEL", help="A seganswer model folder or a preset name (shapes: "
+                                         "the shipped demo model).", show_default=False)],
     as_json: JsonOpt = False,
 ) -> None:
-    """Describe a model: where its parts come from, parameter counts, pixel budgets, view settings."""
+    """Describe a model folder or preset.
+
+    Where its parts come from, parameter counts, pixel budgets, view settings.
+
+    Example:
+
+    \b
+        seganswer model info shapes
+        seganswer model info runs/stage2/model --json
+    """
     from seganswer_cli.model import SegAnswerModel
 
     loaded = SegAnswerModel.from_pretrained(model)
@@ -96,11 +124,22 @@ def info(
 
 @app.command("convert-sam")
 def convert_sam(
-    checkpoint: Annotated[Path, typer.Argument(help="Meta's SAM 2.1 checkpoint file, e.g. sam2.1_hiera_large.pt.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write (must not exist or be empty).")],
+    checkpoint: Annotated[Path, typer.Argument(metavar="CHECKPOINT", help="Meta's SAM 2.1 checkpoint file, e.g. "
+                                               "sam2.1_hiera_large.pt.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", callback=folder_output, help="Folder to write (must not exist "
+                                      "or be empty).", show_default=False)],
     config: Annotated[Path | None, typer.Option(help="Its yaml, e.g. sam2.1_hiera_l.yaml (default: a yaml beside the checkpoint, else the published architecture its file name names).")] = None,
 ) -> None:
-    """Convert Meta's SAM 2.1 checkpoint (+ its yaml) to a transformers Sam2Model folder, for --sam."""
+    """Convert Meta's SAM 2.1 checkpoint into a folder for --sam.
+
+    The checkpoint (+ its yaml) becomes a transformers Sam2Model folder.
+
+    Example:
+
+    \b
+        seganswer model convert-sam sam2.1_hiera_large.pt --out sam2.1-large
+        seganswer model init qwen2.5-vl-7b --out models/base-7b --sam sam2.1-large
+    """
     if out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} exists and is not empty; choose a new folder")
     from seganswer_cli.model.sam_checkpoint import convert_checkpoint

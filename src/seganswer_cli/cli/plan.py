@@ -5,38 +5,53 @@ Thin: the recipe is read the way the training commands read ``-c`` (YAML over th
 model on the meta device, runs the stage's own freezing on it and does the arithmetic.
 """
 
-from __future__ import annotations
-
 import json
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
 from seganswer_cli.cli.options import JsonOpt
+from seganswer_cli.cli.train import Strategy
 
 Opt = typer.Option
+#: ``train/memory_plan.py``'s ``STAGES`` (tests/test_cli_help.py checks they agree).
+Stage = Literal["stage1", "stage2", "stage3"]
 
 
 def plan(
-    config: Annotated[str, Opt("--config", "-c", help="Recipe: a YAML file or a shipped name (stage2-7b, ...).")],
+    config: Annotated[str, Opt("--config", "-c", metavar="YAML|NAME", show_default=False,
+                               help="Recipe: a YAML file or a shipped name (stage1-7b, stage2-7b, stage3-7b, ...).")],
     model: Annotated[str | None, Opt("--model", "-m", help="Preset or model folder whose architecture to plan "
                                      "(default: the recipe's model, when it is a preset or an existing folder).")] = None,
-    stage: Annotated[str | None, Opt("--stage", help="stage1, stage2 or stage3 (default: from the recipe's name).")] = None,
+    stage: Annotated[Stage | None, Opt("--stage", help="The recipe's stage (default: from its name).")] = None,
     set_: Annotated[list[str] | None, Opt("--set", metavar="KEY=VALUE", help="Any setting of the stage's config "
                                           "(phase=lora, max_length=4096); repeat.")] = None,
     gpus: Annotated[int, Opt("--gpus", help="GPUs (processes) the run is launched on.")] = 8,
     gpu_memory: Annotated[str, Opt("--gpu-memory", help="Memory of one GPU: 80GB, 80GiB, 80G or 80 (GiB).")] = "80GB",
-    strategy: Annotated[str | None, Opt("--strategy", help="ddp or fsdp: the one the verdict is about "
+    strategy: Annotated[Strategy | None, Opt("--strategy", help="ddp or fsdp: the one the verdict is about "
                                         "(default: the recipe's, else ddp). Both are shown.")] = None,
-    offload: Annotated[bool | None, Opt("--offload/--no-offload", help="FSDP with its shards in CPU memory.")] = None,
+    offload: Annotated[bool | None, Opt("--offload/--no-offload", show_default=False,
+                                        help="FSDP with its shards in CPU memory (default: the recipe's).")] = None,
     micro_batch: Annotated[int | None, Opt("--micro-batch", help="Sequences per forward (default: the recipe's "
                                            "batch_size; Stage 3: micro_batch_size).")] = None,
-    checkpointing: Annotated[bool | None, Opt("--checkpointing/--no-checkpointing",
+    checkpointing: Annotated[bool | None, Opt("--checkpointing/--no-checkpointing", show_default=False,
                                               help="Activation checkpointing (default: the recipe's).")] = None,
     image_tokens: Annotated[int, Opt("--image-tokens", help="LLM tokens per image (Qwen2.5-VL: one per 28x28 px).")] = 1024,
     as_json: JsonOpt = False,
 ) -> None:
-    """Per-GPU memory of a recipe (weights, gradients, AdamW, activations) for DDP and FSDP: does it fit?"""
+    """Per-GPU memory of a training recipe: does it fit?
+
+    Weights, gradients, AdamW and activations, for DDP and FSDP.
+
+    Exit status 1 when the chosen strategy does not fit.
+
+    Example:
+
+    \b
+        seganswer plan -c stage2-7b --gpus 8 --gpu-memory 80GB
+        seganswer plan -c stage3-7b --strategy fsdp --offload --gpus 4 --json
+        seganswer plan -c my-recipe.yaml --stage stage1 --model qwen2.5-vl-7b --set phase=lora
+    """
     from seganswer_cli.config import Stage1Config, Stage2Config, Stage3Config, load_config, read_yaml
     from seganswer_cli.errors import UsageError
     from seganswer_cli.train.memory_plan import STAGES, STRATEGIES, parse_gpu_memory, stage_of

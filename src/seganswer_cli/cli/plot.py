@@ -1,13 +1,12 @@
 """``seganswer plot RUN_DIR``: training curves of a run folder as a PNG (the paper's Figure 4 style)."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from seganswer_cli.cli.options import image_output
 from seganswer_cli.errors import UsageError
 
 #: What each stage's curves show by default (keys of metrics.jsonl records).
@@ -21,14 +20,25 @@ COLOURS = [(40, 90, 225), (220, 40, 40), (40, 170, 70), (150, 60, 190), (245, 13
 
 
 def plot(
-    run_dir: Annotated[Path, typer.Argument(help="A training run folder (holds settings.json and metrics.jsonl).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG to write.")],
-    metric: Annotated[list[str] | None, typer.Option("--metric", help="A metrics.jsonl key to plot; repeat. "
-                                                     "Default: the stage's main curves.")] = None,
-    window: Annotated[int, typer.Option(help="Moving-average window (steps).")] = 5,
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A training run folder (holds settings.json "
+                                            "and metrics.jsonl).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", callback=image_output, help="The image to write (.png, .jpg, "
+                                      "...).", show_default=False)],
+    metric: Annotated[list[str] | None, typer.Option("--metric", metavar="KEY", help="A metrics.jsonl key to plot; "
+                                                     "repeat. Default: the stage's main curves.")] = None,
+    window: Annotated[int, typer.Option(min=1, help="Moving-average window (steps).")] = 5,
 ) -> None:
-    """Plot a run's training curves: raw values pale, their moving average bold, one panel per metric."""
-    from seganswer_cli.viz import curve_panel, curves_figure
+    """Plot a run's training curves as an image.
+
+    Raw values pale, their moving average bold, one panel per metric.
+
+    Example:
+
+    \b
+        seganswer plot runs/stage1 --out curves.png
+        seganswer plot runs/stage3 --out reward.png --metric reward --metric accuracy --window 10
+    """
+    from seganswer_cli.viz import curve_panel, curves_figure, save_image
 
     metrics_path, settings_path = run_dir / "metrics.jsonl", run_dir / "settings.json"
     if not metrics_path.is_file():
@@ -54,6 +64,5 @@ def plot(
             panels.append(curve_panel(list(xs), list(ys), name, COLOURS[i % len(COLOURS)], window=smooth))
     if not panels:
         raise UsageError(f"nothing to plot in {metrics_path}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    curves_figure(panels).save(out)
+    save_image(curves_figure(panels), out)
     print(f"wrote {out} ({len(panels)} curves, {len(records)} records)")

@@ -7,20 +7,32 @@ folder policy is checked before anything heavy loads (``--continue`` lets the fo
 finished run, resume a checkpointed one, start otherwise), then ``seganswer_cli.train`` does the work.
 """
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
-from seganswer_cli.cli.options import QuietOpt
+from seganswer_cli.cli.options import QuietOpt, folder_output
 
 Opt = typer.Option
 
+#: Choices of config settings with a flag of their own: ``config.py``'s ``MIXED_PRECISION``,
+#: ``STRATEGIES``, ``STAGE2_MASKS``, ``STAGE2_TOO_LONG`` and ``STAGE1_PHASES`` (spelled here so
+#: that --help need not import the config; tests/test_cli_help.py checks they agree).
+MixedPrecision = Literal["no", "bf16", "fp16"]
+Strategy = Literal["ddp", "fsdp"]
+Stage2Masks = Literal["online", "precomputed"]
+TooLong = Literal["skip", "truncate"]
+Stage1Phase = Literal["projector", "lora"]
+StandinPhase = Literal["standin", "points"]
+#: The shipped recipes each command's ``-c`` names (checked against ``configs/`` by the same test).
+SHIPPED = {"stage1": "stage1-tiny, stage1-shapes, stage1-7b", "standin": "standin-shapes",
+           "stage2": "stage2-tiny, stage2-shapes, stage2-7b", "stage3": "stage3-tiny, stage3-shapes, stage3-7b"}
+
 # Options every training command shares, defined once.
-RunOutOpt = Annotated[Path, Opt("--out", "-o", help="Run folder (settings, metrics.jsonl, checkpoints/, model/).")]
+RunOutOpt = Annotated[Path, Opt("--out", "-o", callback=folder_output, show_default=False,
+                                help="Run folder (settings, metrics.jsonl, checkpoints/, model/).")]
 ResumeOpt = Annotated[bool, Opt("--resume", help="Continue the run in --out from its latest checkpoint.")]
 OverwriteOpt = Annotated[bool, Opt("--overwrite", help="Replace a run already in --out.")]
 ContinueOpt = Annotated[bool, Opt("--continue", help="Let --out decide: a finished run is left as it is (exit 0), "
@@ -33,15 +45,17 @@ SamLrOpt = Annotated[float | None, Opt("--sam-lr", help="Peak learning rate of S
 BatchSizeOpt = Annotated[int | None, Opt("--batch-size", help="Samples per process per micro-step.")]
 GradAccumOpt = Annotated[int | None, Opt("--grad-accum", help="Micro-steps per optimizer step.")]
 SaveEveryOpt = Annotated[int | None, Opt("--save-every", help="Checkpoint every N steps (0: at the end).")]
-MixedPrecisionOpt = Annotated[str | None, Opt("--mixed-precision", help="no, bf16 or fp16 (autocast).")]
+MixedPrecisionOpt = Annotated[MixedPrecision | None, Opt("--mixed-precision", help="Autocast: no, bf16 or fp16 "
+                                                         "(default: the config's).")]
 CheckpointingOpt = Annotated[bool | None, Opt("--gradient-checkpointing/--no-gradient-checkpointing",
-                                              help="Recompute activations in backward.")]
-StrategyOpt = Annotated[str | None, Opt("--strategy", help="ddp, or fsdp: FSDP2 shards weights, gradients and AdamW's "
+                                              show_default=False, help="Recompute activations in backward "
+                                              "(default: the config's).")]
+StrategyOpt = Annotated[Strategy | None, Opt("--strategy", help="ddp, or fsdp: FSDP2 shards weights, gradients and AdamW's "
                                          "state over the torchrun processes (docs/training.md).")]
 StopAfterOpt = Annotated[int | None, Opt("--stop-after-step", hidden=True, help="Testing: end as if killed after this step.")]
 MaxStepsOpt = Annotated[int | None, Opt("--max-steps", help="Optimizer steps (overrides --epochs).")]
 EvalEveryOpt = Annotated[int | None, Opt("--eval-every", help="Validate every N steps (0: start and end).")]
-SegValDataOpt = Annotated[str | None, Opt("--val-data", help="Held-out referring-segmentation set (PATH or NAME=PATH) "
+SegValDataOpt = Annotated[str | None, Opt("--val-data", metavar="PATH|NAME=PATH", help="Held-out referring-segmentation set (PATH or NAME=PATH) "
                                           "for gIoU/cIoU.")]
 
 
@@ -114,10 +128,13 @@ def train_stage1(
     out: RunOutOpt,
     model: Annotated[str | None, Opt("--model", "-m", help="Starting model folder or preset (default: tiny). "
                                      "Phase lora: the model/ of the projector run.")] = None,
-    data: Annotated[list[str] | None, Opt("--data", help="Training set NAME=PATH[:weight]; repeat to mix.")] = None,
+    data: Annotated[list[str] | None, Opt("--data", metavar="NAME=PATH[:W]", help="Training set NAME=PATH[:weight]; "
+                                          "repeat to mix.")] = None,
     val_data: SegValDataOpt = None,
-    phase: Annotated[str | None, Opt("--phase", help="projector (only the projector trains) or lora.")] = None,
-    config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: stage1-tiny, stage1-7b.")] = None,
+    phase: Annotated[Stage1Phase | None, Opt("--phase", help="projector (only the projector trains), then lora "
+                                             "(LoRA + projector + SAM decoder).")] = None,
+    config: Annotated[str | None, Opt("--config", "-c", metavar="YAML|NAME",
+                                      help=f"YAML file, or a shipped name: {SHIPPED['stage1']}.")] = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     continue_: ContinueOpt = False,
@@ -139,7 +156,18 @@ def train_stage1(
     quiet: QuietOpt = False,
     stop_after_step: StopAfterOpt = None,
 ) -> None:
-    """Stage 1 pixel grounding: train the projector (phase projector), then LoRA + projector + SAM decoder (phase lora)."""
+    """Stage 1 pixel grounding: projector, then LoRA + SAM.
+
+    Phase projector trains only the projector; phase lora then trains LoRA, the projector and
+    SAM 2.1's mask decoder.
+
+    Example:
+
+    \b
+        seganswer train-stage1 -c stage1-tiny --data shapes=data/shapes-refseg --out runs/s1-projector
+        seganswer train-stage1 -c stage1-7b --phase lora --model runs/s1-projector/model --data refcoco=refcoco --out runs/s1-lora
+        seganswer train-stage1 --out runs/s1-lora --continue
+    """
     params = dict(locals())
     from seganswer_cli.config import Stage1Config
 
@@ -149,11 +177,12 @@ def train_stage1(
 def pretrain_standin(
     out: RunOutOpt,
     model: Annotated[str, Opt("--model", "-m", help="Random-init preset to start from.")] = "shapes-base",
-    data: Annotated[list[str] | None, Opt("--data", help="Referring-segmentation or question set NAME=PATH[:weight]; "
-                                          "repeat to mix.")] = None,
+    data: Annotated[list[str] | None, Opt("--data", metavar="NAME=PATH[:W]", help="Referring-segmentation or "
+                                          "question set NAME=PATH[:weight]; repeat to mix.")] = None,
     val_data: SegValDataOpt = None,
-    config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: standin-shapes.")] = None,
-    phase: Annotated[str, Opt("--phase", help="standin (every weight) or points (SAM 2.1 alone learns to segment "
+    config: Annotated[str | None, Opt("--config", "-c", metavar="YAML|NAME",
+                                      help=f"YAML file, or a shipped name: {SHIPPED['standin']}.")] = None,
+    phase: Annotated[StandinPhase, Opt("--phase", help="standin (every weight) or points (SAM 2.1 alone learns to segment "
                                               "from one click: its promptable pretraining, run first).")] = "standin",
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
@@ -171,26 +200,42 @@ def pretrain_standin(
     quiet: QuietOpt = False,
     stop_after_step: StopAfterOpt = None,
 ) -> None:
-    """The demo's stand-in for pretraining (not a paper stage): every weight of a random model trains on
-    shapes-world segmentation and questions, so that Stage 1 starts from a model that can see and segment."""
-    params = dict(locals())
-    if phase not in ("standin", "points"):
-        from seganswer_cli.errors import UsageError
+    """The demo's stand-in for pretraining (not a paper stage).
 
-        raise UsageError(f"--phase {phase!r}: pretrain-standin runs phase standin or points (train-stage1 runs the others)")
+    Every weight of a random model trains on shapes-world segmentation and questions, so that Stage 1
+    starts from a model that can see and segment.
+
+    Example:
+
+    \b
+        seganswer pretrain-standin -c standin-shapes --phase points --data shapes=data/shapes-refseg --out runs/points
+        seganswer pretrain-standin -c standin-shapes --model runs/points/model --data shapes=data/shapes-refseg --data vqa=data/shapes-vqa --out runs/standin
+    """
+    params = dict(locals())
     from seganswer_cli.config import Stage1Config
 
     launch(Stage1Config, params, what_data="training data", train=run_stage1)
 
 
 def merge_lora(
-    run_dir: Annotated[Path, typer.Argument(help="A finished or checkpointed train-stage1 --phase lora run folder.")],
-    out_dir: Annotated[Path, typer.Argument(help="Model folder to write (new or empty).")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished or checkpointed train-stage1 "
+                                            "--phase lora run folder.", show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", callback=folder_output, help="Model folder to "
+                                            "write (new or empty).", show_default=False)],
     checkpoint: Annotated[str | None, Opt("--checkpoint", help="Checkpoint name or step (default: the latest).")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace a model already in OUT_DIR.")] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Merge a Stage 1 LoRA run into one model folder (LoRA folded into the MLLM; projector and SAM copied)."""
+    """Merge a Stage 1 LoRA run into one model folder.
+
+    LoRA is folded into the MLLM; the projector and SAM 2.1 are copied.
+
+    Example:
+
+    \b
+        seganswer merge-lora runs/s1-lora models/stage1
+        seganswer merge-lora runs/s1-lora models/stage1-step500 --checkpoint 500
+    """
     from seganswer_cli.train.merge import check_output_folder
     from seganswer_cli.train.runs import RunFolder
 
@@ -208,9 +253,10 @@ def merge_lora(
 def train_stage3(
     out: RunOutOpt,
     model: Annotated[str | None, Opt("--model", "-m", help="Starting model: the model/ of a Stage 2 run.")] = None,
-    data: Annotated[list[str] | None, Opt("--data", help="Prompt set NAME=PATH[:weight] with verifiable answers "
-                                          "(ViRL39K, data synth --kind rl); repeat to mix.")] = None,
-    config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: stage3-tiny, stage3-7b.")] = None,
+    data: Annotated[list[str] | None, Opt("--data", metavar="NAME=PATH[:W]", help="Prompt set NAME=PATH[:weight] "
+                                          "with verifiable answers (ViRL39K, data synth --kind rl); repeat to mix.")] = None,
+    config: Annotated[str | None, Opt("--config", "-c", metavar="YAML|NAME",
+                                      help=f"YAML file, or a shipped name: {SHIPPED['stage3']}.")] = None,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
     continue_: ContinueOpt = False,
@@ -232,7 +278,16 @@ def train_stage3(
     quiet: QuietOpt = False,
     stop_after_step: StopAfterOpt = None,
 ) -> None:
-    """Stage 3 reasoning with pixel grounding: DAPO on multi-turn segmented rollouts (reward 0.8 acc + 0.2 format)."""
+    """Stage 3: DAPO on multi-turn segmented rollouts.
+
+    Reasoning with pixel grounding; reward 0.8 accuracy + 0.2 format.
+
+    Example:
+
+    \b
+        seganswer train-stage3 -c stage3-tiny --model runs/s2/model --data rl=data/shapes-rl --out runs/s3
+        seganswer train-stage3 -c stage3-7b --model runs/s2/model --data virl=ViRL39K --out runs/s3 --rollouts 8
+    """
     params = dict(locals())
     from seganswer_cli.config import Stage3Config
 
@@ -243,9 +298,11 @@ def train_stage2(
     out: RunOutOpt,
     model: Annotated[str | None, Opt("--model", "-m", help="Starting model: the model/ folder of a Stage 1 run "
                                      "(or a merge-lora output).")] = None,
-    data: Annotated[list[str] | None, Opt("--data", help="Question-answer set NAME=PATH[:weight]; repeat to mix.")] = None,
-    config: Annotated[str | None, Opt("--config", "-c", help="YAML file, or a shipped name: stage2-tiny, stage2-7b.")] = None,
-    masks: Annotated[str | None, Opt("--masks", help="online (the model's own masks at every step, the paper's) "
+    data: Annotated[list[str] | None, Opt("--data", metavar="NAME=PATH[:W]", help="Question-answer set "
+                                          "NAME=PATH[:weight]; repeat to mix.")] = None,
+    config: Annotated[str | None, Opt("--config", "-c", metavar="YAML|NAME",
+                                      help=f"YAML file, or a shipped name: {SHIPPED['stage2']}.")] = None,
+    masks: Annotated[Stage2Masks | None, Opt("--masks", help="online (the model's own masks at every step, the paper's) "
                                      "or precomputed (once, by the starting model, cached in the run folder).")] = None,
     direct_share: Annotated[float | None, Opt("--direct-share", help="Share of samples answered without <|seg|>.")] = None,
     region_share: Annotated[float | None, Opt("--region-share", help="Share of segmenting samples shown their "
@@ -253,10 +310,10 @@ def train_stage2(
                                               "default 0).")] = None,
     seg_loss: Annotated[float | None, Opt("--seg-loss", help="Weight of SAM 2.1's mask losses on the <|seg|> mask "
                                           "against the annotated region (not the paper's; default 0).")] = None,
-    freeze_vision: Annotated[bool | None, Opt("--freeze-vision/--train-vision",
+    freeze_vision: Annotated[bool | None, Opt("--freeze-vision/--train-vision", show_default=False,
                                               help="Freeze the MLLM's vision tower (default: it trains).")] = None,
     max_length: Annotated[int | None, Opt("--max-length", help="Most tokens of one training conversation.")] = None,
-    too_long: Annotated[str | None, Opt("--too-long", help="skip or truncate conversations over --max-length.")] = None,
+    too_long: Annotated[TooLong | None, Opt("--too-long", help="skip or truncate conversations over --max-length.")] = None,
     allow_untrained_start: Annotated[bool | None, Opt("--allow-untrained-start",
                                                       help="Accept a starting model that is not a Stage 1 output.")] = None,
     resume: ResumeOpt = False,
@@ -276,7 +333,16 @@ def train_stage2(
     quiet: QuietOpt = False,
     stop_after_step: StopAfterOpt = None,
 ) -> None:
-    """Stage 2 interleaved SFT: segment with the model's own <|seg|>, look at the region, answer; full MLLM tuned."""
+    """Stage 2 interleaved SFT: segment, look, answer.
+
+    The model segments with its own <|seg|>; the full MLLM is tuned.
+
+    Example:
+
+    \b
+        seganswer train-stage2 -c stage2-tiny --model runs/s1-lora/model --data vqa=data/shapes-vqa --out runs/s2
+        seganswer train-stage2 -c stage2-7b --model models/stage1 --data cot=VisualCoT --out runs/s2 --strategy fsdp
+    """
     params = dict(locals())
     from seganswer_cli.config import Stage2Config
 

@@ -16,7 +16,7 @@ from seganswer_cli.data.formats import Dataset
 from seganswer_cli.data.onerror import RecordErrors
 from seganswer_cli.data.samples import LazyMask, SegSample, VQASample
 from seganswer_cli.errors import DataError
-from seganswer_cli.viz import overlay_mask
+from seganswer_cli.viz import overlay_mask, save_image
 
 #: Contact sheet: brightness kept outside the masks, and the colour of VisualCoT-style boxes.
 MASK_COLOUR = (255, 0, 255)
@@ -102,7 +102,8 @@ def describe_sample(sample: SegSample | VQASample) -> dict[str, Any]:
 
 def contact_sheet(samples: Sequence[SegSample | VQASample], out: Path, *, tile: int = 256,
                   columns: int | None = None) -> Path:
-    """Write a PNG grid of the samples' images with their masks overlaid and their text below."""
+    """Write an image (its type from the extension of ``out``: ``viz.save_image``) with a grid of the
+    samples' images, their masks overlaid and their text below."""
     if not samples:
         raise DataError("no samples to draw on a contact sheet")
     columns = columns or min(len(samples), 4)
@@ -136,7 +137,4 @@ def contact_sheet(samples: Sequence[SegSample | VQASample], out: Path, *, tile: 
         chars = max(8, tile // 6)
         draw.text((x + 4, y + tile + 2), text[:chars], fill=(0, 0, 0))
         draw.text((x + 4, y + tile + 18), text[chars:2 * chars], fill=(0, 0, 0))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out, format="PNG")
-    return out
+    return save_image(sheet, out)

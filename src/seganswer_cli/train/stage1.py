@@ -407,7 +407,7 @@ def validate_and_log(model, samples, config, accelerator, log, *, step: int, sho
         log.append({"kind": "eval", "step": step, **result})
         if show:
             line = f"step {step}: val gIoU {result['val_giou']:.4f} cIoU {result['val_ciou']:.4f} ({result['val_samples']} samples)"
-            progress_print(progress, line) if progress is not None else print(line)
+            progress_print(progress, line)
     accelerator.wait_for_everyone()
 
 

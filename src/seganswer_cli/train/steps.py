@@ -8,6 +8,7 @@ folder holds is ``runs.py``'s.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,6 +104,10 @@ class TrainProgress:
             self.enabled = False
 
 
-def progress_print(progress: TrainProgress, line: str) -> None:
-    """A line printed above the progress bar (or plainly when there is none)."""
-    (progress.console.print if progress.enabled else print)(line, highlight=False)
+def progress_print(progress: TrainProgress | None, line: str) -> None:
+    """A line printed above the progress bar, or plainly when there is none; on stderr either way
+    (progress reports, like the bar: stdout keeps the results)."""
+    if progress is not None and progress.enabled:
+        progress.console.print(line, highlight=False)
+    else:
+        print(line, file=sys.stderr, flush=True)
