@@ -17,6 +17,9 @@ set -euo pipefail
 
 OUT=${1:-runs/shapes-demo}
 WORLD=${WORLD:-demo}           # the shapes world of every data set but the closeups (wide: docs/data.md)
+# Stage 3's prompts: the demo world's RL questions; in the wide world its questions in every prompt
+# format (free text, V*/MMBench multiple choice, yes/no), so that DAPO sees the formats Stage 2 taught.
+if [[ $WORLD == demo ]]; then RL_KIND=rl; else RL_KIND=vqa; fi
 SEED=${SEED:-0}                 # data seeds are SEED*100 + 1..9; the benchmark uses seed 100003
 POINTS_STEPS=${POINTS_STEPS:-1000}
 STANDIN_STEPS=${STANDIN_STEPS:-2400}
@@ -40,7 +43,7 @@ say "data"
 { data standin-ref 12000 --world "$WORLD" --kind refseg --seed $((s + 1))
   data standin-qa  12000 --world "$WORLD" --kind vqa    --seed $((s + 3))
   data qseg        8000  --world "$WORLD" --kind qseg   --seed $((s + 6))
-  data rl          2000  --world "$WORLD" --kind rl     --seed $((s + 8)); } & first=$!
+  data rl          2000  --world "$WORLD" --kind "$RL_KIND" --seed $((s + 8)); } & first=$!
 { data closeup-ref 3000  --world closeup --kind refseg --seed $((s + 2))
   data closeup-qa  6000  --world closeup --kind vqa    --seed $((s + 4))
   data ref         8000  --world "$WORLD" --kind refseg --seed $((s + 5))
