@@ -171,7 +171,7 @@ def test_a_file_that_is_not_ours_is_refused(batch_cli, capsys, tmp_path):
     theirs.write_text('{"id": "x", "answer": "mine"}\n{"partial')
     for out, message in ((theirs, f"{theirs} is not an answers file of seganswer infer --batch (its records carry "
                                   "no settings); give another --out"),
-                         (batch, f"--out {batch} is the batch file itself; give another file for the answers")):
+                         (batch, f"--out {batch} is the batch file: writing it would destroy it; choose another file")):
         before = sha256(out)
         code, _, err = invoke(capsys, "infer", "--batch", batch, "--out", out, "--model", "tiny")
         assert code == 2 and err.strip() == f"error: {message}"

@@ -188,15 +188,14 @@ class BatchRun:
 
     @classmethod
     def open(cls, source: Path, out: Path, settings: BatchSettings, *, batch_size: int = 4) -> BatchRun:
-        """Check the options, the questions file and ``out``; read what is done. Nothing is loaded or
+        """Check the options, the questions file and ``out``; read what is done (that ``out`` is not the
+        questions file itself is checked where the command line is parsed). Nothing is loaded or
         written: ``UsageError`` when ``out`` holds answers of other settings, or records that are not
         ``infer --batch`` answers; ``DataError`` when one of its complete lines is not JSON."""
         if batch_size < 1:
             raise UsageError("--batch-size must be >= 1")
         settings.reasoning()  # validates roi and the generation settings
         source, out = Path(source), Path(out)
-        if out.exists() and source.exists() and out.resolve() == source.resolve():
-            raise UsageError(f"--out {out} is the batch file itself; give another file for the answers")
         entries = read_questions(source)
         records = jsonl.read_records(out)  # a last line cut by a kill is skipped here, cut by the appender
         _check_settings(out, settings, records)
