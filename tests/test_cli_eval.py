@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from seganswer_cli.cli import app
+from seganswer_cli.model import tokens
 from seganswer_cli.errors import DataError, UsageError
 
 runner = CliRunner()
@@ -140,6 +141,19 @@ def test_refuses_to_mix_settings_in_one_run_folder(tiny_cli, shapes_data, tmp_pa
     assert isinstance(result.exception, UsageError)
     assert "roi: 'mask' there, 'bbox' now" in str(result.exception)
     assert len(predictions(run)) == 1
+
+
+def test_forced_opening_asks_every_mode_the_same_way(tiny_cli, shapes_data, tmp_path):
+    """``--opening forced``: the random model, which never asks for a region, looks at every question
+    with --roi mask; the setting is the run's (a rerun with the default is refused)."""
+    run = tmp_path / "forced"
+    result = invoke("shapes-vqa", "--data", shapes_data["vqa"], "--out", run, "--opening", "forced", "--json", *QA)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["settings"]["opening"] == "forced" and summary["cost"]["second_look_rate"] == 1.0
+    assert all(len(r["steps"]) == 1 and r["output"].startswith(tokens.SEG_RESPONSE) for r in predictions(run))
+    result = invoke("shapes-vqa", "--data", shapes_data["vqa"], "--out", run, *QA)
+    assert isinstance(result.exception, UsageError) and "opening: 'forced' there, None now" in str(result.exception)
 
 
 def test_ground_truth_masks_reach_the_reasoning_loop(tiny_cli, shapes_data, tmp_path, monkeypatch):

@@ -126,8 +126,10 @@ def test_choice_lists_equal_their_sources():
     from seganswer_cli.data.shapes_scenes import WORLDS
     from seganswer_cli.eval import vstar
     from seganswer_cli.model.sparse_patches import ROI_MODES
+    from seganswer_cli.reasoning import OPENINGS
 
     assert get_args(options.Roi) == ROI_MODES
+    assert get_args(options.Opening) == OPENINGS
     assert set(get_args(options.Dtype)) == {"auto", *config.DTYPES}
     assert get_args(train.MixedPrecision) == config.MIXED_PRECISION
     assert get_args(train.Strategy) == config.STRATEGIES

@@ -239,3 +239,40 @@ def test_answer_likelihood_is_the_training_conversations_final_turn(patterned_mo
         (logprobs,) = model.token_logprobs([built])
     assert nll[0] == pytest.approx(-float(logprobs[-len(final_turn):].mean()), abs=1e-5)
     assert min(range(3), key=nll.__getitem__) == 0 and nll[0] < 0.5 < min(nll[1:])
+
+
+def test_forced_opening_gives_response_1_and_reads_its_seg_state(patterned_model):
+    """``opening="forced"``: the same conversation the model writes when it decides to segment (this
+    model always does), the mask from the given ``<|seg|>``'s state, and only the answer generated."""
+    model, cases = patterned_model
+    image, question, _, answer = cases[0]
+    free = run(model, image, question, ReasoningSettings(max_new_tokens=80))
+    forced = run(model, image, question, ReasoningSettings(opening="forced", max_new_tokens=80))
+    assert torch.equal(forced.sequence.input_ids, free.sequence.input_ids)
+    assert forced.answer == free.answer == answer and forced.stop_reason == "answer"
+    assert forced.turns[0] == free.turns[0] == tokens.SEG_RESPONSE + tokens.IM_END
+    assert np.array_equal(forced.steps[0].mask, free.steps[0].mask)
+    assert forced.steps[0].iou == pytest.approx(free.steps[0].iou, abs=1e-5)
+    # generated: only what follows the <answer> that opens the turn after the view
+    generated = model.tokenizer.decode(forced.sequence.input_ids[forced.sequence.target_mask].tolist())
+    assert generated.strip().startswith(answer) and tokens.ANSWER_OPEN not in generated
+    assert forced.turns[1].startswith(tokens.ANSWER_OPEN)
+    (recomputed,) = model.token_logprobs([forced.sequence])
+    torch.testing.assert_close(recomputed, forced.logprobs, atol=1e-4, rtol=1e-4)
+    # the box crop, forced, is asked the same way: the same mask, cropped
+    boxed = run(model, image, question, ReasoningSettings(roi="bbox", opening="forced", max_new_tokens=80))
+    assert np.array_equal(boxed.steps[0].mask, free.steps[0].mask) and boxed.turns[1].startswith(tokens.ANSWER_OPEN)
+    assert boxed.steps[0].view.positions is None  # a new image at fresh positions
+
+
+def test_forced_opening_looks_even_when_the_model_would_not(tiny_model, noise_image):
+    """A random model never asks for a region; forced, every question gets the look, batched or alone."""
+    settings = ReasoningSettings(opening="forced", max_new_tokens=6)
+    batched = ReasoningLoop(tiny_model, settings).run([noise_image, noise_image], ["What is it?", "Colour?"])
+    for question, traj in zip(["What is it?", "Colour?"], batched):
+        assert len(traj.steps) == 1 and traj.turns[0] == tokens.SEG_RESPONSE + tokens.IM_END
+        assert traj.turns[1].startswith(tokens.ANSWER_OPEN)
+        alone = run(tiny_model, noise_image, question, settings)
+        assert torch.equal(alone.sequence.input_ids, traj.sequence.input_ids)
+    with pytest.raises(UsageError, match="--opening"):
+        ReasoningSettings(opening="given")

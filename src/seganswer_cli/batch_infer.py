@@ -71,6 +71,8 @@ class BatchSettings:
     """Nucleus sampling mass (with ``sample``)."""
     seed: int | None
     """Sampling seed."""
+    opening: str = "model"
+    """How the model's turns open (``ReasoningSettings.opening``)."""
 
     @classmethod
     def create(cls, model: str, dtype: str, reasoning) -> BatchSettings:
@@ -80,14 +82,16 @@ class BatchSettings:
 
         return cls(model=model_setting(model), dtype=dtype, roi=reasoning.roi, max_seg_steps=reasoning.max_seg_steps,
                    max_new_tokens=reasoning.max_new_tokens, sample=reasoning.sample,
-                   temperature=reasoning.temperature, top_p=reasoning.top_p, seed=reasoning.seed)
+                   temperature=reasoning.temperature, top_p=reasoning.top_p, seed=reasoning.seed,
+                   opening=reasoning.opening)
 
     def reasoning(self):
         """The ``ReasoningSettings`` the loop runs with."""
         from seganswer_cli.reasoning import ReasoningSettings
 
         return ReasoningSettings(roi=self.roi, max_seg_steps=self.max_seg_steps, max_new_tokens=self.max_new_tokens,
-                                 sample=self.sample, temperature=self.temperature, top_p=self.top_p, seed=self.seed)
+                                 sample=self.sample, temperature=self.temperature, top_p=self.top_p, seed=self.seed,
+                                 opening=self.opening)
 
 
 @dataclass(frozen=True)

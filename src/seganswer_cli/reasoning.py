@@ -14,6 +14,12 @@ For each (image, question):
    padding rows past ``len(tokenizer)``). The checkpoint's ``generation_config.json`` (repetition
    penalty, top-k, its sampling defaults) is not used: ``ReasoningSettings`` alone decides
    (``GENERATION_CONFIG_NOTE``).
+   ``opening="forced"`` asks every mode the same way, for a like-for-like comparison of the looks:
+   the model writes only the answer. ``--roi mask|bbox`` are given Response 1 (``To find the
+   answer, it should first observe <|seg|>.``), the mask comes from that ``<|seg|>``'s state, and
+   the turn after the view opens with ``<answer>``; ``--roi none`` opens with ``<answer>`` as
+   always. With the default ``opening="model"`` the model decides whether to segment (the paper's
+   method; ``none`` still opens with ``<answer>``, the only way to ask for no look).
 3. Stop at ``</answer>``, ``<|im_end|>`` of a turn without ``<|seg|>``, EOS, or the token limit; the
    answer is ``conversation.answer_of`` of the model's turns (the one rule eval and the rewards use).
 
@@ -68,6 +74,10 @@ def generation_config_note(model) -> str | None:
     return GENERATION_CONFIG_NOTE.format(settings=", ".join(f"{k}={v}" for k, v in differing.items()))
 
 
+#: How the model's turns open (``ReasoningSettings.opening``).
+OPENINGS = ("model", "forced")
+
+
 @dataclass
 class ReasoningSettings:
     """How the loop generates and looks again."""
@@ -89,10 +99,15 @@ class ReasoningSettings:
     seed: int | None = None
     """Seed of the sampling generator (None: torch's global RNG)."""
     system: str = tokens.DEFAULT_SYSTEM
+    opening: str = "model"
+    """``model``: the model writes its turns and decides whether to segment; ``forced``: every mode is
+    given the words up to the answer (see the module docstring), so the modes differ only in the look."""
 
     def __post_init__(self):
         if self.roi not in ROI_MODES:
             raise UsageError(f"unknown --roi {self.roi!r}; expected one of {', '.join(ROI_MODES)}")
+        if self.opening not in OPENINGS:
+            raise UsageError(f"unknown --opening {self.opening!r}; expected one of {', '.join(OPENINGS)}")
         if self.max_seg_steps < 0 or self.max_new_tokens < 1:
             raise UsageError("max_seg_steps must be >= 0 and max_new_tokens >= 1")
         if self.sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
@@ -221,6 +236,8 @@ class ReasoningLoop:
             turn_start = len(b)
             if s.roi == "none":
                 conversation.open_direct_answer(b)  # so the turn reads <answer> ... </answer>
+            elif s.opening == "forced":
+                conversation.open_forced_look(b)  # Response 1 given: the mask comes from its <|seg|>
             rows.append(_Row(image=image, question=question, builder=b, turn_start=turn_start, region=region))
 
         cache = None
@@ -241,13 +258,21 @@ class ReasoningLoop:
             logits = model.logits(last).float()  # (B, V)
             timings[phase] += time.perf_counter() - t0
 
+            width = hidden.shape[1]
             for b, (row, chunk) in enumerate(zip(rows, chunks)):
                 if chunk is None:
                     continue
+                # Every <|seg|> of the model's turn just fed (the one it generated last step, or one
+                # given in a forced opening): its state is that position's (chunks are left-padded).
+                ids = chunk.input_ids.tolist()
+                for i, token_id in enumerate(ids):
+                    if token_id == model.token_ids.seg and row.fed + i >= row.turn_start:
+                        row.pending_seg.append(hidden[b, width - len(ids) + i])
                 row.fed += len(chunk)
-                # The <|seg|> the model generated last step has just been fed: its state is `last`.
-                if chunk.target_mask[-1] and int(chunk.input_ids[-1]) == model.token_ids.seg:
-                    row.pending_seg.append(last[b])
+                if not chunk.target_mask[-1] and ids[-1] == model.token_ids.im_end:
+                    # a given turn (the forced Response 1) closed: the segmented turn follows at once
+                    self._close_turn(row, sam_cache, timings, b)
+                    continue
                 token, logprob = self._choose(logits[b], generator)
                 row.builder.token_ids([token], target=True)
                 row.logprobs.append(logprob)
@@ -313,9 +338,15 @@ class ReasoningLoop:
             return
         if not row.pending_seg:
             return self._finish(row, turn_text, "end_of_turn")
+        self._close_turn(row, sam_cache, timings, index)
+
+    def _close_turn(self, row: _Row, sam_cache: dict, timings: dict, index: int) -> None:
+        """The model's turn that asked to segment has closed: append the segmented turn (or end the
+        trajectory when it may not look again)."""
+        s = self.settings
+        turn_text = self.tokenizer.decode(row.builder.ids_from(row.turn_start), skip_special_tokens=False)
         if len(row.steps) >= s.max_seg_steps:
             return self._finish(row, turn_text, "max_seg_steps")
-        # The model asked to segment and closed its turn: append the segmented turn.
         row.turns.append(turn_text)
         t0, mask_seconds, views = time.perf_counter(), 0.0, []
         for state in row.pending_seg:
@@ -329,6 +360,8 @@ class ReasoningLoop:
         # The newline after the model's reply, then Prompt 2: the segmented region(s).
         b = conversation.second_look_turn(row.builder.after_reply(), views)
         row.turn_start = len(b)
+        if s.opening == "forced":
+            conversation.open_direct_answer(b)  # the model writes only the answer
 
     def _decode_mask(self, row: _Row, state: torch.Tensor, sam_cache: dict, index: int) -> tuple[np.ndarray, float, float]:
         """Bool ``(H, W)`` mask, predicted IoU and object score from one ``<|seg|>`` state (the row's

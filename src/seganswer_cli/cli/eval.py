@@ -23,6 +23,7 @@ from seganswer_cli.cli.options import (
     DtypeOpt,
     JsonOpt,
     ModelDefaultOpt,
+    OpeningOpt,
     QuietOpt,
     RoiOpt,
     folder_output,
@@ -83,6 +84,7 @@ def run(
     split: Annotated[str | None, typer.Option("--split", help="Split to evaluate (default: the benchmark's).")] = None,
     model: ModelDefaultOpt = DEFAULT_MODEL,
     roi: RoiOpt = "mask",
+    opening: OpeningOpt = "model",
     masks: Annotated[Literal["model", "gt"], typer.Option("--masks", help="Mask of the second look: model (SAM 2.1, from the "
                                        "<|seg|> state) or gt (the question's annotated region, where the "
                                        "benchmark has one: the oracle-grounding ablation).")] = "model",
@@ -160,6 +162,7 @@ def run(
     bench_data = spec.read(data, split, **read_kwargs)
     settings = RunSettings.create(spec, bench_data, data_path=data, split=split, model=model, roi=roi,
                                   masks=masks, max_seg_steps=max_seg_steps, max_new_tokens=max_new_tokens, dtype=dtype,
+                                  opening=None if opening == "model" else opening,
                                   option_order=option_order, protocol=protocol, judge=judge_config)
     judge_client = None
     if judge_config is not None:

@@ -17,6 +17,7 @@ from seganswer_cli.cli.options import (
     DtypeOpt,
     JsonOpt,
     ModelDefaultOpt,
+    OpeningOpt,
     QuietOpt,
     RoiOpt,
     image_output,
@@ -39,6 +40,7 @@ def infer(
                                                    show_default=False)] = None,
     model: ModelDefaultOpt = DEFAULT_MODEL,
     roi: RoiOpt = "mask",
+    opening: OpeningOpt = "model",
     max_seg_steps: Annotated[int, typer.Option(min=0, help="Most <|seg|> rounds per question.")] = 1,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Most generated tokens per question; an answer "
                                                 "cut off by this limit is no answer (exit 3).")] = 256,
@@ -79,7 +81,7 @@ def infer(
     refuse_overwriting(save_vis, image, "--save-vis", "input image")
     refuse_overwriting(out, batch, "--out", "batch file")
     settings = ReasoningSettings(roi=roi, max_seg_steps=max_seg_steps, max_new_tokens=max_new_tokens,
-                                 sample=sample, temperature=temperature, top_p=top_p, seed=seed)
+                                 sample=sample, temperature=temperature, top_p=top_p, seed=seed, opening=opening)
     if batch is not None:
         if image is not None or question is not None:
             raise UsageError("give either IMAGE QUESTION or --batch FILE, not both")

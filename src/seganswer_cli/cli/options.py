@@ -171,6 +171,12 @@ DtypeOpt = Annotated[Dtype, typer.Option("--dtype", help="Weights dtype (auto: t
 Roi = Literal["mask", "bbox", "none"]
 RoiOpt = Annotated[Roi, typer.Option("--roi", help="Second look: mask (sparse segmented patches), bbox (box "
                                      "crop), none (no second look: the answer comes from the first look).")]
+#: ``reasoning.py``'s ``OPENINGS``.
+Opening = Literal["model", "forced"]
+OpeningOpt = Annotated[Opening, typer.Option("--opening", help="model (the model writes its turns and decides "
+                                             "whether to segment) or forced (every --roi asked the same way: "
+                                             "mask/bbox are given 'To find the answer, it should first observe "
+                                             "<|seg|>.' and each mode writes only the answer).")]
 
 
 def resolve_device(name: str):

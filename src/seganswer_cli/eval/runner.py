@@ -104,6 +104,9 @@ class RunSettings:
     judge_temperature: float | None = None
     """The judge's sampling temperature (0: greedy)."""
 
+    opening: str | None = None
+    """How the model's turns open (``ReasoningSettings.opening``): None for ``model`` (the model
+    writes them) and for segmentation; ``forced`` (every ``--roi`` asked the same way)."""
     option_order: str | None = None
     """Order of a multiple-choice benchmark's options where the reader offers a choice (V*:
     ``shuffled`` or ``fixed``); None for the others."""
@@ -122,7 +125,7 @@ class RunSettings:
         ``loop`` (roi, masks, max_seg_steps, max_new_tokens; option_order) is the other settings; the loop's
         are dropped for segmentation, which does not use them."""
         if spec.task == "segmentation":
-            loop = {**loop, "roi": None, "max_seg_steps": None, "max_new_tokens": None, "masks": None}
+            loop = {**loop, "roi": None, "max_seg_steps": None, "max_new_tokens": None, "masks": None, "opening": None}
         return cls(
             benchmark=spec.name,
             split=split or spec.default_split,
@@ -233,7 +236,8 @@ class EvalRun:
             from seganswer_cli.reasoning import ReasoningSettings
 
             ReasoningSettings(roi=settings.roi, max_seg_steps=settings.max_seg_steps,
-                              max_new_tokens=settings.max_new_tokens)  # validates them
+                              max_new_tokens=settings.max_new_tokens,
+                              opening=settings.opening or "model")  # validates them
             check_mask_source(spec, settings, items)
         if settings.judge is not None:
             judging.check_protocol(spec.name, spec.protocol.judge)
@@ -310,7 +314,8 @@ class EvalRun:
 
         s = self.settings
         loop = ReasoningLoop(model, ReasoningSettings(roi=s.roi, max_seg_steps=s.max_seg_steps,
-                                                      max_new_tokens=s.max_new_tokens))  # cheap: no state
+                                                      max_new_tokens=s.max_new_tokens,
+                                                      opening=s.opening or "model"))  # cheap: no state
         batch, images, regions = yield from self._readable(batch, regions=s.masks == "gt")
         if not batch:
             return

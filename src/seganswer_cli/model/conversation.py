@@ -22,7 +22,8 @@ The paper's turns (each function returns a ``Sequence`` or extends a ``SequenceB
     reasoning_sequence   Prompt 1 -> Response 1 -> Prompt 2 (the segmented region) -> Response 2
                          "<answer> ... </answer>."; or Prompt 1 -> the answer at once
     second_look_turn     Prompt 2 after a reply: the segmented view(s) as a user turn without text
-    open_direct_answer   the model's turn opened with ``<answer>`` (``--roi none``)
+    open_direct_answer   the model's turn opened with ``<answer>`` (``--roi none``; ``opening="forced"``)
+    open_forced_look     Response 1 given whole (``opening="forced"`` for ``--roi mask|bbox``)
 
 The reasoning loop builds the same tokens incrementally: ``reasoning_start``, the generated reply
 (its ``<|im_end|>`` included), ``SequenceBuilder.after_reply`` and ``second_look_turn``, exactly the
@@ -196,6 +197,12 @@ def reasoning_sequence(model, image: DenseImage, question: str, answer: str,
     if view is not None:
         second_look_turn(b.assistant(tokens.SEG_RESPONSE), view)
     return b.assistant(tokens.answer_response(answer)).build()
+
+
+def open_forced_look(builder: SequenceBuilder) -> SequenceBuilder:
+    """The model's first turn given whole: Response 1 (``... observe <|seg|>.``) and its end, not
+    targets; the reasoning loop's ``opening="forced"`` for ``--roi mask|bbox``."""
+    return builder.text(tokens.SEG_RESPONSE + tokens.IM_END)
 
 
 def open_direct_answer(builder: SequenceBuilder) -> SequenceBuilder:
