@@ -12,8 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from seganswer_cli.cli import app
-from seganswer_cli.model import tokens
 from seganswer_cli.errors import DataError, UsageError
+from seganswer_cli.model import tokens
 
 runner = CliRunner()
 SMALL = ["--size", "96x64", "--min-size", "8", "--max-size", "24"]
