@@ -10,7 +10,7 @@
 # Each question benchmark with --roi mask|bbox|none as the model decides (--opening model: the paper's
 # method, where "segments before answering" is measured), the same three asked the same way
 # (--opening forced: each mode writes only the answer, the like-for-like comparison of the looks),
-# the looks through the questions' annotated regions (--masks gt), and the mask look without zoom
+# the looks through the questions' annotated regions (--masks gt, shapes-vqa), and the mask look without zoom
 # (a copy of the model whose view keeps the global view's cells, the paper's rule).
 # Paired comparisons: `seganswer eval report` (McNemar's exact test against the first run).
 #
@@ -74,7 +74,7 @@ for bench in vstar pope vqa; do
   for roi in mask bbox; do
     ev "$cmd" "$bench-$roi-forced" "${data[@]}" --model "$MODEL" --roi "$roi" --opening forced
   done
-  if [[ $bench != pope ]]; then   # POPE's files carry no regions
+  if [[ $bench == vqa ]]; then   # V*'s and POPE's layouts carry no regions
     for roi in mask bbox; do
       ev "$cmd" "$bench-$roi-gt" "${data[@]}" --model "$MODEL" --roi "$roi" --opening forced --masks gt
     done
@@ -86,7 +86,7 @@ ev shapes-refseg refseg --data "$D/refseg" --model "$MODEL"
 say "reports"
 for bench in vstar pope vqa; do
   runs=("$OUT/$bench"-{mask,bbox,none,mask-forced,bbox-forced,mask-nozoom})
-  [[ $bench != pope ]] && runs+=("$OUT/$bench"-{mask-gt,bbox-gt})
+  if [[ $bench == vqa ]]; then runs+=("$OUT/$bench"-{mask-gt,bbox-gt}); fi
   "$SEGANSWER" eval report "${runs[@]}" --markdown > "$OUT/report-$bench.md"
   # like for like: the forced mask look paired with the forced box crop and with no look
   "$SEGANSWER" eval report "$OUT/$bench"-{mask-forced,bbox-forced,none} --markdown > "$OUT/report-$bench-forced.md"

@@ -179,6 +179,7 @@ def run(
     todo = len(evaluation.todo)
     if chatty:
         oracle = " · ground-truth masks" if settings.masks == "gt" else ""
+        oracle += " · forced opening" if settings.opening == "forced" else ""
         loop = f" · roi {settings.roi}{oracle} · max {max_new_tokens} new tokens" if spec.task == "qa" else ""
         err_console.print(f"[bold]eval {spec.name}[/] split {settings.split} · model {model}{loop}\n"
                           f"  data: {bench_data.source}\n"
@@ -381,6 +382,7 @@ def _summary_table(summary: dict[str, Any]) -> Table:
     settings = summary.get("settings", {})
     loop = f" · roi {settings['roi']}" if settings.get("roi") else ""
     loop += " · ground-truth masks" if settings.get("masks") == "gt" else ""
+    loop += " · forced opening" if settings.get("opening") == "forced" else ""
     table = Table("metric", "value", title=f"{summary['benchmark']} · {summary['split']} · "
                   f"{Path(settings.get('model', '?')).name}{loop}", title_justify="left")
     for i, (label, value) in enumerate(_rows(summary)):
@@ -396,6 +398,8 @@ def _report_rows(summaries: list[dict[str, Any]]) -> tuple[list[str], list[list[
                                                                               ("split", "split"))]
     rows += [[label, *[_fmt(s.get("settings", {}).get(label)) for s in summaries]]
              for label in ("model", "roi", "masks", "max_new_tokens")]
+    if any(s.get("settings", {}).get("opening") for s in summaries):
+        rows.append(["opening", *[s.get("settings", {}).get("opening") or "model" for s in summaries]])
     labels: list[str] = []
     for column in columns:
         labels += [label for label in column if label not in labels]
