@@ -58,6 +58,25 @@ def test_untagged_images_load_as_stored(tmp_path, noise_image):
     assert np.array_equal(np.asarray(load_image(path)), np.asarray(noise_image))
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_shown_over_white(tmp_path, mode):
+    """A transparent background loads as a viewer shows it (white), whatever colour lies under it."""
+    rgba = Image.new("RGBA", (40, 30), (0, 0, 0, 0))  # transparent black
+    rgba.paste((200, 30, 30, 255), (10, 10, 20, 20))
+    path = tmp_path / f"{mode}.png"
+    if mode == "P":
+        img = rgba.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+        black = img.getpixel((0, 0))
+        img.save(path, transparency=black)
+    else:
+        rgba.convert(mode).save(path)
+    pixels = np.asarray(load_image(path))
+    assert tuple(pixels[0, 0]) == (255, 255, 255)
+    expected = (200, 30, 30) if mode != "LA" else (tuple(np.asarray(rgba.convert("L"))[15, 15].repeat(3)))
+    assert tuple(pixels[15, 15]) == tuple(expected)
+    assert tuple(np.asarray(load_image(Image.open(path)))[0, 0]) == (255, 255, 255)  # an opened image too
+
+
 def test_our_size_limit_is_the_one_in_force(tmp_path):
     """Over our limit: our line, from the header, before decoding. Between Pillow's default guard
     (89.5 MP) and ours (134 MP): not Pillow's "decompression bomb" text (this header holds no pixel

@@ -37,6 +37,24 @@ ImageSource = str | os.PathLike | bytes | Image.Image
 _ORIENTATION = ExifTags.Base.Orientation
 
 
+#: What a transparent pixel is shown over: white, as a browser or an image viewer shows it.
+TRANSPARENT_BACKGROUND = (255, 255, 255)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as RGB. Transparency (RGBA, LA, a palette or grey image with a transparent colour) is
+    composited over ``TRANSPARENT_BACKGROUND``, not dropped: the colour values under transparent
+    pixels are arbitrary (often black), and the picture a user sees has none of them."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, TRANSPARENT_BACKGROUND)
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    return img.convert("RGB")
+
+
 def load_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None) -> Image.Image:
     """Open ``source`` (a path, encoded bytes or a PIL image) as an upright RGB ``PIL.Image``.
 
@@ -45,7 +63,7 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, name:
     given (only converted to RGB): whoever opened it decided its orientation.
     """
     if isinstance(source, Image.Image):
-        return source.convert("RGB") if source.mode != "RGB" else source
+        return to_rgb(source)
     label = name or (f"<{len(source)} bytes>" if isinstance(source, bytes) else str(source))
     if isinstance(source, bytes):
         fp = io.BytesIO(source)
@@ -66,7 +84,7 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, name:
                 )
             img.load()
             upright = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
-            return upright.convert("RGB")
+            return to_rgb(upright)
     except ImageReadError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
