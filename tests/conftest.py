@@ -88,10 +88,17 @@ def patterned_model():
     return _patterned("tiny")
 
 
+@pytest.fixture(scope="session")
+def patterned_qwen3_model():
+    """The patterned tiny Qwen3-VL (``_patterned``)."""
+    return _patterned("tiny-qwen3-vl")
+
+
 @pytest.fixture(scope="session", params=BACKBONE_PRESETS)
 def patterned_backbone_model(request):
-    """The patterned tiny model of each backbone (``_patterned``); ``patterned_model`` for Qwen2.5-VL."""
-    return request.getfixturevalue("patterned_model") if request.param == "tiny" else _patterned(request.param)
+    """The patterned tiny model of each backbone (``_patterned``)."""
+    name = {"tiny": "patterned_model", "tiny-qwen3-vl": "patterned_qwen3_model"}[request.param]
+    return request.getfixturevalue(name)
 
 
 @pytest.fixture(scope="session")

@@ -151,7 +151,7 @@ def train_stage1(
     mixed_precision: MixedPrecisionOpt = None,
     gradient_checkpointing: CheckpointingOpt = None,
     strategy: StrategyOpt = None,
-    mllm_path: Annotated[str | None, Opt("--mllm-path", help="Local Qwen2.5-VL folder for a preset.")] = None,
+    mllm_path: Annotated[str | None, Opt("--mllm-path", help="Local MLLM folder for a preset (its Qwen2.5-VL or Qwen3-VL).")] = None,
     sam_path: Annotated[str | None, Opt("--sam-path", help="Local SAM 2.1 for a preset: a transformers folder or Meta's checkpoint file (.pt).")] = None,
     quiet: QuietOpt = False,
     stop_after_step: StopAfterOpt = None,
