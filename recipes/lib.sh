@@ -1,7 +1,15 @@
 # Sourced by the shapes recipes (shapes-demo.sh, shapes-experiment.sh, stage2-ablation.sh): a
 # recipe step's run-folder convention and the held-out question runs, written once.
 # run needs OUT; questions needs N; SEGANSWER names the executable (default: seganswer).
+# BACKBONE picks the MLLM of the demo architecture: qwen2.5-vl (the paper's, the shipped model) or
+# qwen3-vl; BASE is its random-init preset (shapes-base, shapes-base-qwen3-vl).
 SEGANSWER=${SEGANSWER:-seganswer}
+BACKBONE=${BACKBONE:-qwen2.5-vl}
+case "$BACKBONE" in
+  qwen2.5-vl) BASE=shapes-base ;;
+  qwen3-vl)   BASE=shapes-base-qwen3-vl ;;
+  *) echo "BACKBONE=$BACKBONE: expected qwen2.5-vl or qwen3-vl" >&2; exit 2 ;;
+esac
 
 say() { printf '\n== %s\n' "$*" >&2; }
 

@@ -10,6 +10,8 @@
 #
 #   bash recipes/shapes-demo.sh [OUT]        # OUT defaults to runs/shapes-demo
 #   bash recipes/shapes-experiment.sh OUT/final OUT/experiment   # the mask/bbox/none comparison
+#   BACKBONE=qwen3-vl bash recipes/shapes-demo.sh runs/shapes-demo-qwen3   # the same on Qwen3-VL
+#                                                 # (from shapes-base-qwen3-vl; BACKBONE=qwen2.5-vl: the default)
 #
 # Every stage keeps its run folder (settings.json, metrics.jsonl, checkpoints/, model/) under OUT;
 # `seganswer plot OUT/<stage>` draws its curves. docs/shapes-experiment.md explains the settings.
@@ -52,10 +54,10 @@ say "data"
 wait $first; wait $second
 D="$OUT/data"
 
-# Not a stage of the paper: the stand-in for the pretrained Qwen2.5-VL and SAM 2.1 it starts from.
+# Not a stage of the paper: the stand-in for the pretrained MLLM and SAM 2.1 it starts from.
 # First SAM 2.1 alone learns to segment the shape under a click (its promptable pretraining), then
 # every weight trains on segmentation through <|seg|> (clicks alongside) and on questions.
-run 0-sam-points pretrain-standin -c standin-shapes --phase points --model shapes-base --seed "$SEED" \
+run 0-sam-points pretrain-standin -c standin-shapes --phase points --model "$BASE" --seed "$SEED" \
   --data ref="$D/standin-ref":3 --data closeup="$D/closeup-ref":1 --val-data "$D/val-ref" --max-steps "$POINTS_STEPS"
 run 0-standin pretrain-standin -c standin-shapes --model "$OUT/0-sam-points/model" --seed "$SEED" \
   --data ref="$D/standin-ref":3 --data closeup="$D/closeup-ref":1 \
@@ -78,4 +80,4 @@ run 4-stage3 train-stage3 -c stage3-shapes --model "$OUT/3-stage2/model" --seed 
 if [[ ! -f "$OUT/final/seganswer.json" ]]; then
   rm -rf "$OUT/final.tmp" && cp -r "$OUT/4-stage3/model" "$OUT/final.tmp" && mv "$OUT/final.tmp" "$OUT/final"
 fi
-say "final model: $OUT/final  (ship it: cp -r $OUT/final/. src/seganswer_cli/assets/shapes/)"
+say "final model: $OUT/final  (on qwen2.5-vl, ship it: cp -r $OUT/final/. src/seganswer_cli/assets/shapes/)"

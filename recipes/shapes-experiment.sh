@@ -3,7 +3,8 @@
 # the held-out shapes-vqa questions (seed 100003, never trained on) with a pixel-level second look
 # (--roi mask), a box crop (--roi bbox) and no second look (--roi none); the same with the
 # questions' annotated regions in place of the model's masks (--masks gt: oracle grounding);
-# shapes-refseg scores its masks; the untrained architecture (shapes-base) is the floor. One table,
+# shapes-refseg scores its masks; the untrained architecture (BASE: shapes-base, or with
+# BACKBONE=qwen3-vl shapes-base-qwen3-vl) is the floor. One table,
 # the curves of every training stage, and a contact sheet of trajectories. With the recipe's folder
 # (RUNS), the same comparison for the model after the stand-in and after Stage 2 (report-stages.md).
 #
@@ -11,6 +12,7 @@
 #     MODEL  model folder or preset (default: shapes, the shipped model)
 #     OUT    where the eval runs, report and figures go (default: runs/shapes-experiment)
 #     RUNS   the recipe's folder, for the training curves (default: runs/shapes-demo; skipped if absent)
+#   BACKBONE=qwen3-vl bash recipes/shapes-experiment.sh runs/shapes-demo-qwen3/final OUT runs/shapes-demo-qwen3
 # Resumable: eval runs continue where they stopped.
 set -euo pipefail
 
@@ -23,7 +25,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # questions
 
 questions "$MODEL" "$OUT/vqa"
 "$SEGANSWER" eval shapes-refseg --model "$MODEL" --limit "$N" --out "$OUT/refseg" -q
-"$SEGANSWER" eval shapes-vqa --model shapes-base --roi mask --limit "$N" --out "$OUT/vqa-untrained" -q
+"$SEGANSWER" eval shapes-vqa --model "$BASE" --roi mask --limit "$N" --out "$OUT/vqa-untrained" -q
 
 "$SEGANSWER" eval report "$OUT"/vqa-{mask,bbox,none,mask-gt,bbox-gt,untrained} --markdown > "$OUT/report-vqa.md"
 # the paper's claim with the region each question is about, each look paired with the mask view

@@ -15,6 +15,19 @@ def tiny_model():
     return SegAnswerModel.from_preset("tiny")
 
 
+#: The tiny preset of each backbone (Qwen2.5-VL, Qwen3-VL): the tests that anchor the model code to
+#: transformers' own run on each.
+BACKBONE_PRESETS = ("tiny", "tiny-qwen3-vl")
+
+
+@pytest.fixture(scope="session", params=BACKBONE_PRESETS)
+def backbone_model(request):
+    """A tiny SegAnswerModel of each backbone (the test runs once per backbone); ``tiny_model`` for Qwen2.5-VL."""
+    from seganswer_cli.model import SegAnswerModel
+
+    return request.getfixturevalue("tiny_model") if request.param == "tiny" else SegAnswerModel.from_preset(request.param)
+
+
 @pytest.fixture
 def noise_image():
     """A 180x240 RGB image of seeded noise (every pixel distinct enough to catch misplaced crops)."""
@@ -36,10 +49,9 @@ def _noise(seed, h=180, w=240):
     return Image.fromarray((rng.rand(h, w, 3) * 255).astype(np.uint8))
 
 
-@pytest.fixture(scope="session")
-def patterned_model():
-    """A tiny model taught (by overfitting two conversations, ~2 s) the paper's Stage 2 pattern:
-    ``... observe <|seg|>.`` -> segmented region -> ``<answer> ... </answer>.``
+def _patterned(preset: str):
+    """A tiny model of ``preset`` taught (by overfitting two conversations, ~2 s) the paper's Stage 2
+    pattern: ``... observe <|seg|>.`` -> segmented region -> ``<answer> ... </answer>.``
 
     Returns ``(model, cases)``, each case ``(image, question, mask, answer)``. Random weights never
     emit ``<|seg|>``; this model does, so the reasoning loop's seg path runs for real.
@@ -49,7 +61,7 @@ def patterned_model():
     from seganswer_cli.model import SegAnswerModel
 
     torch.manual_seed(0)
-    model = SegAnswerModel.from_preset("tiny").train()
+    model = SegAnswerModel.from_preset(preset).train()
     cases = []
     for seed, question, box, answer in [(0, "What colour is the disc?", (40, 100, 60, 150), "red"),
                                          (1, "Which shape is on the left?", (90, 160, 20, 80), "square")]:
@@ -68,6 +80,25 @@ def patterned_model():
         loss.backward()
         opt.step()
     return model.eval(), cases
+
+
+@pytest.fixture(scope="session")
+def patterned_model():
+    """The patterned tiny Qwen2.5-VL (``_patterned``)."""
+    return _patterned("tiny")
+
+
+@pytest.fixture(scope="session")
+def patterned_qwen3_model():
+    """The patterned tiny Qwen3-VL (``_patterned``)."""
+    return _patterned("tiny-qwen3-vl")
+
+
+@pytest.fixture(scope="session", params=BACKBONE_PRESETS)
+def patterned_backbone_model(request):
+    """The patterned tiny model of each backbone (``_patterned``)."""
+    name = {"tiny": "patterned_model", "tiny-qwen3-vl": "patterned_qwen3_model"}[request.param]
+    return request.getfixturevalue(name)
 
 
 @pytest.fixture(scope="session")

@@ -114,3 +114,44 @@ def write_published_mllm(folder: Path, *, real: bool | None = None, seed: int = 
 
 def embedding_rows(folder: Path) -> int:
     return json.loads((Path(folder) / "config.json").read_text())["text_config"]["vocab_size"]
+
+
+def write_published_qwen3_mllm(folder: Path, *, seed: int = 0) -> Path:
+    """Write a shrunk random-weight Qwen3-VL folder in the layout of ``Qwen/Qwen3-VL-8B-Instruct``;
+    returns ``folder``. No public copy of its non-weight files is at hand, so it is a stand-in: the
+    tiny tokenizer (no ``<|seg|>``) in 512 rows, Qwen3-VL's processor (16-px patches, mean and std
+    0.5, its video processor), ``config.json`` in the published structure (``rope_scaling`` with
+    ``mrope_interleaved``, ``rope_theta`` 5e6, DeepStack taps, untied head, bf16 weights) at toy
+    width: 3 text layers of width 64 (M-RoPE sections [4, 2, 2] of 8, as [24, 20, 20] of the 8B's
+    64), a 3-block vision tower of width 32 whose blocks 0 and 1 feed DeepStack."""
+    import torch
+    from transformers import GenerationConfig, Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from seganswer_cli.model import tokens
+    from seganswer_cli.model.mllm import build_tiny_processor
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    processor = build_tiny_processor(min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 64, backbone="qwen3-vl")
+    ids = {t: processor.tokenizer.convert_tokens_to_ids(t) for t in tokens.QWEN_SPECIAL_TOKENS}
+    bos, eos = ids[tokens.END_OF_TEXT], ids[tokens.IM_END]
+    config = Qwen3VLConfig.from_dict({
+        "architectures": ["Qwen3VLForConditionalGeneration"], "model_type": "qwen3_vl",
+        "text_config": {"model_type": "qwen3_vl_text", "vocab_size": STANDIN_ROWS, "hidden_size": 64,
+                        "intermediate_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
+                        "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 8192,
+                        "rope_theta": 5000000, "rope_scaling": {"mrope_interleaved": True, "mrope_section": [4, 2, 2],
+                                                                "rope_type": "default"},
+                        "tie_word_embeddings": False, "bos_token_id": bos, "eos_token_id": eos, "dtype": "bfloat16"},
+        "vision_config": {"model_type": "qwen3_vl", "depth": 3, "hidden_size": 32, "intermediate_size": 64,
+                          "num_heads": 2, "out_hidden_size": 64, "patch_size": 16, "spatial_merge_size": 2,
+                          "temporal_patch_size": 2, "num_position_embeddings": 64, "deepstack_visual_indexes": [0, 1]},
+        "image_token_id": ids[tokens.IMAGE_PAD], "video_token_id": ids[tokens.VIDEO_PAD],
+        "vision_start_token_id": ids[tokens.VISION_START], "vision_end_token_id": ids[tokens.VISION_END],
+        "tie_word_embeddings": False,
+    })
+    torch.manual_seed(seed)
+    Qwen3VLForConditionalGeneration(config).to(torch.bfloat16).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    GenerationConfig(bos_token_id=bos, eos_token_id=[eos, bos], pad_token_id=bos, **STANDIN_GENERATION).save_pretrained(folder)
+    return folder

@@ -34,6 +34,17 @@ def test_7b_stage2_under_ddp_does_not_fit_and_says_what_does():
     assert _run("-c", "stage2-7b", "-m", "qwen2.5-vl-7b", "--strategy", "fsdp", "--json").returncode == 0
 
 
+def test_qwen3_vl_8b_recipes_plan_from_the_command_line():
+    out = _run("-c", "stage2-qwen3-vl-8b", "-m", "qwen3-vl-8b", "--strategy", "ddp")
+    assert out.returncode == 1, out.stderr
+    assert "DDP on 8 GPUs: does not fit; fits with --strategy fsdp" in out.stdout
+    plan = json.loads(_run("-c", "stage3-qwen3-vl-8b", "-m", "qwen3-vl-8b", "--json").stdout)
+    assert plan["model"] == "qwen3-vl-8b" and plan["strategy"] == "fsdp" and plan["fits"]
+    assert 8.7e9 < plan["trainable"] < 8.85e9 and "32 px per token" in plan["assumptions"][0]
+    lora = json.loads(_run("-c", "stage1-qwen3-vl-8b", "--set", "phase=lora", "--json").stdout)
+    assert lora["model"] == "qwen3-vl-8b" and lora["strategy"] == "ddp" and lora["fits"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["-c", "stage9-nope"], "config not found: stage9-nope"),
     (["-c", "stage2-7b", "--gpu-memory", "eighty"], "--gpu-memory 'eighty'"),

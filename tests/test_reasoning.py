@@ -10,8 +10,8 @@ from seganswer_cli.model.conversation import Answer, answer_of, reasoning_sequen
 from seganswer_cli.reasoning import ReasoningLoop, ReasoningSettings, run
 
 
-def test_the_patterned_model_segments_then_answers(patterned_model):
-    model, cases = patterned_model
+def test_the_patterned_model_segments_then_answers(patterned_backbone_model):
+    model, cases = patterned_backbone_model
     for image, question, _, answer in cases:
         traj = run(model, image, question, ReasoningSettings(max_new_tokens=80))
         assert traj.stop_reason == "answer"
@@ -23,10 +23,11 @@ def test_the_patterned_model_segments_then_answers(patterned_model):
         assert pads == model.global_view(image).num_tokens + step.kept_tokens  # original image fed once
 
 
-def test_cached_multi_turn_equals_rerunning_the_whole_conversation(patterned_model):
+def test_cached_multi_turn_equals_rerunning_the_whole_conversation(patterned_backbone_model):
     """Greedy tokens and their log-probs from the cached loop equal one uncached forward over the
-    final conversation (same ids, same 3-D positions, same segmented turn)."""
-    model, cases = patterned_model
+    final conversation (same ids, same 3-D positions, same segmented turn; on Qwen3-VL the same
+    DeepStack features, which the cached turn adds to its own visual tokens only)."""
+    model, cases = patterned_backbone_model
     image, question, _, _ = cases[0]
     traj = run(model, image, question, ReasoningSettings(max_new_tokens=80))
     seq = traj.sequence
@@ -65,8 +66,8 @@ def test_inference_reads_the_seg_state_training_reads(patterned_model):
     assert np.array_equal(mask, traj.steps[0].mask)
 
 
-def test_batched_greedy_equals_one_by_one(patterned_model):
-    model, cases = patterned_model
+def test_batched_greedy_equals_one_by_one(patterned_backbone_model):
+    model, cases = patterned_backbone_model
     settings = ReasoningSettings(max_new_tokens=80)
     images = [c[0] for c in cases] + [cases[0][0]]
     questions = [c[1] for c in cases] + ["Is there anything?"]

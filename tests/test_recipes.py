@@ -24,6 +24,26 @@ def test_shell_recipes_parse(script):
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize("backbone, base", [(None, "shapes-base"), ("qwen2.5-vl", "shapes-base"),
+                                            ("qwen3-vl", "shapes-base-qwen3-vl")])
+def test_the_backbone_switch_picks_its_random_init_preset(backbone, base):
+    """``BACKBONE`` (the shapes recipes' switch) names the preset they start from, and it is a preset of that backbone."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    from seganswer_cli.model.presets import get_preset
+
+    env = {k: v for k, v in os.environ.items() if k != "BACKBONE"} | ({"BACKBONE": backbone} if backbone else {})
+    result = subprocess.run([bash, "-c", f'source "{RECIPES / "lib.sh"}"; echo "$BASE"'], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0 and result.stdout.strip() == base, result.stderr
+    assert get_preset(base).backbone == (backbone or "qwen2.5-vl") and get_preset(base).mllm is None
+    bad = subprocess.run([bash, "-c", f'source "{RECIPES / "lib.sh"}"; echo unreachable'], capture_output=True,
+                         text=True, env={**env, "BACKBONE": "llava"})
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.strip() == \
+        "BACKBONE=llava: expected qwen2.5-vl or qwen3-vl"
+
+
 def test_lib_run_starts_then_skips_a_finished_run(tmp_path):
     """``lib.sh``'s ``run`` leaves the decision to ``--continue``: a new run starts, a finished one is left."""
     bash = shutil.which("bash")

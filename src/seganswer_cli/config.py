@@ -645,8 +645,13 @@ def shipped_configs() -> dict[str, Path]:
     return {Path(p.name).stem: Path(str(p)) for p in folder.iterdir() if p.name.endswith((".yaml", ".yml"))}
 
 
-def read_yaml(spec: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML file given by path or by shipped name (``stage1-tiny``)."""
+def read_yaml(spec: str | Path, *, _within: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The mapping in a YAML file given by path or by shipped name (``stage1-tiny``).
+
+    A file may start from another: ``base: stage2-7b`` takes that recipe's settings and the file's
+    own keys over them (nested mappings such as ``optim`` key by key), so a recipe that differs from
+    another in its model says only that.
+    """
     import yaml
 
     path = Path(spec).expanduser()
@@ -663,7 +668,22 @@ def read_yaml(spec: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a mapping at the top level")
-    return data
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"{path}: base must name a recipe (a YAML file or a shipped name), got {base!r}")
+    if str(spec) in _within:
+        raise UsageError(f"{path}: its base recipes lead back to it ({' -> '.join([*_within, str(spec)])})")
+    return _merged(read_yaml(base, _within=(*_within, str(spec))), data)
+
+
+def _merged(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """``own`` over ``base``, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in own.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any], *, keep_none: bool = False) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""M-RoPE positions of the two-turn conversations, anchored to transformers' ``get_rope_index``.
+"""M-RoPE positions of the two-turn conversations, anchored to transformers' ``get_rope_index``,
+on each backbone (Qwen2.5-VL and Qwen3-VL: each model's own ``get_rope_index``).
 
 The box-crop second look (``bbox``) is a plain two-image conversation, so every position equals
 ``get_rope_index``'s. The mask view (the paper's, as the 7B preset builds it: no zoom) is not a
@@ -40,8 +41,8 @@ def _rope_index(model, text: str, images):
 
 
 @pytest.mark.parametrize("zoom", [False, True])
-def test_box_crop_conversation_equals_get_rope_index(tiny_model, noise_image, blob_mask, zoom):
-    model = tiny_model
+def test_box_crop_conversation_equals_get_rope_index(backbone_model, noise_image, blob_mask, zoom):
+    model = backbone_model
     view = model.segmented_view(noise_image, blob_mask, mode="bbox", zoom=zoom)
     seq = reasoning_sequence(model, model.global_view(noise_image), QUESTION, ANSWER, view=view)
     ref, positions = _rope_index(model, _first_turn_text() + _second_turn_text(), [noise_image, view.segmented_image])
@@ -54,8 +55,8 @@ def test_box_crop_conversation_equals_get_rope_index(tiny_model, noise_image, bl
     assert torch.equal(view.crop.pixel_values, ref["pixel_values"][first:])
 
 
-def test_mask_view_keeps_the_first_images_positions(tiny_model, noise_image, blob_mask):
-    model = tiny_model
+def test_mask_view_keeps_the_first_images_positions(backbone_model, noise_image, blob_mask):
+    model = backbone_model
     settings = asdict(get_preset("qwen2.5-vl-7b").view)  # the paper's view: no zoom
     dense = model.global_view(noise_image)
     view = model.segmented_view(noise_image, blob_mask, **settings)
@@ -82,8 +83,8 @@ def test_mask_view_keeps_the_first_images_positions(tiny_model, noise_image, blo
     # a cell the mask covers fully is the first image's cell, pixel for pixel (4 patch rows per cell)
     full = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(blob_mask)[None, None].float(), (rows, cols))[0, 0] == 1
     k = next(i for i, c in enumerate(cells.tolist()) if full.flatten()[c])
-    crop_rows = view.crop.pixel_values.view(-1, 4, view.crop.pixel_values.shape[-1])  # (crop cells, 4, 1176)
-    dense_rows = dense.pixel_values.view(-1, 4, dense.pixel_values.shape[-1])  # (cells, 4, 1176)
+    crop_rows = view.crop.pixel_values.view(-1, 4, view.crop.pixel_values.shape[-1])  # (crop cells, 4, C * 2 * patch * patch)
+    dense_rows = dense.pixel_values.view(-1, 4, dense.pixel_values.shape[-1])  # (cells, 4, C * 2 * patch * patch)
     assert torch.equal(crop_rows[int(view.keep[k])], dense_rows[int(cells[k])])
 
     # the text after it: <|vision_end|> at the largest position so far + 1, then one per token
@@ -97,8 +98,13 @@ def test_mask_view_keeps_the_first_images_positions(tiny_model, noise_image, blo
     assert seq.input_ids[end + 1 :].tolist() == tail
 
 
-def test_mask_view_positions_are_integers_without_zoom(tiny_model, noise_image, blob_mask):
-    view = tiny_model.segmented_view(noise_image, blob_mask, **asdict(get_preset("qwen2.5-vl-7b").view))
+def test_mask_view_positions_are_integers_without_zoom(backbone_model, noise_image, blob_mask):
+    view = backbone_model.segmented_view(noise_image, blob_mask, **asdict(get_preset("qwen2.5-vl-7b").view))
     assert torch.equal(view.positions, view.positions.round())
-    zoomed = tiny_model.segmented_view(noise_image, blob_mask, **asdict(get_preset("qwen2.5-vl-7b-zoom").view))
+    # zoomed to 4x the cells (a crop at native size may happen to fall on the global grid's cells)
+    processor = backbone_model.image_processor
+    cell = processor.patch_size * processor.merge_size
+    pixels = 4 * view.crop.num_tokens * cell * cell
+    zoom = {**asdict(get_preset("qwen2.5-vl-7b-zoom").view), "zoom_min_pixels": pixels, "zoom_max_pixels": pixels}
+    zoomed = backbone_model.segmented_view(noise_image, blob_mask, **zoom)
     assert not torch.equal(zoomed.positions, zoomed.positions.round())  # the departure: fractional positions

@@ -1,4 +1,7 @@
-"""The sparse-position patch encoder, anchored to transformers' own ``get_rope_index``."""
+"""The sparse-position patch encoder, anchored to transformers' own ``get_rope_index`` (on each
+backbone: Qwen2.5-VL and Qwen3-VL, whose DeepStack features ride along)."""
+
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -20,8 +23,8 @@ def _prompt_text(expression="the red triangle"):
     )
 
 
-def test_full_mask_without_zoom_equals_plain_image_and_get_rope_index(tiny_model, noise_image):
-    model = tiny_model
+def test_full_mask_without_zoom_equals_plain_image_and_get_rope_index(backbone_model, noise_image):
+    model = backbone_model
     ref = model.processor(text=[_prompt_text()], images=[noise_image], return_tensors="pt")
     ref_pos, _ = model.mllm.model.get_rope_index(
         ref["input_ids"], ref["mm_token_type_ids"], image_grid_thw=ref["image_grid_thw"],
@@ -50,6 +53,51 @@ def test_full_mask_without_zoom_equals_plain_image_and_get_rope_index(tiny_model
         hidden = model.language_model(model.embed(batch), batch.position_ids, batch.attention_mask).last_hidden_state
         ours = model.logits(hidden)
     torch.testing.assert_close(ours, plain, rtol=0, atol=1e-5)
+
+
+def test_positions_and_deepstack_features_change_the_logits(backbone_model, noise_image):
+    """Guard for the reference above, on each backbone: the same tokens at 1-D positions give other
+    logits, and so (Qwen3-VL) do the visual tokens without their DeepStack features."""
+    model = backbone_model
+    seq = stage1_sequence(model, model.global_view(noise_image), "the red triangle")
+    batch = model.collate([seq])
+    flat = torch.arange(len(seq)).float().expand(3, 1, -1)  # (3, 1, S)
+    with torch.no_grad():
+        inputs = model.embed(batch)
+        ours = model.language_model(inputs, batch.position_ids).last_hidden_state
+        assert not torch.allclose(model.language_model(inputs, flat).last_hidden_state, ours, atol=1e-4)
+        if inputs.deepstack is not None:
+            bare = replace(inputs, visual_mask=None, deepstack=None)
+            assert not torch.allclose(model.language_model(bare, batch.position_ids).last_hidden_state, ours, atol=1e-4)
+    assert (inputs.deepstack is not None) == (model.mllm.config.model_type == "qwen3_vl")
+
+
+def test_a_sparse_turn_carries_only_its_kept_cells_features(backbone_model, noise_image, blob_mask):
+    """The second look's tokens are filled with the crop's features of the kept cells, in order, and
+    on Qwen3-VL each DeepStack level gives the same cells' features to the same tokens."""
+    from seganswer_cli.model.backbones import encode_images
+    from seganswer_cli.model.conversation import reasoning_sequence
+
+    model = backbone_model
+    dense = model.global_view(noise_image)
+    view = model.segmented_view(noise_image, blob_mask, zoom=False)
+    assert 0 < view.num_tokens < view.crop.num_tokens  # a sparse turn: some cells dropped
+    batch = model.collate([reasoning_sequence(model, dense, "What colour is it?", "red", view=view)])
+    with torch.no_grad():
+        inputs = model.embed(batch)
+        first = encode_images(model.mllm, dense.pixel_values, dense.grid_thw[None])
+        crop = encode_images(model.mllm, view.crop.pixel_values, view.crop.grid_thw[None])
+    pads = batch.input_ids[0] == model.token_ids.image_pad  # (S,)
+    expected = torch.cat([first.tokens[0], crop.tokens[0][view.keep]])  # (dense + kept, D)
+    torch.testing.assert_close(inputs.embeds[0][pads], expected, rtol=0, atol=1e-6)
+    if first.deepstack is None:
+        assert inputs.deepstack is None and inputs.visual_mask is None
+        return
+    assert torch.equal(inputs.visual_mask[0], pads)
+    assert len(inputs.deepstack) == len(model.mllm.config.vision_config.deepstack_visual_indexes) >= 2
+    for level, (dense_level, crop_level) in enumerate(zip(first.deepstack, crop.deepstack)):
+        torch.testing.assert_close(inputs.deepstack[level], torch.cat([dense_level[0], crop_level[0][view.keep]]),
+                                   rtol=0, atol=1e-6)
 
 
 def test_forward_silently_differs_without_3d_positions(tiny_model, noise_image):

@@ -35,6 +35,32 @@ def test_7b_recipe_is_the_papers():
     assert (lora.optim.lr, lora.epochs) == (2e-5, 3)
 
 
+@pytest.mark.parametrize("stage, cls", [("stage1", Stage1Config), ("stage2", Stage2Config), ("stage3", Stage3Config)])
+def test_qwen3_vl_recipes_are_the_7b_ones_on_the_other_model(stage, cls):
+    """``base: <stage>-7b``: every setting of the paper's recipe, only the model (and its local-copy
+    hint) differs."""
+    qwen3 = to_dict(load_config(cls, f"{stage}-qwen3-vl-8b").resolved())
+    paper = to_dict(load_config(cls, f"{stage}-7b").resolved())
+    differs = {k for k in paper if paper[k] != qwen3[k]}
+    assert differs == ({"model"} if stage == "stage1" else set())
+    if stage == "stage1":
+        assert qwen3["model"] == "qwen3-vl-8b"
+
+
+def test_a_recipe_over_a_base_recipe(tmp_path):
+    (tmp_path / "base.yaml").write_text("batch_size: 3\noptim:\n  lr: 0.1\n  weight_decay: 0.2\n")
+    (tmp_path / "own.yaml").write_text(f"base: {tmp_path / 'base.yaml'}\noptim:\n  lr: 0.5\n")
+    cfg = load_config(Stage1Config, tmp_path / "own.yaml")
+    assert (cfg.batch_size, cfg.optim.lr, cfg.optim.weight_decay) == (3, 0.5, 0.2)  # nested keys merged
+    (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(UsageError, match="lead back to it"):
+        load_config(Stage1Config, tmp_path / "a.yaml")
+    (tmp_path / "bad.yaml").write_text("base: [1]\n")
+    with pytest.raises(UsageError, match="base must name a recipe"):
+        load_config(Stage1Config, tmp_path / "bad.yaml")
+
+
 def test_flags_override_yaml_and_yaml_overrides_defaults():
     cfg = load_config(Stage1Config, "stage1-tiny", {"optim.lr": 0.5, "max_steps": 7, "batch_size": None})
     assert cfg.optim.lr == 0.5 and cfg.max_steps == 7

@@ -97,9 +97,9 @@ def vqa_data(tmp_path_factory):
     return write_synthetic(root / "vqa", "vqa", 32, ShapesConfig(width=96, height=96, min_size=32, max_size=64), seed=0)
 
 
-def stage2_args(data, out, *extra: str) -> list[str]:
-    """The tiny Stage 2 recipe from the random tiny preset (no Stage 1 needed to compare engines)."""
-    return ["train-stage2", "-c", "stage2-tiny", "--model", "tiny", "--data", f"shapes={data}", "--set",
+def stage2_args(data, out, *extra: str, model: str = "tiny") -> list[str]:
+    """The tiny Stage 2 recipe from a random tiny preset (no Stage 1 needed to compare engines)."""
+    return ["train-stage2", "-c", "stage2-tiny", "--model", model, "--data", f"shapes={data}", "--set",
             "allow_untrained_start=true", "--out", str(out), *extra]
 
 
@@ -144,12 +144,14 @@ def test_stage1_lora_two_sharded_processes_equal_one_process(shapes_split, image
 
 
 @pytest.mark.slow
-def test_stage2_two_sharded_processes_equal_one_process(vqa_data, image, tmp_path):
+@pytest.mark.parametrize("model, port", [("tiny", 29542), ("tiny-qwen3-vl", 29543)])
+def test_stage2_two_sharded_processes_equal_one_process(vqa_data, image, tmp_path, model, port):
     """Half the samples answer directly, so the processes run pass 1 unevenly (on gathered weights),
-    and two micro-steps accumulate per update."""
+    and two micro-steps accumulate per update. On each backbone (Qwen3-VL: its DeepStack mergers
+    sit in the vision tower's unit)."""
     args = ["--max-steps", "3", "--batch-size", "1", "--direct-share", "0.5"]
-    cli(stage2_args(vqa_data, tmp_path / "one", *args, "--grad-accum", "4"), 1, 0)
-    cli(stage2_args(vqa_data, tmp_path / "two", *args, "--grad-accum", "2", "--strategy", "fsdp"), 2, 29542)
+    cli(stage2_args(vqa_data, tmp_path / "one", *args, "--grad-accum", "4", model=model), 1, 0)
+    cli(stage2_args(vqa_data, tmp_path / "two", *args, "--grad-accum", "2", "--strategy", "fsdp", model=model), 2, port)
     assert {r["direct"] for r in records(tmp_path / "two")} != {0.0}
     assert_same_training(tmp_path / "one", tmp_path / "two", ("loss", "grad_norm", "lr"))
     assert records(tmp_path / "one")[0]["loss"] == records(tmp_path / "two")[0]["loss"]  # the first step: exact

@@ -160,6 +160,21 @@ def test_7b_stage1_lora_fits_ddp_and_stage3_counts_rollouts(plans_7b):
     assert with_kl.reference_bytes == plans_7b["stage3"].census.bytes
 
 
+def test_qwen3_vl_8b_recipes_plan_on_its_published_architecture():
+    """The second backbone's recipes plan on ``architectures/qwen3-vl-8b.json``: the model card's
+    8.8 B parameters (DeepStack mergers in the vision tower), 32-px tokens, Stage 2 only under FSDP
+    on 8 x 80 GB, Stage 1's LoRA under DDP."""
+    plans = {}
+    for stage, cls, sets in [("stage1", Stage1Config, ["phase=lora"]), ("stage2", Stage2Config, [])]:
+        config = load_config(cls, f"{stage}-qwen3-vl-8b", assignments=sets).resolved()
+        plans[stage] = mp.plan_recipe(config, stage, model="qwen3-vl-8b", gpus=8, gpu_memory=GB80)
+    stage2 = plans["stage2"]
+    assert 8.7e9 < stage2.census.trainable < 8.85e9
+    assert stage2.census.dims.cell == 32 and "32 px per token" in stage2.workload.notes[0]
+    assert not stage2.strategies["ddp"].fits and stage2.strategies["fsdp"].fits
+    assert plans["stage1"].strategies["ddp"].fits and plans["stage1"].census.part("vision tower").trainable == 0
+
+
 def test_estimate_against_a_real_tiny_training_step():
     """Stage 2's setup on the real tiny model, one AdamW step: the weight, gradient and AdamW bytes it
     holds equal the estimate's (factor 1.00); the bytes autograd keeps for backward (every saved tensor's

@@ -40,6 +40,7 @@ def describe(model) -> dict:
             "sam_image_encoder": count(sam.vision_encoder),
             "sam_prompt_and_mask_decoder": count(sam) - count(sam.vision_encoder),
         },
+        "mllm_architecture": model.mllm.config.model_type,
         "hidden_size": model.mllm.config.text_config.hidden_size,
         # The embedding may have more rows than the tokenizer has tokens (Qwen2.5-VL-7B: 152064 rows,
         # 151666 tokens with <|seg|>): the spare rows are padding, never chosen by the loop.
@@ -57,11 +58,13 @@ def describe(model) -> dict:
 @app.command("init")
 def init(
     preset: Annotated[str, typer.Argument(metavar="PRESET", help="Preset name: tiny, shapes-base, qwen2.5-vl-7b, "
-                                          "qwen2.5-vl-7b-zoom (shapes: a copy of the shipped demo model).",
+                                          "qwen2.5-vl-7b-zoom, qwen3-vl-8b, tiny-qwen3-vl, shapes-base-qwen3-vl "
+                                          "(shapes: a copy of the shipped demo model).",
                                           show_default=False)],
     out: Annotated[Path, typer.Option("--out", "-o", callback=folder_output, help="Folder to write (must not exist "
                                       "or be empty).", show_default=False)],
-    mllm: Annotated[str | None, typer.Option(help="Local folder (or hub id) of Qwen2.5-VL instead of the preset's.")] = None,
+    mllm: Annotated[str | None, typer.Option(help="Local folder (or hub id) of the MLLM instead of "
+                                             "the preset's (Qwen2.5-VL or Qwen3-VL, as the preset).")] = None,
     sam: Annotated[str | None, typer.Option(help="SAM 2.1 instead of the preset's: a transformers folder, a hub id, or Meta's checkpoint file (sam2.1_hiera_large.pt, converted on load).")] = None,
     dtype: DtypeOpt = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the new projector (and of tiny models).")] = 0,

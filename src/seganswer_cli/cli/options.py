@@ -130,7 +130,8 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="A seganswer model folder, or a preset name (shapes, shapes-base, tiny, qwen2.5-vl-7b, qwen2.5-vl-7b-zoom).",
+        help="A seganswer model folder, or a preset name (shapes, shapes-base, tiny, qwen2.5-vl-7b, qwen2.5-vl-7b-zoom, "
+             "qwen3-vl-8b, tiny-qwen3-vl, shapes-base-qwen3-vl).",
     ),
 ]
 OutDirOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder.", callback=folder_output)]

@@ -20,7 +20,8 @@ Stage = Literal["stage1", "stage2", "stage3"]
 
 def plan(
     config: Annotated[str, Opt("--config", "-c", metavar="YAML|NAME", show_default=False,
-                               help="Recipe: a YAML file or a shipped name (stage1-7b, stage2-7b, stage3-7b, ...).")],
+                               help="Recipe: a YAML file or a shipped name (stage1-7b, stage2-7b, stage3-7b, "
+                               "stage2-qwen3-vl-8b, ...).")],
     model: Annotated[str | None, Opt("--model", "-m", help="Preset or model folder whose architecture to plan "
                                      "(default: the recipe's model, when it is a preset or an existing folder).")] = None,
     stage: Annotated[Stage | None, Opt("--stage", help="The recipe's stage (default: from its name).")] = None,
@@ -36,7 +37,8 @@ def plan(
                                            "batch_size; Stage 3: micro_batch_size).")] = None,
     checkpointing: Annotated[bool | None, Opt("--checkpointing/--no-checkpointing", show_default=False,
                                               help="Activation checkpointing (default: the recipe's).")] = None,
-    image_tokens: Annotated[int, Opt("--image-tokens", help="LLM tokens per image (Qwen2.5-VL: one per 28x28 px).")] = 1024,
+    image_tokens: Annotated[int, Opt("--image-tokens", help="LLM tokens per image (one per 28x28 px on Qwen2.5-VL, "
+                                     "32x32 px on Qwen3-VL).")] = 1024,
     as_json: JsonOpt = False,
 ) -> None:
     """Per-GPU memory of a training recipe: does it fit?
@@ -51,6 +53,7 @@ def plan(
         seganswer plan -c stage2-7b --gpus 8 --gpu-memory 80GB
         seganswer plan -c stage3-7b --strategy fsdp --offload --gpus 4 --json
         seganswer plan -c my-recipe.yaml --stage stage1 --model qwen2.5-vl-7b --set phase=lora
+        seganswer plan -c stage2-qwen3-vl-8b -m qwen3-vl-8b
     """
     from seganswer_cli.config import Stage1Config, Stage2Config, Stage3Config, load_config, read_yaml
     from seganswer_cli.errors import UsageError

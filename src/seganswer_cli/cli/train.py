@@ -27,8 +27,9 @@ TooLong = Literal["skip", "truncate"]
 Stage1Phase = Literal["projector", "lora"]
 StandinPhase = Literal["standin", "points"]
 #: The shipped recipes each command's ``-c`` names (checked against ``configs/`` by the same test).
-SHIPPED = {"stage1": "stage1-tiny, stage1-shapes, stage1-7b", "standin": "standin-shapes",
-           "stage2": "stage2-tiny, stage2-shapes, stage2-7b", "stage3": "stage3-tiny, stage3-shapes, stage3-7b"}
+SHIPPED = {"stage1": "stage1-tiny, stage1-shapes, stage1-7b, stage1-qwen3-vl-8b", "standin": "standin-shapes",
+           "stage2": "stage2-tiny, stage2-shapes, stage2-7b, stage2-qwen3-vl-8b",
+           "stage3": "stage3-tiny, stage3-shapes, stage3-7b, stage3-qwen3-vl-8b"}
 
 # Options every training command shares, defined once.
 RunOutOpt = Annotated[Path, Opt("--out", "-o", callback=folder_output, show_default=False,
@@ -151,7 +152,7 @@ def train_stage1(
     mixed_precision: MixedPrecisionOpt = None,
     gradient_checkpointing: CheckpointingOpt = None,
     strategy: StrategyOpt = None,
-    mllm_path: Annotated[str | None, Opt("--mllm-path", help="Local Qwen2.5-VL folder for a preset.")] = None,
+    mllm_path: Annotated[str | None, Opt("--mllm-path", help="Local MLLM folder for a preset (its Qwen2.5-VL or Qwen3-VL).")] = None,
     sam_path: Annotated[str | None, Opt("--sam-path", help="Local SAM 2.1 for a preset: a transformers folder or Meta's checkpoint file (.pt).")] = None,
     quiet: QuietOpt = False,
     stop_after_step: StopAfterOpt = None,

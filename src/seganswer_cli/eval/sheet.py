@@ -131,7 +131,7 @@ def image_processor_for(model: str, model_info: dict[str, Any]):
             from seganswer_cli.model.mllm import build_tiny_image_processor
 
             pixels = {k: v for k, v in preset.tiny_mllm.items() if k in ("min_pixels", "max_pixels")}
-            return build_tiny_image_processor(**pixels)
+            return build_tiny_image_processor(backbone=preset.backbone, **pixels)
         return AutoImageProcessor.from_pretrained(preset.mllm, local_files_only=True)
     except (OSError, ValueError):
         return None

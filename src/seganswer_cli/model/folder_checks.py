@@ -10,7 +10,8 @@ refusal is a ``ModelFolderError``: one line naming the file.
 
 - ``safetensors_header(path)``: the file parses and is not truncated (every tensor's bytes lie
   inside the file and match its dtype and shape);
-- ``check_mllm_folder(folder)``: ``config.json`` (a Qwen2.5-VL configuration), the tokenizer and
+- ``check_mllm_folder(folder)``: ``config.json`` (a configuration of a supported backbone: Qwen2.5-VL
+  or Qwen3-VL; any other architecture is refused naming the supported ones), the tokenizer and
   processor files, and weights holding every tensor the configuration implies, at its shape;
 - ``check_sam_folder(folder)``: a transformers SAM 2.1 folder, the same way;
 - ``check_model_folder(folder)``: a seganswer folder: its ``mllm/``, SAM 2.1 and projector files.
@@ -163,13 +164,19 @@ def check_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, TensorEn
                                    f"{list(shape)}")
 
 
-def _config(path: Path, cls, model_types: tuple[str, ...]):
-    """``cls`` (a transformers config class) from the JSON file ``path``, which must parse and name one of ``model_types``."""
+def _config_data(path: Path) -> dict:
+    """The JSON object in the configuration file ``path``."""
     if not path.is_file():
         raise ModelFolderError(f"{path.parent}: no {path.name} (not a transformers model folder)")
     data = read_json(path, ModelFolderError)
     if not isinstance(data, dict):
         raise ModelFolderError(f"{path} is not a model configuration")
+    return data
+
+
+def _config(path: Path, cls, model_types: tuple[str, ...]):
+    """``cls`` (a transformers config class) from the JSON file ``path``, which must parse and name one of ``model_types``."""
+    data = _config_data(path)
     if data.get("model_type") not in model_types:
         raise ModelFolderError(f"{path} describes a {data.get('model_type')!r} model, not {' or '.join(model_types)}")
     from huggingface_hub.errors import StrictDataclassError
@@ -198,7 +205,7 @@ def meta_shapes(build, *, persistent_buffers: bool = False) -> dict[str, tuple[i
 
 
 def mllm_key(name: str) -> str:
-    """One name for a Qwen2.5-VL weight across checkpoint layouts: the published files say
+    """One name for an MLLM weight across checkpoint layouts: the published files say
     ``model.layers.0...`` and ``visual...``, transformers' module ``model.language_model.layers.0...``
     and ``model.visual...``.
 
@@ -216,12 +223,15 @@ PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
 
 def check_mllm_folder(folder: Path):
-    """A Qwen2.5-VL folder that can load (see the module docstring); returns its configuration."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    """An MLLM folder of a supported backbone that can load (see the module docstring); returns its
+    configuration."""
+    from seganswer_cli.model.backbones import backbone_for
 
     folder = Path(folder)
     config_path = folder / "config.json"
-    config = _config(config_path, Qwen2_5_VLConfig, ("qwen2_5_vl",))
+    backbone = backbone_for(_config_data(config_path).get("model_type"), config_path)
+    model_class, config_class = backbone.classes()
+    config = _config(config_path, config_class, (backbone.model_type,))
     if not any(all((folder / f).is_file() for f in files) for files in TOKENIZER_FILES):
         raise ModelFolderError(f"{folder}: no tokenizer (tokenizer.json, or vocab.json and merges.txt)")
     if not any((folder / f).is_file() for f in PROCESSOR_FILES):
@@ -231,7 +241,7 @@ def check_mllm_folder(folder: Path):
             read_json(folder / name, ModelFolderError)
     require_weights(folder)
     found = weight_entries(folder)
-    expected = meta_shapes(lambda: Qwen2_5_VLForConditionalGeneration._from_config(config))
+    expected = meta_shapes(lambda: model_class._from_config(config))
     check_fits(expected, folder, found, config_path)
     if found is not None:
         check_shapes(expected, found, config_path, normalise=mllm_key)
@@ -275,11 +285,13 @@ def check_sam_folder(folder: Path) -> None:
 # -- a seganswer folder ---------------------------------------------------------------------------
 
 
-def check_model_folder(folder: Path) -> None:
+def check_model_folder(folder: Path):
     """A seganswer folder's parts (``mllm/``, ``mask_decoder*``, ``projector.safetensors``) can load,
-    and fit each other: the projector maps the MLLM's hidden size to SAM's prompt dimension."""
+    and fit each other: the projector maps the MLLM's hidden size to SAM's prompt dimension. Returns
+    the MLLM's configuration."""
     folder = Path(folder)
-    hidden = check_mllm_folder(folder / "mllm").text_config.hidden_size
+    mllm_config = check_mllm_folder(folder / "mllm")
+    hidden = mllm_config.text_config.hidden_size
     sam_config_path = folder / "mask_decoder_config.json"
     sam_config = sam_config_from(sam_config_path)
     check_sam_weights(sam_config, safetensors_header(folder / "mask_decoder.safetensors"), sam_config_path)
@@ -293,3 +305,4 @@ def check_model_folder(folder: Path) -> None:
             f"{folder / 'projector.safetensors'} maps {fc1.shape[1]} -> {fc2.shape[0]} but the model needs "
             f"{hidden} -> {prompt_dim} (mllm/config.json's hidden size -> {sam_config_path.name}'s prompt size)"
         )
+    return mllm_config

@@ -1,8 +1,9 @@
-"""The multimodal LLM: Qwen2.5-VL and its processor, with ``<|seg|>`` added.
+"""The multimodal LLM (Qwen2.5-VL or Qwen3-VL, ``backbones``) and its processor, with ``<|seg|>`` added.
 
-Two ways in, one object out (``Qwen2_5_VLForConditionalGeneration`` + ``Qwen2_5_VLProcessor``):
-- ``load_mllm(path_or_hub_id)``: the real path (e.g. ``Qwen/Qwen2.5-VL-7B-Instruct`` or a local copy);
-- ``build_tiny_mllm(...)``: a random-init model of a few hundred thousand parameters with a
+Two ways in, one object out (a transformers ``...ForConditionalGeneration`` + its processor):
+- ``load_mllm(path_or_hub_id)``: the real path (e.g. ``Qwen/Qwen2.5-VL-7B-Instruct``,
+  ``Qwen/Qwen3-VL-8B-Instruct`` or a local copy); the folder's ``config.json`` says which backbone;
+- ``build_tiny_mllm(...)``: a random-init model of the given backbone at toy width with a
   byte-level BPE tokenizer trained in code, for tests and the shapes-world demo (no download).
 """
 
@@ -88,20 +89,21 @@ def _chat_template_of(processor) -> str | None:
 
 
 def load_mllm(path: str, *, dtype: torch.dtype | None = None, attn_implementation: str | None = None):
-    """Load Qwen2.5-VL and its processor from a local folder or a hub id; add ``<|seg|>`` if missing.
+    """Load the MLLM and its processor from a local folder or a hub id; add ``<|seg|>`` if missing.
 
     ``sources.local_folder`` finds the folder (a hub id: the local cache, else a download once the
     hub answers) and ``folder_checks.check_mllm_folder`` checks it before anything is built; a
     tokenizer without a chat template is refused too (the model was trained on that layout). Each
     refusal is one line naming the file or the reason.
     """
-    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoProcessor
 
+    from seganswer_cli.model.backbones import backbone_for
     from seganswer_cli.model.folder_checks import check_mllm_folder
     from seganswer_cli.model.sources import local_folder
 
     folder = local_folder(path, "mllm")
-    check_mllm_folder(folder)
+    model_class, _ = backbone_for(check_mllm_folder(folder).model_type, folder / "config.json").classes()
     try:
         processor = AutoProcessor.from_pretrained(folder)
         if _chat_template_of(processor) is None:
@@ -112,7 +114,7 @@ def load_mllm(path: str, *, dtype: torch.dtype | None = None, attn_implementatio
         kwargs = {"dtype": dtype} if dtype is not None else {}
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
-        mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, **kwargs)
+        mllm = model_class.from_pretrained(folder, **kwargs)
     except (OSError, ValueError) as e:
         reason = " ".join(str(e).split())  # transformers' messages run over several lines
         raise ModelFolderError(f"cannot load the MLLM from {path}: {reason}") from None
@@ -176,25 +178,35 @@ def build_tiny_tokenizer(vocab_size: int = 480):
     return tokenizer
 
 
-#: The pixel budget of a tiny model when its preset does not set one.
+#: The pixel budget of a tiny Qwen2.5-VL when its preset does not set one (4 to 64 cells of 28 px).
 TINY_MIN_PIXELS, TINY_MAX_PIXELS = 28 * 28 * 4, 28 * 28 * 64
 
 
-def build_tiny_image_processor(*, min_pixels: int = TINY_MIN_PIXELS, max_pixels: int = TINY_MAX_PIXELS):
-    """The image processor of a tiny model: Qwen2.5-VL's stock one with the given pixel budget."""
+def build_tiny_image_processor(*, min_pixels: int = TINY_MIN_PIXELS, max_pixels: int = TINY_MAX_PIXELS,
+                               backbone: str = "qwen2.5-vl"):
+    """The image processor of a tiny model: the backbone's stock one with the given pixel budget."""
     from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
 
-    return Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
+    from seganswer_cli.model.backbones import get_backbone
+
+    settings = get_backbone(backbone).image_processor
+    return Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels, **settings)
 
 
-def build_tiny_processor(*, min_pixels: int, max_pixels: int, vocab_size: int = 480):
-    """Qwen2.5-VL's stock processor around the tiny tokenizer, with the given pixel budget."""
-    from transformers import Qwen2_5_VLProcessor
-    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+def build_tiny_processor(*, min_pixels: int, max_pixels: int, vocab_size: int = 480, backbone: str = "qwen2.5-vl"):
+    """The backbone's stock processor around the tiny tokenizer, with the given pixel budget."""
+    import importlib
 
-    image_processor = build_tiny_image_processor(min_pixels=min_pixels, max_pixels=max_pixels)
-    video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
-    return Qwen2_5_VLProcessor(
+    import transformers
+
+    from seganswer_cli.model.backbones import get_backbone
+
+    spec = get_backbone(backbone)
+    module, name = spec.video_processor
+    video_processor = getattr(importlib.import_module(module), name)(
+        min_pixels=min_pixels, max_pixels=max_pixels, **spec.image_processor)
+    image_processor = build_tiny_image_processor(min_pixels=min_pixels, max_pixels=max_pixels, backbone=backbone)
+    return getattr(transformers, spec.processor_class)(
         image_processor=image_processor,
         tokenizer=build_tiny_tokenizer(vocab_size),
         video_processor=video_processor,
@@ -204,6 +216,7 @@ def build_tiny_processor(*, min_pixels: int, max_pixels: int, vocab_size: int = 
 
 def build_tiny_mllm(
     *,
+    backbone: str = "qwen2.5-vl",
     hidden_size: int = 64,
     num_layers: int = 2,
     num_heads: int = 4,
@@ -211,50 +224,53 @@ def build_tiny_mllm(
     intermediate_size: int = 128,
     vision_depth: int = 2,
     vision_hidden_size: int = 32,
+    deepstack_levels: int = 2,
     min_pixels: int = TINY_MIN_PIXELS,
     max_pixels: int = TINY_MAX_PIXELS,
     vocab_size: int = 480,
     seed: int = 0,
 ):
-    """A random-init Qwen2.5-VL of the real architecture at toy width, with ``<|seg|>`` added."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    """A random-init MLLM of the backbone's real architecture at toy width, with ``<|seg|>`` added.
 
-    processor = build_tiny_processor(min_pixels=min_pixels, max_pixels=max_pixels, vocab_size=vocab_size)
+    ``deepstack_levels`` (Qwen3-VL only): how many vision blocks feed DeepStack, at most one fewer
+    than the vision and the decoder depth (the published 8B taps 3 of 27 blocks into 3 of 36 layers).
+    """
+    from seganswer_cli.model.backbones import get_backbone
+
+    spec = get_backbone(backbone)
+    processor = build_tiny_processor(min_pixels=min_pixels, max_pixels=max_pixels, vocab_size=vocab_size,
+                                     backbone=backbone)
     tok = processor.tokenizer
     head_dim = hidden_size // num_heads
-    # M-RoPE splits head_dim/2 rotary frequencies over (t, h, w); Qwen2.5-VL-7B uses [16, 24, 24] of 64.
-    half = head_dim // 2
-    section_t = max(1, half // 4)
-    section_h = (half - section_t) // 2
-    mrope_section = [section_t, section_h, half - section_t - section_h]
     ids = {t: tok.convert_tokens_to_ids(t) for t in tokens.QWEN_SPECIAL_TOKENS}
-    config = Qwen2_5_VLConfig(
-        text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=hidden_size,
-            intermediate_size=intermediate_size,
-            num_hidden_layers=num_layers,
-            num_attention_heads=num_heads,
-            num_key_value_heads=num_kv_heads,
-            max_position_embeddings=8192,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": mrope_section},
-            tie_word_embeddings=False,
-            bos_token_id=ids[tokens.END_OF_TEXT],
-            eos_token_id=ids[tokens.IM_END],
-            pad_token_id=ids[tokens.END_OF_TEXT],
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            hidden_size=vision_hidden_size,
-            intermediate_size=vision_hidden_size * 2,
-            num_heads=2,
-            out_hidden_size=hidden_size,
-            patch_size=14,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=112,
-            fullatt_block_indexes=[vision_depth - 1],
-        ),
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_kv_heads,
+        max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": _mrope_section(spec, head_dim)},
+        tie_word_embeddings=False,
+        bos_token_id=ids[tokens.END_OF_TEXT],
+        eos_token_id=ids[tokens.IM_END],
+        pad_token_id=ids[tokens.END_OF_TEXT],
+    )
+    vision = dict(depth=vision_depth, hidden_size=vision_hidden_size, intermediate_size=vision_hidden_size * 2,
+                  num_heads=2, out_hidden_size=hidden_size, patch_size=spec.patch_size, spatial_merge_size=2,
+                  temporal_patch_size=2)
+    if spec.mrope_interleaved:
+        text.update(head_dim=head_dim, rope_parameters={**text["rope_parameters"], "mrope_interleaved": True})
+    if spec.deepstack:
+        levels = max(1, min(deepstack_levels, vision_depth - 1, num_layers - 1))
+        vision.update(deepstack_visual_indexes=list(range(levels)), num_position_embeddings=64)
+    else:  # Qwen2.5-VL's windowed vision attention, full attention in the last block
+        vision.update(window_size=112, fullatt_block_indexes=[vision_depth - 1])
+    model_class, config_class = spec.classes()
+    config = config_class(
+        text_config=text,
+        vision_config=vision,
         image_token_id=ids[tokens.IMAGE_PAD],
         video_token_id=ids[tokens.VIDEO_PAD],
         vision_start_token_id=ids[tokens.VISION_START],
@@ -262,7 +278,20 @@ def build_tiny_mllm(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    mllm = Qwen2_5_VLForConditionalGeneration(config)
+    mllm = model_class(config)
     mllm.eval()
     add_seg_token(mllm, processor)
     return mllm, processor
+
+
+def _mrope_section(backbone, head_dim: int) -> list[int]:
+    """How the ``head_dim / 2`` rotary frequencies are shared by ``(t, h, w)``, in the proportions of
+    the published models: Qwen2.5-VL-7B gives ``[16, 24, 24]`` of 64 (a quarter to t), Qwen3-VL-8B
+    ``[24, 20, 20]`` (5/16 each to h and w, the rest to t; interleaved, t also takes the tail)."""
+    half = head_dim // 2
+    if backbone.mrope_interleaved:
+        section_h = max(1, half * 5 // 16)
+        return [half - 2 * section_h, section_h, section_h]
+    section_t = max(1, half // 4)
+    section_h = (half - section_t) // 2
+    return [section_t, section_h, half - section_t - section_h]

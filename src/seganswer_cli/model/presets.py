@@ -1,6 +1,8 @@
 """Named model configurations: ``tiny`` and ``shapes-base`` (built in code), ``shapes`` (a trained
 model folder shipped inside the package), ``qwen2.5-vl-7b`` (the paper's) and ``qwen2.5-vl-7b-zoom``
-(the same with a zoomed second look).
+(the same with a zoomed second look); on the second backbone (``backbones``), ``qwen3-vl-8b``
+(Qwen3-VL-8B-Instruct + SAM 2.1) and its toy-width stand-ins ``tiny-qwen3-vl`` and
+``shapes-base-qwen3-vl``.
 
 A preset says where the MLLM and SAM 2.1 come from and how the segmented second look is built;
 ``SegAnswerModel.from_preset(name)`` assembles it (or loads the shipped folder of a packaged
@@ -67,7 +69,7 @@ class Preset:
     name: str
     description: str
     mllm: str | None
-    """Hub id or folder of Qwen2.5-VL; None: the tiny model built in code."""
+    """Hub id or folder of the MLLM; None: the tiny model built in code."""
     sam: str | None
     """Hub id or folder of SAM 2.1 (Hugging Face format); None: the tiny SAM built in code."""
     tiny_mllm: dict = field(default_factory=dict)
@@ -78,6 +80,9 @@ class Preset:
     packaged: str | None = None
     """A trained model folder shipped inside the package (``seganswer_cli/assets/<packaged>``);
     loading the preset loads it instead of building a random model."""
+    backbone: str = "qwen2.5-vl"
+    """The MLLM's architecture (``backbones.BACKBONES``): what a tiny preset builds, what the MLLM
+    of a hub preset (or the local copy given for it) must be."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,6 +123,21 @@ QWEN_7B = Preset(
     view=ViewConfig(zoom=False),
 )
 
+#: The shapes demo on Qwen3-VL: the same widths and depths, the same budgets in LLM tokens (36 of
+#: 32 px instead of 28 px: a Qwen3-VL token covers 16-px patches).
+SHAPES_BASE_QWEN3 = replace(
+    SHAPES_BASE,
+    name="shapes-base-qwen3-vl",
+    description="shapes-base on the Qwen3-VL backbone (recipes/shapes-demo.sh with BACKBONE=qwen3-vl starts here).",
+    tiny_mllm=dict(SHAPES_MLLM, min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 36),
+    view=replace(SHAPES_VIEW, zoom_min_pixels=32 * 32 * 36, zoom_max_pixels=32 * 32 * 36),
+    backbone="qwen3-vl",
+)
+
+#: Qwen3-VL-8B-Instruct's own pixel budget (its ``preprocessor_config.json``: 65,536 to 16,777,216
+#: px, i.e. 64 to 16,384 tokens of 32x32 px), as ``QWEN_7B_PIXELS`` is Qwen2.5-VL-7B's.
+QWEN3_8B_PIXELS = (256 * 256, 32 * 32 * 16384)
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
@@ -142,6 +162,27 @@ PRESETS: dict[str, Preset] = {
         description="qwen2.5-vl-7b with a zoomed second look (not the paper's: kept cells sit at fractional "
                     "positions of the original grid, several per original cell).",
         view=ViewConfig(zoom=True),
+    ),
+    "tiny-qwen3-vl": Preset(
+        name="tiny-qwen3-vl",
+        description="Random-init Qwen3-VL (interleaved M-RoPE, DeepStack into 2 of 3 decoder layers) and SAM 2.1 "
+                    "at toy width, built in code (tests, CPU).",
+        mllm=None,
+        sam=None,
+        tiny_mllm=dict(hidden_size=64, num_layers=3, vision_depth=3, min_pixels=32 * 32 * 4, max_pixels=32 * 32 * 64),
+        tiny_sam=dict(image_size=128),
+        view=ViewConfig(zoom=True, zoom_max_pixels=32 * 32 * 64),
+        backbone="qwen3-vl",
+    ),
+    "shapes-base-qwen3-vl": SHAPES_BASE_QWEN3,
+    "qwen3-vl-8b": Preset(
+        name="qwen3-vl-8b",
+        description="The paper's method on Qwen3-VL-8B-Instruct + SAM 2.1 Hiera-Large; second look without zoom, "
+                    "at the processor's own pixel budget (65,536 to 16,777,216 px).",
+        mllm="Qwen/Qwen3-VL-8B-Instruct",
+        sam="facebook/sam2.1-hiera-large",
+        view=ViewConfig(zoom=False),
+        backbone="qwen3-vl",
     ),
 }
 

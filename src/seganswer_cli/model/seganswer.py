@@ -1,4 +1,4 @@
-"""``SegAnswerModel``: Qwen2.5-VL + ``<|seg|>`` + projector + SAM 2.1, as one module.
+"""``SegAnswerModel``: the MLLM (Qwen2.5-VL or Qwen3-VL) + ``<|seg|>`` + projector + SAM 2.1, as one module.
 
 The ``<|seg|>`` path: the MLLM runs on the conversation; the last-layer hidden state *at* each
 ``<|seg|>`` token (the state after reading it, i.e. the one that predicts the token after it) goes
@@ -30,6 +30,7 @@ from torch import nn
 from seganswer_cli import __version__
 from seganswer_cli.errors import ModelFolderError, SegTokenError, UsageError, read_json
 from seganswer_cli.model import tokens
+from seganswer_cli.model.backbones import DecoderInputs, backbone_for, encode_images
 from seganswer_cli.model.conversation import stage1_sequence
 from seganswer_cli.model.folder_checks import check_mllm_folder, check_model_folder, check_sam_folder
 from seganswer_cli.model.losses import LossWeights, mask_losses, total_loss
@@ -120,11 +121,14 @@ class SegAnswerModel(nn.Module):
         sam_file = sam_src is not None and is_meta_checkpoint(sam_src)  # Meta's .pt: checked as it loads
         sam_folder = None if sam_src is None or sam_file else local_folder(sam_src, "sam")
         if mllm_folder is not None:
-            check_mllm_folder(mllm_folder)
+            found = backbone_for(check_mllm_folder(mllm_folder).model_type, mllm_folder / "config.json")
+            if found.name != preset.backbone:
+                raise UsageError(f"preset {preset.name!r} is a {preset.backbone} model but {mllm_src} holds a "
+                                 f"{found.title} model; use a {found.name} preset or a {preset.backbone} folder")
         if sam_folder is not None:
             check_sam_folder(sam_folder)
         if mllm_folder is None:
-            mllm, processor = build_tiny_mllm(seed=seed, **preset.tiny_mllm)
+            mllm, processor = build_tiny_mllm(seed=seed, backbone=preset.backbone, **preset.tiny_mllm)
         else:
             mllm, processor = load_mllm(str(mllm_folder), dtype=dtype)
         if sam_src is None:
@@ -169,7 +173,7 @@ class SegAnswerModel(nn.Module):
 
         Every file is checked before anything is built (``folder_checks.check_model_folder``: the
         configs parse, the weight files are whole and hold the tensors the configs imply)."""
-        from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration, Sam2Config, Sam2Model
+        from transformers import AutoProcessor, Sam2Config, Sam2Model
 
         path_str = str(path)
         folder = Path(path_str).expanduser()
@@ -194,7 +198,8 @@ class SegAnswerModel(nn.Module):
         for required in ("mllm", "projector.safetensors", "mask_decoder.safetensors", "mask_decoder_config.json"):
             if not (folder / required).exists():
                 raise ModelFolderError(f"{folder} is missing {required}")
-        check_model_folder(folder)
+        mllm_config = check_model_folder(folder)
+        model_class, _ = backbone_for(mllm_config.model_type, folder / "mllm" / "config.json").classes()
         kwargs = {"dtype": dtype} if dtype is not None else {}
         from transformers.utils import logging as hf_logging
 
@@ -202,7 +207,7 @@ class SegAnswerModel(nn.Module):
         hf_logging.disable_progress_bar()  # a local folder loads in a blink; the bar is noise on stderr
         try:
             processor = AutoProcessor.from_pretrained(folder / "mllm")
-            mllm = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder / "mllm", **kwargs)
+            mllm = model_class.from_pretrained(folder / "mllm", **kwargs)
             sam_config = Sam2Config.from_dict(json.loads((folder / "mask_decoder_config.json").read_text()))
             sam = Sam2Model(sam_config)
             sam.load_state_dict(_read_safetensors(folder / "mask_decoder.safetensors"))
@@ -288,35 +293,38 @@ class SegAnswerModel(nn.Module):
 
     # -- running the MLLM -----------------------------------------------------------------------
 
-    def embed(self, batch: Batch) -> torch.Tensor:
-        """``(B, S, D)`` input embeddings with every visual slot filled by its (kept) features."""
+    def embed(self, batch: Batch) -> DecoderInputs:
+        """The decoder's inputs: ``(B, S, D)`` embeddings with every visual slot filled by its (kept)
+        cells' features and, on a DeepStack backbone (Qwen3-VL), the same cells' DeepStack features
+        for the first decoder layers (``backbones``)."""
         device = self.device
         input_ids = batch.input_ids.to(device)
         embeds = self.mllm.get_input_embeddings()(input_ids)  # (B, S, D)
         slots = [slot for row in batch.visuals for slot in row]  # row-major = order of pads in (B, S)
         if not slots:
-            return embeds
+            return DecoderInputs(embeds)
         pixel_values = torch.cat([s.image.pixel_values for s in slots]).to(device, self.mllm.model.visual.dtype)
         grid_thw = torch.stack([s.image.grid_thw for s in slots]).to(device)  # (n_images, 3)
-        per_image = self.mllm.model.get_image_features(pixel_values, grid_thw, return_dict=True).pooler_output
-        feats = [f if s.keep is None else f[s.keep.to(device)] for f, s in zip(per_image, slots)]
-        feats = torch.cat(feats).to(embeds.dtype)  # (total kept tokens, D)
+        feats, deepstack = encode_images(self.mllm, pixel_values, grid_thw).kept([s.keep for s in slots])
+        feats = feats.to(embeds.dtype)  # (total kept tokens, D)
         pad_mask = input_ids == self.token_ids.image_pad  # (B, S)
         if int(pad_mask.sum()) != feats.shape[0]:
             raise RuntimeError(f"{int(pad_mask.sum())} image pad tokens but {feats.shape[0]} visual features")
-        return embeds.masked_scatter(pad_mask[..., None].expand_as(embeds), feats)
+        embeds = embeds.masked_scatter(pad_mask[..., None].expand_as(embeds), feats)
+        return DecoderInputs(embeds, pad_mask if deepstack is not None else None, deepstack)
 
-    def language_model(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor,
+    def language_model(self, inputs: DecoderInputs, position_ids: torch.Tensor,
                        attention_mask: torch.Tensor | None = None, cache=None, use_cache: bool = False):
-        """The decoder stack on prepared embeddings and 3-D positions; returns transformers' output
-        (``last_hidden_state``, and ``cache`` when ``use_cache``)."""
-        device = inputs_embeds.device
+        """The decoder stack on prepared inputs (``embed``) and 3-D positions; returns transformers'
+        output (``last_hidden_state``, and ``cache`` when ``use_cache``)."""
+        device = inputs.embeds.device
         return self.mllm.model.language_model(
-            inputs_embeds=inputs_embeds,
+            inputs_embeds=inputs.embeds,
             position_ids=position_ids.to(device),
             attention_mask=None if attention_mask is None else attention_mask.to(device),
             cache=cache,
             use_cache=use_cache,
+            **inputs.decoder_kwargs(),
         )
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

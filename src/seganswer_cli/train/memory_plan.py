@@ -70,7 +70,7 @@ GRAD_BYTES, ADAM_BYTES = 4, 8
 BLOCKS_IN_FLIGHT = 2
 """FSDP units gathered at once besides the root: the running one and the prefetched next."""
 PATCHES_PER_TOKEN = 4
-"""Qwen2.5-VL merges 2 x 2 patches of the vision tower into one LLM token."""
+"""Both backbones (Qwen2.5-VL, Qwen3-VL) merge 2 x 2 patches of the vision tower into one LLM token."""
 PART_NAMES = ("vision tower", "language model", "projector", "SAM image encoder", "SAM prompt enc. + mask decoder")
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(|g|gb|gib|t|tb|tib|m|mb|mib)\s*$", re.IGNORECASE)
@@ -125,6 +125,8 @@ class Dims:
     vision_hidden: int
     vision_intermediate: int
     vision_layers: int
+    cell: int = 28
+    """Pixels on a side of what one LLM token covers (the vision patch x the 2 x 2 merge)."""
     lora_inputs: int = 0
     """Per token and decoder layer: input features of the LoRA-adapted linear layers (each keeps a
     dropped copy of its input)."""
@@ -239,7 +241,8 @@ def dims_of(model) -> Dims:
     return Dims(hidden=text.hidden_size, intermediate=text.intermediate_size, layers=text.num_hidden_layers,
                 kv_dim=text.num_key_value_heads * head_dim, vocab=text.vocab_size,
                 vision_hidden=vision.hidden_size, vision_intermediate=vision.intermediate_size,
-                vision_layers=vision.depth, lora_inputs=lora_inputs, lora_dropout=dropout)
+                vision_layers=vision.depth, cell=vision.patch_size * vision.spatial_merge_size,
+                lora_inputs=lora_inputs, lora_dropout=dropout)
 
 
 # -- building the model on the meta device ---------------------------------------------------------------
@@ -278,7 +281,7 @@ def meta_model(spec: str, dtype: str = "float32"):
         if not path.is_file():
             raise UsageError(f"preset {spec!r} has no shipped architecture to plan with; give --model a model folder")
         arch = json.loads(path.read_text())
-        return _from_configs(arch["mllm"], arch["sam"], torch_dtype)
+        return _from_configs(arch["mllm"], arch["sam"], torch_dtype, source=f"{path} (mllm)")
     folder = Path(spec)
     if not folder.is_dir():
         raise UsageError(f"--model {spec}: neither a model folder nor a preset ({', '.join(PRESETS)})")
@@ -286,14 +289,16 @@ def meta_model(spec: str, dtype: str = "float32"):
         if not (folder / required).is_file():
             raise UsageError(f"{folder} is not a seganswer model folder (no {required})")
     return _from_configs(json.loads((folder / "mllm" / "config.json").read_text()),
-                         json.loads((folder / "mask_decoder_config.json").read_text()), torch_dtype)
+                         json.loads((folder / "mask_decoder_config.json").read_text()), torch_dtype,
+                         source=folder / "mllm" / "config.json")
 
 
-def _from_configs(mllm_config: dict, sam_config: dict, dtype):
+def _from_configs(mllm_config: dict, sam_config: dict, dtype, *, source):
     import torch
     from torch import nn
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Sam2Config, Sam2Model
+    from transformers import Sam2Config, Sam2Model
 
+    from seganswer_cli.model.backbones import backbone_for
     from seganswer_cli.model.mask_decoder import SamMaskDecoder
     from seganswer_cli.model.projector import SegProjector
 
@@ -306,8 +311,9 @@ def _from_configs(mllm_config: dict, sam_config: dict, dtype):
             # the <|seg|> row: its id only says which one row LoRA's trainable tokens take
             self.token_ids = type("TokenIds", (), {"seg": mllm.config.text_config.vocab_size - 1})()
 
+    model_class, config_class = backbone_for(mllm_config.get("model_type"), source).classes()
     with torch.device("meta"):
-        mllm = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig.from_dict(mllm_config))
+        mllm = model_class(config_class.from_dict(mllm_config))
         decoder = SamMaskDecoder(Sam2Model(Sam2Config.from_dict(sam_config)))
         projector = SegProjector(mllm.config.text_config.hidden_size, decoder.prompt_dim)
     return MetaModel(mllm, projector, decoder).to(dtype)
@@ -549,8 +555,9 @@ def workload_of(config, stage: str, census_: Census, *, micro_batch: int | None,
     compute = 2 if config.mixed_precision in ("bf16", "fp16") else (2 if "float32" not in lm.dtypes else 4)
     residual = 4 if "float32" in lm.dtypes else 2
     ckpt = config.gradient_checkpointing if checkpointing is None else checkpointing
-    notes = [f"{image_tokens} LLM tokens per image (--image-tokens; {image_tokens * 28 * 28 / 1e6:.2g} MP at "
-             "Qwen2.5-VL's 28 px per token)"]
+    cell = census_.dims.cell
+    notes = [f"{image_tokens} LLM tokens per image (--image-tokens; {image_tokens * cell * cell / 1e6:.2g} MP at "
+             f"the model's {cell} px per token)"]
     if stage == "stage1":
         mb = micro_batch or config.batch_size
         tokens, visual, targets = image_tokens + 64, image_tokens, 16
