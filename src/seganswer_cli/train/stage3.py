@@ -311,8 +311,9 @@ def reward_columns(samples: list[VQASample]) -> dict[str, list]:
 
 
 def rollout_seed(*parts: int) -> int:
-    """A sampling seed from (run seed, step, round, process, chunk): rollouts do not depend on any
-    global RNG, so a resumed run samples what the uninterrupted one sampled."""
+    """A sampling seed from (run seed, step, round, process): rollouts do not depend on any global RNG,
+    so a resumed run samples what the uninterrupted one sampled (each rollout then draws from its own
+    generator, ``reasoning.row_seed``, so neither do they depend on ``rollout_batch_size``)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
@@ -325,14 +326,13 @@ def roll_out(model, prompts: list[VQASample], config: Stage3Config, *,
     G = config.rollouts_per_prompt
     images = [p.image.load() for p in prompts]
     flat = [(i, images[i], prompt_and_answer(p)[0]) for i, p in enumerate(prompts) for _ in range(G)]
-    trajectories = []
-    for chunk_index, start in enumerate(range(0, len(flat), config.rollout_batch_size)):
-        chunk = flat[start : start + config.rollout_batch_size]
-        settings = ReasoningSettings(
-            sample=True, temperature=config.temperature, top_p=config.top_p,
-            seed=rollout_seed(*seed_parts, chunk_index), max_new_tokens=config.max_new_tokens,
-            max_seg_steps=config.max_seg_steps, roi=config.roi)
-        trajectories += ReasoningLoop(model, settings).run([c[1] for c in chunk], [c[2] for c in chunk])
+    # one stream, rollout_batch_size rows at a time, a finished rollout's slot taken by the next; each
+    # rollout samples from its own generator (reasoning.row_seed), whatever batch it ran in
+    settings = ReasoningSettings(
+        sample=True, temperature=config.temperature, top_p=config.top_p, seed=rollout_seed(*seed_parts),
+        max_new_tokens=config.max_new_tokens, max_seg_steps=config.max_seg_steps, roi=config.roi)
+    trajectories = ReasoningLoop(model, settings).run([c[1] for c in flat], [c[2] for c in flat],
+                                                      batch_size=config.rollout_batch_size)
     samples = [prompts[i] for i, _, _ in flat]
     scores = rewards.score_completions([t.text for t in trajectories], config.reward_weights,
                                        **reward_columns(samples))
