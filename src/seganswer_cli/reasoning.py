@@ -234,6 +234,7 @@ class ReasoningLoop:
         # tokens); the spare ones decode to nothing and are never chosen.
         self.known_ids = len(model.tokenizer)
         self._never: torch.Tensor | None = None
+        self._closing: frozenset[int] | None = None
 
     @torch.no_grad()
     def run(self, images: list[Image.Image], questions: list[str],
@@ -338,18 +339,27 @@ class ReasoningLoop:
         cache; rows with a longer chunk (a new row's prompt, a segmented turn) as another, left-padded
         among themselves, so a long chunk never pads the decoding rows. Returns the last fed token's
         state per row ``(B, D)``, the new cache state and the rows in its order."""
-        chunks = [row.builder.tail(row.fed) for row in rows]
+        model = self.model
         cached = 0 if state is None else int(state[1].shape[0])  # rows[:cached] are in the cache, in its order
-        decoding = [b for b in range(cached) if len(chunks[b]) == 1]
-        feeding = [b for b in range(len(rows)) if b >= cached or len(chunks[b]) > 1]
-        for row, chunk in zip(rows, chunks):
-            row.fed += len(chunk)
-            row.fed_seg = bool(chunk.target_mask[-1]) and int(chunk.input_ids[-1]) == self.model.token_ids.seg
-        if not feeding:  # the common step: every row decodes, on the cache as it is
+        unfed = [len(row.builder) - row.fed for row in rows]
+        decoding = [b for b in range(cached) if unfed[b] == 1]
+        feeding = [b for b in range(len(rows)) if b >= cached or unfed[b] > 1]
+        if not feeding:  # the common step: every row feeds the token it chose last step, on the cache as it is
             t0 = time.perf_counter()
-            hidden, cache, attention = self._forward(chunks, *state)
+            ids = [row.builder.ids_from(row.fed)[0] for row in rows]
+            # a generated token is text: position (p, p, p), the one before the builder's next
+            positions = torch.tensor([row.builder.next_position - 1 for row in rows])[None, :, None].expand(3, -1, 1)
+            for row, token in zip(rows, ids):
+                row.fed += 1
+                row.fed_seg = token == model.token_ids.seg
+            embeds = model.mllm.get_input_embeddings()(torch.tensor(ids, device=model.device)[:, None])  # (B, 1, D)
+            hidden, cache, attention = self._forward(embeds, positions, torch.ones(len(rows), 1, dtype=torch.long), *state)
             _share(rows, "decode", time.perf_counter() - t0)
             return hidden, (cache, attention), rows
+        chunks = [row.builder.tail(row.fed) for row in rows]
+        for row, chunk in zip(rows, chunks):
+            row.fed += len(chunk)
+            row.fed_seg = bool(chunk.target_mask[-1]) and int(chunk.input_ids[-1]) == model.token_ids.seg
         whole = None if state is None else RowCache.of(*state)
         parts, states, order = [], [], []
         for group, phase in ((decoding, "decode"), (feeding, None)):
@@ -367,7 +377,9 @@ class ReasoningLoop:
             if isinstance(past, RowCache):
                 past = (past.to_cache(), past.attention)
             t0 = time.perf_counter()
-            hidden, cache, attention = self._forward([chunks[b] for b in group], *(past or (None, None)))
+            batch = model.collate([chunks[b] for b in group], padding_side="left")
+            hidden, cache, attention = self._forward(model.embed(batch), batch.position_ids, batch.attention_mask,
+                                                     *(past or (None, None)))
             seconds = time.perf_counter() - t0
             for b in group:
                 _share([rows[b]], phase or ("prefill" if b >= cached else "segmented_turn"), seconds / len(group))
@@ -379,15 +391,14 @@ class ReasoningLoop:
             return parts[0], (cache, attention), [rows[b] for b in order]
         return torch.cat(parts), (joined.to_cache(), joined.attention), [rows[b] for b in order]
 
-    def _forward(self, chunks: list[Sequence], cache, attention: torch.Tensor | None):
-        """Embed ``chunks``, left-padded to one length, and run them through the decoder after ``cache``
-        (None: nothing cached). Returns the last position's state ``(B, D)``, the cache and the
-        attention mask over all its columns."""
-        model = self.model
-        batch = model.collate(chunks, padding_side="left")
-        embeds = model.embed(batch)
-        mask = batch.attention_mask if attention is None else torch.cat([attention, batch.attention_mask], dim=1)
-        out = model.language_model(embeds, batch.position_ids, mask, cache=cache, use_cache=True)
+    def _forward(self, embeds: torch.Tensor, positions: torch.Tensor, new: torch.Tensor, cache,
+                 attention: torch.Tensor | None):
+        """The decoder on ``embeds`` ``(B, S, D)`` at ``positions`` ``(3, B, S)`` (``new`` ``(B, S)``: 1
+        for real tokens, 0 for left padding) after ``cache`` (None: nothing cached) whose columns
+        ``attention`` marks. Returns the last position's state ``(B, D)``, the cache and the attention
+        mask over all its columns."""
+        mask = new if attention is None else torch.cat([attention, new], dim=1)
+        out = self.model.language_model(embeds, positions, mask, cache=cache, use_cache=True)
         return out.last_hidden_state[:, -1], out.cache, mask
 
     def _choose(self, logits: torch.Tensor, generators: list) -> list[tuple[int, float]]:
@@ -426,22 +437,32 @@ class ReasoningLoop:
         """Update a row after it generated ``token``: stop it, or say that it asks for its segmented
         turn (True: the model asked to segment and closed its turn)."""
         s, ids = self.settings, self.model.token_ids
-        turn_ids = row.builder.ids_from(row.turn_start)
-        turn_text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
         if token in self.stop_ids:
-            return self._finish(row, turn_text, "eos")
-        if conversation.closes_answer(turn_text):
-            return self._finish(row, turn_text, "answer")
+            return self._finish(row, "eos")
+        # the turn's text is decoded only when this token could end a "</answer>" (it holds a ">")
+        if token in self._closers() and conversation.closes_answer(self._turn_text(row)):
+            return self._finish(row, "answer")
         if row.generated >= s.max_new_tokens:
-            return self._finish(row, turn_text, "length")
+            return self._finish(row, "length")
         if token != ids.im_end:
             return False
         if not row.pending_seg:
-            return self._finish(row, turn_text, "end_of_turn")
+            return self._finish(row, "end_of_turn")
         if len(row.steps) >= s.max_seg_steps:
-            return self._finish(row, turn_text, "max_seg_steps")
-        row.turns.append(turn_text)
+            return self._finish(row, "max_seg_steps")
+        row.turns.append(self._turn_text(row))
         return True
+
+    def _turn_text(self, row: _Row) -> str:
+        """The current model turn, decoded (special tokens kept, so ``<|seg|>`` shows)."""
+        return self.tokenizer.decode(row.builder.ids_from(row.turn_start), skip_special_tokens=False)
+
+    def _closers(self) -> frozenset[int]:
+        """Ids whose token holds a ``>``: only such a token can complete a ``</answer>``."""
+        if self._closing is None:
+            pieces = self.tokenizer.convert_ids_to_tokens(list(range(self.known_ids)))
+            self._closing = frozenset(i for i, piece in enumerate(pieces) if piece is not None and ">" in piece)
+        return self._closing
 
     def _second_looks(self, rows: list[_Row]) -> None:
         """Append the segmented turn of each row that asked for one this step. SAM 2.1 runs once for them
@@ -482,8 +503,8 @@ class ReasoningLoop:
                                  fallback=fallback, view=view, given=row.region is not None))
         return view
 
-    def _finish(self, row: _Row, turn_text: str, reason: str) -> bool:
-        row.turns.append(turn_text)
+    def _finish(self, row: _Row, reason: str) -> bool:
+        row.turns.append(self._turn_text(row))
         row.done = True
         row.stop_reason = reason
         return False
