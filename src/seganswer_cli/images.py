@@ -66,7 +66,7 @@ def load_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, name:
                 )
             img.load()
             upright = ImageOps.exif_transpose(img) if _orientation(img) != 1 else img
-            return upright.convert("RGB")
+            return upright if upright.mode == "RGB" else upright.convert("RGB")  # convert would copy an RGB image
     except ImageReadError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:

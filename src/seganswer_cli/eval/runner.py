@@ -41,12 +41,15 @@ into the same folder. Typical use (what ``seganswer eval`` does)::
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
+import os
 import platform
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from pathlib import Path
@@ -324,8 +327,7 @@ class EvalRun:
         failed: list[tuple[EvalItem, dict[str, Any]]] = []
 
         def asks():
-            for item in todo:
-                inputs = self._inputs(item, regions=s.masks == "gt")
+            for item, inputs in self._read(todo, batch_size, regions=s.masks == "gt"):
                 if isinstance(inputs, str):
                     failed.append((item, failed_record(item, inputs)))
                     if self.errors.on_error == "stop":
@@ -377,10 +379,10 @@ class EvalRun:
         """``(item, record, figure)`` of each referring expression: ``segment_batch`` (one teacher-forced
         forward, SAM 2.1 stacked) per ``batch_size`` of them; an item whose image cannot be read gets its
         failed record after the good samples of its batch."""
+        read = self._read(todo, batch_size)
         for start in range(0, len(todo), batch_size):
             batch, images, failed = [], [], []
-            for item in todo[start : start + batch_size]:
-                inputs = self._inputs(item)
+            for item, inputs in itertools.islice(read, min(batch_size, len(todo) - start)):
                 if isinstance(inputs, str):
                     failed.append((item, failed_record(item, inputs), None))
                 else:
@@ -395,6 +397,15 @@ class EvalRun:
                     yield (item, mask_record(item, result, mask, iou, score, seconds),
                            functools.partial(mask_figure, image, mask, item, result))
             yield from failed
+
+    def _read(self, todo: list[EvalItem], batch_size: int, *, regions: bool = False):
+        """``(item, _inputs(item))`` of each of ``todo``, in order, read ``batch_size`` at a time by a few
+        threads (Pillow releases the GIL while it decodes): the images of a batch decode side by side."""
+        workers = max(1, min(batch_size, os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                yield from zip(chunk, pool.map(functools.partial(self._inputs, regions=regions), chunk))
 
     def _inputs(self, item: EvalItem, *, regions: bool = False):
         """The item's decoded image and ``--masks gt`` region (None without ``regions``), or why they
