@@ -71,20 +71,12 @@ Run it::
     bash configs/launch/torchrun-1x8.sh train-stage3 -c stage3-7b --model ... --data virl39k=...  # FSDP2
 
 Design note: scaling rollouts further. Rollouts here run in the training processes with the
-training weights, one batched loop per process; on 7B they dominate the step. The usual next step
-is a separate inference engine (vLLM/SGLang-style servers with paged KV caches and continuous
-batching) fed the new weights after each update. Ours cannot be dropped in as is, because a
-rollout is not plain text generation: (a) the engine must accept a prompt as embeddings plus
-explicit 3-D M-RoPE positions, and take as a *new turn* a list of visual tokens with chosen
-(fractional, sparse) positions while keeping its KV cache; (b) it must return the last-layer
-hidden state at each generated ``<|seg|>`` so the projector and SAM 2.1 (which could stay in the
-trainer, or run beside the engine) make the mask; (c) it must return per-token log-probs under the
-sampling temperature and the exact token/position sequence, i.e. our ``Trajectory.sequence``, so
-the trainer's forward sees what the sampler saw; (d) weight sync of the MLLM after each update
-(or a bounded staleness, which the clipped ratio tolerates). ``ReasoningLoop`` is written against
-three model calls (``embed``, ``language_model`` with a cache, ``logits``) plus ``decode_masks``;
-an engine backend would implement those for a batch of conversations, and everything after the
-rollout (rewards, dynamic sampling, the loss) stays as it is.
+training weights: one stream per process through ``ReasoningLoop`` (``rollout_batch_size`` rows,
+refilled as rollouts finish); on 7B they dominate the step. A serving engine (vLLM) fed the new
+weights after each update is the next step; it cannot be dropped in as is, because a rollout is
+not plain text generation (a segmented turn at original M-RoPE positions, the ``<|seg|>`` hidden
+state, exact log-probs and sequence, weight sync). docs/serving.md holds the design; everything
+after the rollout (rewards, dynamic sampling, the loss) stays as it is.
 
 The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/training.md).
 """
