@@ -186,10 +186,10 @@ def test_a_batch_that_fails_is_answered_row_by_row(batch_cli, capsys, tmp_path, 
     invoke, cases = batch_cli
     start = ReasoningLoop._start
 
-    def fails_on_square(self, index, ask):
-        if "left" in ask.question:
+    def fails_on_square(self, joining):
+        if any("left" in ask.question for _, ask in joining):
             raise SegAnswerError("this row breaks the loop")
-        return start(self, index, ask)
+        return start(self, joining)
 
     monkeypatch.setattr(ReasoningLoop, "_start", fails_on_square)
     batch = tmp_path / "two.jsonl"

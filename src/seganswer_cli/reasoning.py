@@ -271,12 +271,14 @@ class ReasoningLoop:
         state = None  # (DynamicCache, attention (B, L)) of the rows that have fed something
         more = True
         while True:
-            while more and len(rows) < batch_size:
+            joining = []
+            while more and len(rows) + len(joining) < batch_size:
                 nxt = next(queue, None)
                 if nxt is None:
                     more = False
                 else:
-                    rows.append(self._start(*nxt))
+                    joining.append(nxt)
+            rows += self._start(joining)
             if not rows:
                 return
             t_step = time.perf_counter()
@@ -316,23 +318,29 @@ class ReasoningLoop:
             raise ValueError(f"region mask has shape {np.shape(ask.region)} but the image is "
                              f"{ask.image.height}x{ask.image.width} (H, W)")
 
-    def _start(self, index: int, ask: Ask) -> _Row:
-        """A row for ``ask``: Prompt 1 built, nothing fed yet."""
+    def _start(self, joining: list[tuple[int, Ask]]) -> list[_Row]:
+        """Rows for the ``(index, ask)`` pairs joining the batch: Prompt 1 built (the images' global
+        views prepared together), nothing fed yet."""
+        if not joining:
+            return []
         t0 = time.perf_counter()
-        self._check(ask)
+        for _, ask in joining:
+            self._check(ask)
         model, s = self.model, self.settings
-        b = conversation.reasoning_start(model, model.global_view(ask.image), ask.question, system=s.system)
-        turn_start = len(b)
-        if s.roi == "none":
-            conversation.open_direct_answer(b)  # so the turn reads <answer> ... </answer>
-        generator = None
-        if s.sample and s.seed is not None:
-            generator = torch.Generator(device=model.device).manual_seed(row_seed(s.seed, index))
-        region = None if ask.region is None else np.asarray(ask.region, dtype=bool)
-        row = _Row(index=index, image=ask.image, question=ask.question, builder=b, turn_start=turn_start,
-                   region=region, generator=generator)
-        _share([row], "prefill", time.perf_counter() - t0)
-        return row
+        rows = []
+        for (index, ask), dense in zip(joining, model.global_views([ask.image for _, ask in joining])):
+            b = conversation.reasoning_start(model, dense, ask.question, system=s.system)
+            turn_start = len(b)
+            if s.roi == "none":
+                conversation.open_direct_answer(b)  # so the turn reads <answer> ... </answer>
+            generator = None
+            if s.sample and s.seed is not None:
+                generator = torch.Generator(device=model.device).manual_seed(row_seed(s.seed, index))
+            region = None if ask.region is None else np.asarray(ask.region, dtype=bool)
+            rows.append(_Row(index=index, image=ask.image, question=ask.question, builder=b, turn_start=turn_start,
+                             region=region, generator=generator))
+        _share(rows, "prefill", time.perf_counter() - t0)
+        return rows
 
     def _step(self, rows: list[_Row], state):
         """Feed every row what it has not fed yet. Rows decoding one token run as one forward on the

@@ -51,6 +51,7 @@ from seganswer_cli.model.sparse_patches import (
     SegmentedView,
     build_segmented_view,
     global_view,
+    global_views,
     second_look_view,
 )
 
@@ -268,6 +269,10 @@ class SegAnswerModel(nn.Module):
     def global_view(self, image: Image.Image) -> DenseImage:
         """The image as the MLLM sees it in turn 1."""
         return global_view(image, self.image_processor)
+
+    def global_views(self, images: list[Image.Image]) -> list[DenseImage]:
+        """``global_view`` of several images, prepared together (``sparse_patches.global_views``)."""
+        return global_views(images, self.image_processor)
 
     def segmented_view(self, image: Image.Image, mask, *, mode: str = "mask", **overrides) -> SegmentedView | None:
         """The second look at ``image`` under ``mask`` with this model's view settings (``overrides`` win)."""
@@ -500,7 +505,7 @@ class SegAnswerModel(nn.Module):
 
         Returns per pair the bool ``(H, W)`` mask, the predicted IoU and the object score (probability).
         """
-        sequences = [stage1_sequence(self, self.global_view(img), expr) for img, expr in zip(images, expressions)]
+        sequences = [stage1_sequence(self, dense, expr) for dense, expr in zip(self.global_views(images), expressions)]
         out = self(sequences, images)  # through __call__: a sharded model's root gathers what SAM needs
         masks = binary_masks([pred.low_res_logits[0] for pred in out.masks], [(img.height, img.width) for img in images])
         return [(mask, float(pred.iou[0]), float(torch.sigmoid(pred.object_logits[0])))
