@@ -1,5 +1,6 @@
-"""What the training benchmarks (bench_stage1.py, bench_stage2.py) share: one configuration per
-process, its training records and peak memory, and the printed table + results file."""
+"""What the benchmarks share: one training configuration per process, its training records and peak
+memory, the printed table + results file (bench_stage1.py, bench_stage2.py, bench_sharding.py), and a
+tiny model that follows the Stage 2 pattern (bench_stage3.py, bench_batching.py)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,34 @@ def report(title: str, columns: dict, rows: list[dict], ratios: dict, notes: lis
         "steps": steps, "rows": rows, "ratios": ratios, "notes": notes,
     }, indent=2) + "\n")
     console.print(f"wrote {results}")
+
+
+def stand_in_stage2_model(folder: Path) -> Path:
+    """A tiny stand-in Stage 2 model saved in ``folder``: two conversations overfitted until it emits
+    ``observe <|seg|>.`` -> segmented view -> ``<answer>`` on noise images (the recipe of the tests'
+    ``patterned_model``, ~2 s). On a plain image it answers at once, in a few tokens."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from seganswer_cli.model import SegAnswerModel
+    from seganswer_cli.model.conversation import reasoning_sequence
+
+    torch.manual_seed(0)
+    model = SegAnswerModel.from_preset("tiny").train()
+    sequences = []
+    for seed, question, box, answer in [(0, "What colour is the disc?", (40, 100, 60, 150), "red"),
+                                         (1, "Which shape is on the left?", (90, 160, 20, 80), "square")]:
+        image = Image.fromarray((np.random.RandomState(seed).rand(180, 240, 3) * 255).astype(np.uint8))
+        mask = np.zeros((180, 240), bool)
+        mask[box[0] : box[1], box[2] : box[3]] = True
+        sequences.append(reasoning_sequence(model, model.global_view(image), question, answer,
+                                               view=model.segmented_view(image, mask)))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(120):
+        loss = model(sequences).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval().save_pretrained(folder)
+    return folder

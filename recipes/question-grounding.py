@@ -36,7 +36,7 @@ def scores(model: SegAnswerModel, samples) -> dict[str, float]:
         prefixes = [seg_request(model, model.global_view(image), prompt_and_answer(s)[0]) for s, image in zip(chunk, images)]
         targets = [s.region() for s in chunk]
         clicked = model.clicked_masks(images, targets)
-        for target, mask, click_mask in zip(targets, own_masks(model, images, prefixes), clicked):
+        for target, mask, click_mask in zip(targets, own_masks(model, images, prefixes)[0], clicked):
             (inter, union), size = mask_counts(mask, target), max(int(target.sum()), 1)
             iou.append(inter / max(union, 1))
             coverage.append(inter / size)

@@ -37,13 +37,12 @@ def batch_cli(monkeypatch, patterned_model, tmp_path):
     loads, asked = [], []
     monkeypatch.setattr("seganswer_cli.cli.infer.load_model",
                         lambda spec, device="auto", dtype="auto": loads.append(spec) or model)
-    run = ReasoningLoop.run
+    stream = ReasoningLoop.stream
 
-    def counting_run(self, images, questions, regions=None):
-        asked.extend(questions)
-        return run(self, images, questions, regions)
+    def counting_stream(self, asks, batch_size=8):
+        return stream(self, (asked.append(ask.question) or ask for ask in asks), batch_size)
 
-    monkeypatch.setattr(ReasoningLoop, "run", counting_run)
+    monkeypatch.setattr(ReasoningLoop, "stream", counting_stream)
 
     def invoke(capsys, *args):
         monkeypatch.setattr(sys, "argv", ["seganswer", *map(str, args)])
@@ -180,27 +179,27 @@ def test_a_file_that_is_not_ours_is_refused(batch_cli, capsys, tmp_path):
 
 
 def test_a_batch_that_fails_is_answered_row_by_row(batch_cli, capsys, tmp_path, monkeypatch):
-    """A row the loop cannot take (here: made to fail) gets an error record; its neighbours in the same
-    batch are answered."""
+    """A row the loop cannot take (here: made to fail as it joins the batch) gets an error record; its
+    neighbours in the same batch are answered, and so are the rows after it."""
     from seganswer_cli.reasoning import ReasoningLoop
 
     invoke, cases = batch_cli
-    run = ReasoningLoop.run
+    start = ReasoningLoop._start
 
-    def fails_on_square(self, images, questions, regions=None):
-        if any("left" in q for q in questions):
+    def fails_on_square(self, joining):
+        if any("left" in ask.question for _, ask in joining):
             raise SegAnswerError("this row breaks the loop")
-        return run(self, images, questions, regions)
+        return start(self, joining)
 
-    monkeypatch.setattr(ReasoningLoop, "run", fails_on_square)
+    monkeypatch.setattr(ReasoningLoop, "_start", fails_on_square)
     batch = tmp_path / "two.jsonl"
-    batch.write_text("".join(json.dumps({"id": f"q{i}", "image": f"case{i}.png", "question": c[1]}) + "\n"
-                             for i, c in enumerate(cases)))
+    batch.write_text("".join(json.dumps({"id": f"q{i}", "image": f"case{i % 2}.png", "question": c[1]}) + "\n"
+                             for i, c in enumerate(cases + cases[:1])))
     answers = tmp_path / "answers.jsonl"
     code, _, err = invoke(capsys, "infer", "--batch", batch, "--out", answers, "--model", "tiny", "--quiet")
     assert code == 1
-    first, second = records(answers)
-    assert first["answer"] == cases[0][3]
+    first, second, third = records(answers)
+    assert first["answer"] == cases[0][3] == third["answer"]
     assert second["error"] == "the model failed on this question: this row breaks the loop"
 
 

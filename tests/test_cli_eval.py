@@ -164,9 +164,12 @@ def test_ground_truth_masks_reach_the_reasoning_loop(tiny_cli, shapes_data, tmp_
     from seganswer_cli.reasoning import ReasoningLoop
 
     given = []
-    real_run = ReasoningLoop.run
-    monkeypatch.setattr(ReasoningLoop, "run", lambda self, images, questions, regions=None:
-                        given.extend(regions or [None] * len(images)) or real_run(self, images, questions, regions))
+    real_stream = ReasoningLoop.stream
+
+    def stream(self, asks, batch_size=8):
+        return real_stream(self, (given.append(ask.region) or ask for ask in asks), batch_size)
+
+    monkeypatch.setattr(ReasoningLoop, "stream", stream)
     result = invoke("shapes-vqa", "--data", shapes_data["vqa"], "--out", tmp_path / "gt", "--masks", "gt",
                     "--limit", 3, *QA)
     assert result.exit_code == 0, result.output

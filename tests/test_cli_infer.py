@@ -117,10 +117,10 @@ def test_no_answer_is_a_result_with_its_own_exit_code(monkeypatch, capsys, tmp_p
     from seganswer_cli.cli import main
     from seganswer_cli.reasoning import ReasoningLoop
 
-    def preamble_then_stop(self, logits, generator):  # "To" then end of turn: a fragment, no answer
+    def preamble_then_stop(self, logits, generators):  # "To" then end of turn: a fragment, no answer
         row_tokens = self.tokenizer.encode("To")
         self._said = getattr(self, "_said", 0) + 1
-        return (row_tokens[0] if self._said == 1 else self.model.token_ids.im_end), 0.0
+        return [(row_tokens[0] if self._said == 1 else self.model.token_ids.im_end, 0.0)] * logits.shape[0]
 
     monkeypatch.setattr(ReasoningLoop, "_choose", preamble_then_stop)
     image = tmp_path / "noise.png"

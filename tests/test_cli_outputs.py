@@ -111,10 +111,10 @@ def test_outputs_that_can_be_written_pass(tmp_path):
 def scripted(text: str):
     """A ``ReasoningLoop._choose`` that writes ``text`` token by token, then ends its turn."""
 
-    def choose(self, logits, generator):
+    def choose(self, logits, generators):  # every row of the batch says the same
         ids = self.tokenizer.encode(text)
         self._said = getattr(self, "_said", -1) + 1
-        return (ids[self._said] if self._said < len(ids) else self.model.token_ids.im_end), 0.0
+        return [(ids[self._said] if self._said < len(ids) else self.model.token_ids.im_end, 0.0)] * logits.shape[0]
 
     return choose
 

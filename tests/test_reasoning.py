@@ -277,3 +277,54 @@ def test_forced_opening_looks_even_when_the_model_would_not(tiny_model, noise_im
         assert torch.equal(alone.sequence.input_ids, traj.sequence.input_ids)
     with pytest.raises(UsageError, match="--opening"):
         ReasoningSettings(opening="given")
+
+
+def _refill_asks(cases):
+    from PIL import Image
+
+    from seganswer_cli.reasoning import Ask
+
+    (image_a, question_a, _, _), (image_b, question_b, _, _) = cases[:2]
+    plain = Image.new("RGB", (240, 180), (200, 30, 30))
+    # on the plain image this model answers at once (4 tokens); on the noise images it segments first
+    # (27-36 tokens, two turns): rows finish at different steps, and queued questions take their slots
+    # while the others decode
+    return [Ask(image_a, question_a), Ask(plain, "Count."), Ask(image_a, "x"), Ask(plain, question_a),
+            Ask(image_b, question_b), Ask(image_a, "Describe everything you see in this picture in great detail."),
+            Ask(plain, "x")]
+
+
+def test_batched_with_refill_equals_one_by_one_greedy(patterned_model):
+    """``stream``: rows leave as they finish and queued questions take their slots (prefilled beside the
+    others' decoding, the cache compacted); every trajectory is the one the question gets alone."""
+    model, cases = patterned_model
+    settings = ReasoningSettings(max_new_tokens=60)
+    asks = _refill_asks(cases)
+    loop = ReasoningLoop(model, settings)
+    streamed = list(loop.stream(asks, batch_size=3))
+    order = [i for i, _ in streamed]
+    assert sorted(order) == list(range(len(asks))) and order != sorted(order)  # finished out of order: refilled
+    lengths = {traj.generated_tokens for _, traj in streamed}
+    assert len(lengths) > 1 and any(traj.steps for _, traj in streamed)
+    for i, traj in streamed:
+        alone = run(model, asks[i].image, asks[i].question, settings)
+        assert torch.equal(alone.sequence.input_ids, traj.sequence.input_ids)
+        assert torch.equal(alone.sequence.position_ids, traj.sequence.position_ids)
+        assert (alone.answer, alone.stop_reason, alone.turns) == (traj.answer, traj.stop_reason, traj.turns)
+        torch.testing.assert_close(alone.logprobs, traj.logprobs, atol=1e-4, rtol=1e-4)
+        assert len(alone.steps) == len(traj.steps)
+        for a, b in zip(alone.steps, traj.steps):
+            assert np.array_equal(a.mask, b.mask) and a.kept_tokens == b.kept_tokens
+        assert traj.timings["total"] >= traj.timings["prefill"] > 0
+
+
+def test_sampled_rows_do_not_depend_on_their_batch(patterned_model):
+    """Each row samples from its own generator (``row_seed``): the same seed gives the same trajectories
+    one at a time as three at a time with refills."""
+    model, cases = patterned_model
+    settings = ReasoningSettings(sample=True, temperature=1.2, top_p=0.9, seed=5, max_new_tokens=40)
+    asks = _refill_asks(cases)
+    one = dict(ReasoningLoop(model, settings).stream(asks, batch_size=1))
+    three = dict(ReasoningLoop(model, settings).stream(asks, batch_size=3))
+    for i in range(len(asks)):
+        assert torch.equal(one[i].sequence.input_ids, three[i].sequence.input_ids)

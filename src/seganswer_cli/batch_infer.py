@@ -19,8 +19,10 @@ lines are skipped. The answers file gets one record per other line, whatever hap
   an image that is missing, undecodable, over the size limit (``images.py``) or that the model's
   image processor refuses; a question whose prompt does not fit the model's context
   (``max_position_embeddings``): each gets an ``error`` record with the reason and the other rows
-  are answered. A batch that fails as a whole is answered again row by row, so one bad row never
-  takes its neighbours down.
+  are answered. Questions stream through the loop ``--batch-size`` at a time, a finished row's slot
+  taken by the next question (``ReasoningLoop.stream``). A batch that fails as a whole has the rows it
+  held answered again one by one, so one bad row never takes its neighbours down, and the rest go on
+  streaming.
 - **Resume.** An answered record (``answer`` a string, or null with ``answer_reason``: a result) is
   kept and its id not asked again; an ``error`` record is not kept: every run reads the questions
   file again and tries those rows again (the image may have been fixed). Records are appended and
@@ -39,6 +41,7 @@ Typical use (what ``seganswer infer --batch`` does)::
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -213,7 +216,7 @@ class BatchRun:
         ``load_model()`` is called once, when the first readable image is to be asked (never when every
         row left has an unreadable image); ``on_record(record)`` after each record is written (the error
         records of bad lines first)."""
-        from seganswer_cli.reasoning import ReasoningLoop, trajectory_record
+        from seganswer_cli.reasoning import Ask, ReasoningLoop, trajectory_record
 
         counts = BatchCounts()
         todo = self.todo
@@ -237,9 +240,10 @@ class BatchRun:
 
             for bad in self.bad_lines:
                 write({"line": bad.line, "id": bad.id, "error": bad.reason})
-            for start in range(0, len(todo), self.batch_size):
-                ready = []
-                for q in todo[start : start + self.batch_size]:
+            def readable():
+                """(question, image) of each row the model can take; the others get their error record."""
+                nonlocal loop
+                for q in todo:
                     image = _read_image(q)
                     if not isinstance(image, str):
                         loop = loop or ReasoningLoop(load_model(), reasoning)
@@ -247,12 +251,32 @@ class BatchRun:
                     if isinstance(image, str):
                         write(_error_record(q, image))
                     else:
-                        ready.append((q, image))
-                for q, outcome in _answer(loop, ready):
-                    if isinstance(outcome, str):
-                        write(_error_record(q, outcome))
-                    else:
-                        write(trajectory_record(outcome, line=q.line, id=q.id, image=str(q.image)))
+                        yield q, image
+
+            def answered(q: Question, outcome) -> None:
+                if isinstance(outcome, str):
+                    write(_error_record(q, outcome))
+                else:
+                    write(trajectory_record(outcome, line=q.line, id=q.id, image=str(q.image)))
+
+            def asks(rows, flying: dict[int, tuple[Question, Any]]):
+                """One stream's questions, each in ``flying`` under its stream index until it finishes."""
+                for index, (q, image) in enumerate(rows):
+                    flying[index] = (q, image)
+                    yield Ask(image, q.question)
+
+            pending = readable()
+            first = next(pending, None)  # the model loads here, for the first row it can take
+            pending = itertools.chain([first], pending) if first is not None else iter(())
+            while first is not None:
+                flying: dict[int, tuple[Question, Any]] = {}
+                try:
+                    for index, traj in loop.stream(asks(pending, flying), self.batch_size):
+                        answered(flying.pop(index)[0], traj)
+                    break
+                except (SegAnswerError, ValueError):  # the batch failed as a whole: its rows one by one,
+                    for q, outcome in _answer(loop, list(flying.values())):  # then a new stream for the rest
+                        answered(q, outcome)
         self._rewrite_in_order(errors)
         counts.failed.sort(key=lambda r: r["line"])
         return counts

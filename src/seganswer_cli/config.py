@@ -406,7 +406,8 @@ class Stage3Config(MllmRunConfig):
     rollouts_per_prompt: int = 4
     """Rollouts sampled per prompt, the group of the group-normalised advantage (paper: 4)."""
     rollout_batch_size: int = 16
-    """Trajectories the reasoning loop runs as one batch (per process)."""
+    """Trajectories the reasoning loop runs at once (per process); a finished one's slot is taken by
+    the next rollout of the step (continuous batching)."""
     temperature: float = 1.0
     """Sampling temperature of the rollouts (log-probs are taken under the same temperature)."""
     top_p: float = 1.0

@@ -1,4 +1,5 @@
-"""The one multi-turn reasoning loop: ``infer``, ``eval`` and Stage 3's rollouts all call ``run``.
+"""The one multi-turn reasoning loop: ``infer``, ``eval`` and Stage 3's rollouts all call it
+(``ReasoningLoop.stream``, or ``run`` for a list).
 
 For each (image, question):
 1. Turn 1: the paper's reasoning prompt with the image; the model generates (greedy or sampled).
@@ -16,19 +17,31 @@ For each (image, question):
    (``GENERATION_CONFIG_NOTE``).
    ``opening="forced"`` asks every mode the same way, for a like-for-like comparison of the looks:
    the model writes only the answer. ``--roi mask|bbox`` are given Response 1 (``To find the
-   answer, it should first observe <|seg|>.``), the mask comes from that ``<|seg|>``'s state, and
-   the turn after the view opens with ``<answer>``; ``--roi none`` opens with ``<answer>`` as
-   always. With the default ``opening="model"`` the model decides whether to segment (the paper's
-   method; ``none`` still opens with ``<answer>``, the only way to ask for no look).
+   answer, it should first observe <|seg|>.``), the mask comes from that ``<|seg|>``'s state (fed as
+   the last token of the prompt, so read where a generated one is read), and the turn after the view
+   opens with ``<answer>``; ``--roi none`` opens with ``<answer>`` as always. With the default
+   ``opening="model"`` the model decides whether to segment (the paper's method; ``none`` still
+   opens with ``<answer>``, the only way to ask for no look).
 3. Stop at ``</answer>``, ``<|im_end|>`` of a turn without ``<|seg|>``, EOS, or the token limit; the
    answer is ``conversation.answer_of`` of the model's turns (the one rule eval and the rewards use).
 
 An empty mask falls back to the original image (a full-mask view at the original positions) and
 is recorded on the step. ``run(..., regions=...)`` replaces the decoded masks by given ones (the
 annotated region of each question: ``eval --masks gt``, the oracle-grounding ablation); the model
-still decides whether to look. Several questions run as one batch: every step feeds each active row a
-chunk (one token while decoding; a whole segmented turn when one is due), left-padded to one
-length; finished rows feed padding. Positions are explicit, so padding never shifts them.
+still decides whether to look.
+
+Batches (continuous batching): ``stream(asks, batch_size)`` keeps up to ``batch_size`` questions in
+one batch and yields each trajectory as its row finishes; the row leaves the KV cache at once and the
+next queued question takes its place. Every step feeds each row what it has not fed yet: the rows
+decoding one token run as one forward on the cache; the rows with a longer chunk (a new question's
+prompt, a segmented turn) as a second forward, left-padded among themselves only, so a long chunk never
+pads the decoding rows. The two are joined into one cache again (``row_cache.RowCache``: each row's
+columns right-aligned, unused columns dropped). Positions are explicit 3-D M-RoPE ids carried by every
+token, so padding and moving columns never shift them. SAM 2.1 runs once per step for every row that
+asks for a mask then (one stacked encoder call for the images not encoded yet, one decoder call per
+number of ``<|seg|>`` states). Greedy rows are what they are alone, up to the rounding of batched
+kernels (tests/test_reasoning.py checks the tokens equal and the log-probs within 1e-4); a sampled row
+draws from its own generator (``row_seed``), so it does not depend on its neighbours either.
 
 ``Trajectory.sequence`` is the whole conversation exactly as the model saw it (ids, 3-D positions,
 visual slots), with ``target_mask`` marking the tokens the model generated: Stage 3 recomputes
@@ -38,6 +51,7 @@ log-probabilities on it and masks its loss with it.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,7 +60,9 @@ from PIL import Image
 
 from seganswer_cli.errors import UsageError
 from seganswer_cli.model import conversation, tokens
-from seganswer_cli.model.mask_decoder import upsample_logits
+from seganswer_cli.model.backbones import DecoderInputs
+from seganswer_cli.model.mask_decoder import ImageEmbeddings, binary_masks
+from seganswer_cli.model.row_cache import RowCache
 from seganswer_cli.model.sequence import Sequence, SequenceBuilder
 from seganswer_cli.model.sparse_patches import ROI_MODES, SegmentedView
 
@@ -169,16 +185,42 @@ class Trajectory:
 
 
 @dataclass
-class _Row:
-    """Per-question state while the batch runs."""
+class Ask:
+    """One question for ``ReasoningLoop.stream``."""
 
+    image: Image.Image
+    question: str
+    region: np.ndarray | None = None
+    """Bool ``(H, W)`` mask every ``<|seg|>`` of the question gets instead of SAM 2.1's (oracle
+    grounding, ``eval --masks gt``); None: decoded from the ``<|seg|>`` state."""
+
+
+#: The phases a trajectory's ``timings`` splits its share of the batch's time into (``total`` sums them
+#: with its share of the rest: choosing tokens, stopping rules, the cache's bookkeeping).
+PHASES = ("prefill", "decode", "mask", "segmented_turn")
+
+
+@dataclass
+class _Row:
+    """Per-question state while it is in the batch."""
+
+    index: int
+    """Position of the question in the stream's input."""
     image: Image.Image
     question: str
     builder: SequenceBuilder
     region: np.ndarray | None = None
     """Bool ``(H, W)`` mask shown in place of the decoded one (oracle grounding); None: decode."""
+    generator: torch.Generator | None = None
+    """This row's sampling generator (``row_seed``), so its draws do not depend on its neighbours."""
     fed: int = 0
     """Tokens of ``builder`` already in the KV cache."""
+    fed_seg: bool = False
+    """The last token fed was a ``<|seg|>`` of the model's turn (generated, or given by a forced
+    opening): its state is the one SAM 2.1 decodes."""
+    forced: bool = False
+    """The model's first turn is given (``opening="forced"``) up to its ``<|seg|>``; the rest of it
+    (``.<|im_end|>``) is given once that ``<|seg|>`` is fed."""
     turn_start: int = 0
     """Index in ``builder`` where the current model turn began."""
     generated: int = 0
@@ -187,8 +229,17 @@ class _Row:
     turns: list[str] = field(default_factory=list)
     pending_seg: list[torch.Tensor] = field(default_factory=list)
     """``<|seg|>`` states of the current turn, decoded when the turn closes."""
+    sam: ImageEmbeddings | None = None
+    """SAM 2.1's embedding of the image, once a ``<|seg|>`` of this row needed it."""
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*PHASES, "total"), 0.0))
     done: bool = False
     stop_reason: str = ""
+
+
+def row_seed(seed: int, index: int) -> int:
+    """The sampling seed of question ``index`` of a stream seeded ``seed``: each row draws from its own
+    generator, so a sampled trajectory is the same whatever batch it ran in."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1)[0])
 
 
 class ReasoningLoop:
@@ -203,177 +254,293 @@ class ReasoningLoop:
         # Ids the tokenizer has: the LM head may have more rows (Qwen2.5-VL-7B: 152064 for 151666
         # tokens); the spare ones decode to nothing and are never chosen.
         self.known_ids = len(model.tokenizer)
+        self._never: torch.Tensor | None = None
+        self._closing: frozenset[int] | None = None
 
     @torch.no_grad()
     def run(self, images: list[Image.Image], questions: list[str],
-            regions: list[np.ndarray | None] | None = None) -> list[Trajectory]:
-        """The trajectories of ``questions`` about ``images``. ``regions[i]`` (bool ``(H, W)``), when
-        given, is the mask every ``<|seg|>`` of question ``i`` gets instead of SAM 2.1's (oracle
-        grounding); None entries decode as usual."""
+            regions: list[np.ndarray | None] | None = None, *, batch_size: int | None = None) -> list[Trajectory]:
+        """The trajectories of ``questions`` about ``images``, in order. ``regions[i]`` (bool ``(H, W)``),
+        when given, is the mask every ``<|seg|>`` of question ``i`` gets instead of SAM 2.1's (oracle
+        grounding); None entries decode as usual. At most ``batch_size`` (default: all) run at once;
+        see ``stream``."""
         if len(images) != len(questions):
             raise ValueError(f"{len(images)} images but {len(questions)} questions")
         regions = list(regions) if regions is not None else [None] * len(images)
         if len(regions) != len(images):
             raise ValueError(f"{len(images)} images but {len(regions)} regions")
-        for q in questions:
-            if not q or not q.strip():
-                raise UsageError("the question is empty")
-        model, s = self.model, self.settings
-        generator = None
-        if s.sample and s.seed is not None:
-            generator = torch.Generator(device=model.device).manual_seed(s.seed)
-        t_start = time.perf_counter()
-        timings = {"prefill": 0.0, "decode": 0.0, "mask": 0.0, "segmented_turn": 0.0}
+        asks = [Ask(image, question, region) for image, question, region in zip(images, questions, regions)]
+        for ask in asks:  # bad input is said before anything runs
+            self._check(ask)
+        if not asks:
+            return []
+        done = dict(self.stream(asks, batch_size=batch_size or len(asks)))
+        return [done[i] for i in range(len(asks))]
 
-        rows = []
-        for image, question, region in zip(images, questions, regions):
-            if region is not None:
-                region = np.asarray(region, dtype=bool)
-                if region.shape != (image.height, image.width):
-                    raise ValueError(f"region mask has shape {region.shape} but the image is "
-                                     f"{image.height}x{image.width} (H, W)")
-            b = conversation.reasoning_start(model, model.global_view(image), question, system=s.system)
-            turn_start = len(b)
-            if s.roi == "none":
-                conversation.open_direct_answer(b)  # so the turn reads <answer> ... </answer>
-            elif s.opening == "forced":
-                conversation.open_forced_look(b)  # Response 1 given: the mask comes from its <|seg|>
-            rows.append(_Row(image=image, question=question, builder=b, turn_start=turn_start, region=region))
-
-        cache = None
-        attention = torch.zeros(len(rows), 0, dtype=torch.long)
-        sam_cache: dict[int, object] = {}
-        first = True
+    @torch.no_grad()
+    def stream(self, asks: Iterable[Ask], batch_size: int = 8) -> Iterator[tuple[int, Trajectory]]:
+        """``(i, trajectory of asks[i])`` as each question finishes, with at most ``batch_size`` in the
+        batch: a row that finishes (answer, end of turn, token limit) leaves at once and the next question
+        of ``asks`` (read lazily, one at a time) takes its place, its prompt prefilled beside the others'
+        decoding (continuous batching; ``row_cache.RowCache`` keeps the KV cache dense). ``UsageError`` or
+        ``ValueError`` for a question that cannot be asked (empty, a region of the wrong shape), when its
+        turn comes."""
+        if batch_size < 1:
+            raise UsageError("the batch size must be >= 1")
+        queue = enumerate(asks)
+        rows: list[_Row] = []  # in the cache's row order
+        state = None  # (DynamicCache, attention (B, L)) of the rows that have fed something
+        more = True
         while True:
-            # Every active row feeds what it has not fed yet; finished rows feed one pad.
-            chunks = [None if row.done else row.builder.tail(row.fed) for row in rows]
-            if all(c is None for c in chunks):
-                break
-            # A step is "prefill" (turn 1), "segmented_turn" when some row feeds a new turn, else "decode".
-            phase = "prefill" if first else "segmented_turn" if any(c is not None and len(c) > 1 for c in chunks) else "decode"
-            first = False
-            t0 = time.perf_counter()
-            hidden, cache, attention = self._feed(chunks, cache, attention)
-            last = hidden[:, -1]  # (B, D): state of each row's last fed token
-            logits = model.logits(last).float()  # (B, V)
-            timings[phase] += time.perf_counter() - t0
-
-            width = hidden.shape[1]
-            for b, (row, chunk) in enumerate(zip(rows, chunks)):
-                if chunk is None:
+            joining = []
+            while more and len(rows) + len(joining) < batch_size:
+                nxt = next(queue, None)
+                if nxt is None:
+                    more = False
+                else:
+                    joining.append(nxt)
+            rows += self._start(joining)
+            if not rows:
+                return
+            t_step = time.perf_counter()
+            accounted = sum(row.timings["total"] for row in rows)
+            hidden, state, rows = self._step(rows, state)  # (B, D): each row's last fed token; rows in cache order
+            choices = self._choose(self.model.logits(hidden).float(), [row.generator for row in rows])
+            looks = []
+            for b, (row, (token, logprob)) in enumerate(zip(rows, choices)):
+                # The <|seg|> the model generated last step has just been fed: its state is hidden[b].
+                if row.fed_seg:
+                    row.pending_seg.append(hidden[b])
+                if row.forced:  # the given Response 1 ends: no token is chosen, the look follows
+                    row.forced = False
+                    conversation.close_forced_look(row.builder)
+                    if self._closes_seg_turn(row):
+                        looks.append(row)
                     continue
-                # Every <|seg|> of the model's turn just fed (the one it generated last step, or one
-                # given in a forced opening): its state is that position's (chunks are left-padded).
-                ids = chunk.input_ids.tolist()
-                for i, token_id in enumerate(ids):
-                    if token_id == model.token_ids.seg and row.fed + i >= row.turn_start:
-                        row.pending_seg.append(hidden[b, width - len(ids) + i])
-                row.fed += len(chunk)
-                if not chunk.target_mask[-1] and ids[-1] == model.token_ids.im_end:
-                    # a given turn (the forced Response 1) closed: the segmented turn follows at once
-                    self._close_turn(row, sam_cache, timings, b)
-                    continue
-                token, logprob = self._choose(logits[b], generator)
                 row.builder.token_ids([token], target=True)
                 row.logprobs.append(logprob)
                 row.generated += 1
-                self._after_token(row, token, sam_cache, timings, b)
-
-        timings["total"] = time.perf_counter() - t_start
-        share = {k: v / len(rows) for k, v in timings.items()}
-        return [self._trajectory(row, share) for row in rows]
+                if self._after_token(row, token):
+                    looks.append(row)
+            if looks:
+                self._second_looks(looks)
+            # what no phase holds (choosing, stopping rules, the cache's bookkeeping), shared by every row
+            rest = time.perf_counter() - t_step - (sum(row.timings["total"] for row in rows) - accounted)
+            for row in rows:
+                row.timings["total"] += rest / len(rows)
+            finished = [row for row in rows if row.done]
+            if finished:
+                keep = [b for b, row in enumerate(rows) if not row.done]
+                rows = [rows[b] for b in keep]
+                state = _keep_rows(state, keep)
+                for row in finished:
+                    yield row.index, self._trajectory(row)
 
     # -- one step's pieces ---------------------------------------------------------------------
 
-    def _feed(self, chunks: list[Sequence | None], cache, attention: torch.Tensor):
-        """Embed the rows' chunks, left-padded to one length, and run them through the decoder with
-        the cache. Returns last-layer states ``(B, L, D)``, the cache and the running attention mask."""
-        model = self.model
-        pad = model.builder().token_ids([model.token_ids.pad]).build()
-        padded = [c if c is not None else pad for c in chunks]
-        batch = model.collate(padded, padding_side="left")
-        mask = batch.attention_mask.clone()
-        for b, c in enumerate(chunks):
-            if c is None:
-                mask[b] = 0
-        embeds = model.embed(batch)
-        attention = torch.cat([attention, mask], dim=1)
-        out = model.language_model(embeds, batch.position_ids, attention, cache=cache, use_cache=True)
-        return out.last_hidden_state, out.cache, attention
+    def _check(self, ask: Ask) -> None:
+        if not ask.question or not ask.question.strip():
+            raise UsageError("the question is empty")
+        if ask.region is not None and np.shape(ask.region) != (ask.image.height, ask.image.width):
+            raise ValueError(f"region mask has shape {np.shape(ask.region)} but the image is "
+                             f"{ask.image.height}x{ask.image.width} (H, W)")
 
-    def _choose(self, logits: torch.Tensor, generator) -> tuple[int, float]:
+    def _start(self, joining: list[tuple[int, Ask]]) -> list[_Row]:
+        """Rows for the ``(index, ask)`` pairs joining the batch: Prompt 1 built (the images' global
+        views prepared together), nothing fed yet."""
+        if not joining:
+            return []
+        t0 = time.perf_counter()
+        for _, ask in joining:
+            self._check(ask)
+        model, s = self.model, self.settings
+        rows = []
+        for (index, ask), dense in zip(joining, model.global_views([ask.image for _, ask in joining])):
+            b = conversation.reasoning_start(model, dense, ask.question, system=s.system)
+            turn_start = len(b)
+            forced = s.roi != "none" and s.opening == "forced"
+            if s.roi == "none":
+                conversation.open_direct_answer(b)  # so the turn reads <answer> ... </answer>
+            elif forced:
+                conversation.open_forced_look(b)  # Response 1 given up to its <|seg|>
+            generator = None
+            if s.sample and s.seed is not None:
+                generator = torch.Generator(device=model.device).manual_seed(row_seed(s.seed, index))
+            region = None if ask.region is None else np.asarray(ask.region, dtype=bool)
+            rows.append(_Row(index=index, image=ask.image, question=ask.question, builder=b, turn_start=turn_start,
+                             region=region, generator=generator, forced=forced))
+        _share(rows, "prefill", time.perf_counter() - t0)
+        return rows
+
+    def _step(self, rows: list[_Row], state):
+        """Feed every row what it has not fed yet. Rows decoding one token run as one forward on the
+        cache; rows with a longer chunk (a new row's prompt, a segmented turn) as another, left-padded
+        among themselves, so a long chunk never pads the decoding rows. Returns the last fed token's
+        state per row ``(B, D)``, the new cache state and the rows in its order."""
+        model = self.model
+        cached = 0 if state is None else int(state[1].shape[0])  # rows[:cached] are in the cache, in its order
+        unfed = [len(row.builder) - row.fed for row in rows]
+        decoding = [b for b in range(cached) if unfed[b] == 1]
+        feeding = [b for b in range(len(rows)) if b >= cached or unfed[b] > 1]
+        if not feeding:  # the common step: every row feeds the token it chose last step, on the cache as it is
+            t0 = time.perf_counter()
+            ids = [row.builder.ids_from(row.fed)[0] for row in rows]
+            # a generated token is text: position (p, p, p), the one before the builder's next
+            positions = torch.tensor([row.builder.next_position - 1 for row in rows])[None, :, None].expand(3, -1, 1)
+            for row, token in zip(rows, ids):
+                row.fed += 1
+                row.fed_seg = token == model.token_ids.seg
+            embeds = DecoderInputs(model.mllm.get_input_embeddings()(torch.tensor(ids, device=model.device)[:, None]))  # (B, 1, D)
+            hidden, cache, attention = self._forward(embeds, positions, torch.ones(len(rows), 1, dtype=torch.long), *state)
+            _share(rows, "decode", time.perf_counter() - t0)
+            return hidden, (cache, attention), rows
+        chunks = [row.builder.tail(row.fed) for row in rows]
+        for row, chunk in zip(rows, chunks):
+            row.fed += len(chunk)
+            # a <|seg|> of the model's turn: generated, or the last given token of a forced opening
+            row.fed_seg = int(chunk.input_ids[-1]) == model.token_ids.seg and row.fed - 1 >= row.turn_start
+        whole = None if state is None else RowCache.of(*state)
+        parts, states, order = [], [], []
+        for group, phase in ((decoding, "decode"), (feeding, None)):
+            if not group:
+                continue
+            old = [b for b in group if b < cached]
+            if old == list(range(cached)) and len(old) == len(group):
+                past = state  # the whole cache, as it is
+            elif len(old) == len(group):
+                past = whole.select(old)
+            elif old:
+                past = RowCache.join([whole.select(old), RowCache.empty_like(whole, len(group) - len(old))])
+            else:
+                past = None  # new rows only: a plain prefill
+            if isinstance(past, RowCache):
+                past = (past.to_cache(), past.attention)
+            t0 = time.perf_counter()
+            batch = model.collate([chunks[b] for b in group], padding_side="left")
+            hidden, cache, attention = self._forward(model.embed(batch), batch.position_ids, batch.attention_mask,
+                                                     *(past or (None, None)))
+            seconds = time.perf_counter() - t0
+            for b in group:
+                _share([rows[b]], phase or ("prefill" if b >= cached else "segmented_turn"), seconds / len(group))
+            parts.append(hidden)
+            states.append(RowCache.of(cache, attention))
+            order += group
+        joined = RowCache.join(states)
+        if len(states) == 1 and joined is states[0]:  # new rows only, already dense: the forward's cache as it is
+            return parts[0], (cache, attention), [rows[b] for b in order]
+        return torch.cat(parts), (joined.to_cache(), joined.attention), [rows[b] for b in order]
+
+    def _forward(self, embeds: DecoderInputs, positions: torch.Tensor, new: torch.Tensor, cache,
+                 attention: torch.Tensor | None):
+        """The decoder on ``embeds`` (``(B, S, D)`` and any DeepStack features) at ``positions`` ``(3, B, S)`` (``new`` ``(B, S)``: 1
+        for real tokens, 0 for left padding) after ``cache`` (None: nothing cached) whose columns
+        ``attention`` marks. Returns the last position's state ``(B, D)``, the cache and the attention
+        mask over all its columns."""
+        mask = new if attention is None else torch.cat([attention, new], dim=1)
+        out = self.model.language_model(embeds, positions, mask, cache=cache, use_cache=True)
+        return out.last_hidden_state[:, -1], out.cache, mask
+
+    def _choose(self, logits: torch.Tensor, generators: list) -> list[tuple[int, float]]:
+        """The next token of each row and its log-probability: ``logits`` ``(B, V)``, one generator per
+        row (None: torch's global RNG; unused when greedy)."""
         s = self.settings
         scaled = logits / (s.temperature if s.sample else 1.0)
         logp = torch.log_softmax(scaled, dim=-1)
-        # a visual placeholder would leave the sequence with a pad token and no features for it
-        never = list(self.model.token_ids.visual_placeholders)
-        if s.roi == "none":  # no second look: <|seg|> is never chosen
-            never.append(self.model.token_ids.seg)
-        scaled = scaled.clone()
-        scaled[never] = float("-inf")
-        scaled[self.known_ids :] = float("-inf")  # rows past the tokenizer (vocabulary padding)
+        allowed = scaled.masked_fill(self._never_mask(scaled.shape[-1], scaled.device), float("-inf"))
         if not s.sample:
-            token = int(torch.argmax(scaled))
+            chosen = torch.argmax(allowed, dim=-1)  # (B,)
         else:
-            probs = torch.softmax(scaled, dim=-1)
+            probs = torch.softmax(allowed, dim=-1)
             if s.top_p < 1.0:
-                sorted_p, order = torch.sort(probs, descending=True)
-                keep = torch.cumsum(sorted_p, 0) - sorted_p < s.top_p  # always keeps the top token
-                probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_p[keep])
-            token = int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
-        return token, float(logp[token])
+                sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+                keep = torch.cumsum(sorted_p, -1) - sorted_p < s.top_p  # always keeps the top token
+                probs = torch.zeros_like(probs).scatter(-1, order, sorted_p * keep)
+            chosen = torch.cat([torch.multinomial(p / p.sum(), 1, generator=g) for p, g in zip(probs, generators)])
+        picked = logp.gather(-1, chosen[:, None])[:, 0]
+        return list(zip(chosen.tolist(), picked.tolist()))
 
-    def _after_token(self, row: _Row, token: int, sam_cache: dict, timings: dict, index: int) -> None:
-        """Update a row after it generated ``token``: stop, or open the segmented turn."""
+    def _never_mask(self, vocab: int, device) -> torch.Tensor:
+        """``(V,)`` bool: ids never chosen. A visual placeholder would leave the sequence with a pad token
+        and no features for it; ``--roi none`` never chooses ``<|seg|>``; ids past the tokenizer are the
+        LM head's vocabulary padding."""
+        if self._never is None or self._never.shape[0] != vocab or self._never.device != torch.device(device):
+            never = torch.zeros(vocab, dtype=torch.bool, device=device)
+            never[list(self.model.token_ids.visual_placeholders)] = True
+            if self.settings.roi == "none":
+                never[self.model.token_ids.seg] = True
+            never[self.known_ids :] = True
+            self._never = never
+        return self._never
+
+    def _after_token(self, row: _Row, token: int) -> bool:
+        """Update a row after it generated ``token``: stop it, or say that it asks for its segmented
+        turn (True: the model asked to segment and closed its turn)."""
         s, ids = self.settings, self.model.token_ids
-        turn_ids = row.builder.ids_from(row.turn_start)
-        turn_text = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
         if token in self.stop_ids:
-            return self._finish(row, turn_text, "eos")
-        if conversation.closes_answer(turn_text):
-            return self._finish(row, turn_text, "answer")
+            return self._finish(row, "eos")
+        # the turn's text is decoded only when this token could end a "</answer>" (it holds a ">")
+        if token in self._closers() and conversation.closes_answer(self._turn_text(row)):
+            return self._finish(row, "answer")
         if row.generated >= s.max_new_tokens:
-            return self._finish(row, turn_text, "length")
+            return self._finish(row, "length")
         if token != ids.im_end:
-            return
+            return False
         if not row.pending_seg:
-            return self._finish(row, turn_text, "end_of_turn")
-        self._close_turn(row, sam_cache, timings, index)
+            return self._finish(row, "end_of_turn")
+        return self._closes_seg_turn(row)
 
-    def _close_turn(self, row: _Row, sam_cache: dict, timings: dict, index: int) -> None:
-        """The model's turn that asked to segment has closed: append the segmented turn (or end the
-        trajectory when it may not look again)."""
-        s = self.settings
-        turn_text = self.tokenizer.decode(row.builder.ids_from(row.turn_start), skip_special_tokens=False)
-        if len(row.steps) >= s.max_seg_steps:
-            return self._finish(row, turn_text, "max_seg_steps")
-        row.turns.append(turn_text)
-        t0, mask_seconds, views = time.perf_counter(), 0.0, []
-        for state in row.pending_seg:
-            t_mask = time.perf_counter()
-            mask, iou, obj = self._decode_mask(row, state, sam_cache, index)
-            mask_seconds += time.perf_counter() - t_mask
-            views.append(self._second_look(row, mask, iou, obj))
-        timings["mask"] += mask_seconds
-        timings["segmented_turn"] += time.perf_counter() - t0 - mask_seconds
-        row.pending_seg.clear()
-        # The newline after the model's reply, then Prompt 2: the segmented region(s).
-        b = conversation.second_look_turn(row.builder.after_reply(), views)
-        row.turn_start = len(b)
-        if s.opening == "forced":
-            conversation.open_direct_answer(b)  # the model writes only the answer
+    def _closes_seg_turn(self, row: _Row) -> bool:
+        """The model's turn that asked to segment has closed: True when its segmented turn follows, False
+        when it may not look again (the trajectory ends)."""
+        if len(row.steps) >= self.settings.max_seg_steps:
+            return self._finish(row, "max_seg_steps")
+        row.turns.append(self._turn_text(row))
+        return True
 
-    def _decode_mask(self, row: _Row, state: torch.Tensor, sam_cache: dict, index: int) -> tuple[np.ndarray, float, float]:
-        """Bool ``(H, W)`` mask, predicted IoU and object score from one ``<|seg|>`` state (the row's
-        given region, with IoU and score 1, when it has one)."""
-        if row.region is not None:
-            return row.region, 1.0, 1.0
+    def _turn_text(self, row: _Row) -> str:
+        """The current model turn, decoded (special tokens kept, so ``<|seg|>`` shows)."""
+        return self.tokenizer.decode(row.builder.ids_from(row.turn_start), skip_special_tokens=False)
+
+    def _closers(self) -> frozenset[int]:
+        """Ids whose token holds a ``>``: only such a token can complete a ``</answer>``."""
+        if self._closing is None:
+            pieces = self.tokenizer.convert_ids_to_tokens(list(range(self.known_ids)))
+            self._closing = frozenset(i for i, piece in enumerate(pieces) if piece is not None and ">" in piece)
+        return self._closing
+
+    def _second_looks(self, rows: list[_Row]) -> None:
+        """Append the segmented turn of each row that asked for one this step. SAM 2.1 runs once for them
+        all: one encoder call for the images not encoded yet, the decoder once per number of ``<|seg|>``
+        states, the masks upsampled together (rows with a given region skip it)."""
         model = self.model
-        if index not in sam_cache:  # SAM's image encoder runs once per image, only when needed
-            sam_cache[index] = model.encode_for_masks([row.image])
-        pred = model.decode_masks(sam_cache[index], [state[None]])[0]
-        logits = upsample_logits(pred.low_res_logits[:1], (row.image.height, row.image.width))[0]
-        return (logits > 0).cpu().numpy(), float(pred.iou[0]), float(torch.sigmoid(pred.object_logits[0]))
+        t0 = time.perf_counter()
+        decode = [row for row in rows if row.region is None]
+        found: dict[int, list[tuple[np.ndarray, float, float]]] = {}
+        if decode:
+            need = [row for row in decode if row.sam is None]
+            if need:  # SAM's image encoder runs once per image, only when a row needs it
+                embeddings = model.encode_for_masks([row.image for row in need])
+                for i, row in enumerate(need):
+                    row.sam = embeddings.select(i)
+            preds = model.decode_masks(ImageEmbeddings.cat([row.sam for row in decode]),
+                                       [torch.stack(row.pending_seg) for row in decode])
+            flat = [(row, pred, k) for row, pred in zip(decode, preds) for k in range(pred.low_res_logits.shape[0])]
+            masks = binary_masks([pred.low_res_logits[k] for _, pred, k in flat],
+                                 [(row.image.height, row.image.width) for row, _, _ in flat])
+            for (row, pred, k), mask in zip(flat, masks):
+                found.setdefault(row.index, []).append(
+                    (mask, float(pred.iou[k]), float(torch.sigmoid(pred.object_logits[k]))))
+            _share(decode, "mask", time.perf_counter() - t0)
+        for row in rows:
+            t1 = time.perf_counter()
+            given = [(row.region, 1.0, 1.0)] * len(row.pending_seg)
+            views = [self._second_look(row, *decoded) for decoded in (found[row.index] if row.region is None else given)]
+            row.pending_seg.clear()
+            # The newline after the model's reply, then Prompt 2: the segmented region(s).
+            row.turn_start = len(conversation.second_look_turn(row.builder.after_reply(), views))
+            if self.settings.opening == "forced":
+                conversation.open_direct_answer(row.builder)  # the model writes only the answer
+            _share([row], "segmented_turn", time.perf_counter() - t1)
 
     def _second_look(self, row: _Row, mask: np.ndarray, iou: float, obj: float) -> SegmentedView:
         """The segmented view of ``mask`` (recorded as a ``SegStep``); the original image when it is empty."""
@@ -382,12 +549,13 @@ class ReasoningLoop:
                                  fallback=fallback, view=view, given=row.region is not None))
         return view
 
-    def _finish(self, row: _Row, turn_text: str, reason: str) -> None:
-        row.turns.append(turn_text)
+    def _finish(self, row: _Row, reason: str) -> bool:
+        row.turns.append(self._turn_text(row))
         row.done = True
         row.stop_reason = reason
+        return False
 
-    def _trajectory(self, row: _Row, timings: dict) -> Trajectory:
+    def _trajectory(self, row: _Row) -> Trajectory:
         answer = conversation.answer_of("".join(row.turns))
         return Trajectory(
             question=row.question,
@@ -398,9 +566,27 @@ class ReasoningLoop:
             answer=answer.value,
             answer_source=answer.source,
             stop_reason=row.stop_reason,
-            timings=dict(timings),
+            timings=dict(row.timings),
             answer_reason=answer.reason,
         )
+
+
+def _share(rows: list[_Row], phase: str, seconds: float) -> None:
+    """Split ``seconds`` of ``phase`` evenly between ``rows`` (their ``total`` too)."""
+    for row in rows:
+        row.timings[phase] += seconds / len(rows)
+        row.timings["total"] += seconds / len(rows)
+
+
+def _keep_rows(state, keep: list[int]):
+    """The cache state with only rows ``keep`` (None when none is left)."""
+    if not keep:
+        return None
+    cache, attention = state
+    if keep == list(range(int(attention.shape[0]))):
+        return state
+    kept = RowCache.of(cache, attention).select(keep)
+    return kept.to_cache(), kept.attention
 
 
 def run(model, image: Image.Image, question: str, settings: ReasoningSettings | None = None) -> Trajectory:

@@ -285,3 +285,16 @@ def test_shapes_preset_second_look_magnifies_a_small_target():
     assert disc_width(boxed) >= 90 and disc_width(cells) <= 40
     sparse = build_segmented_view(image, disc, image_processor, mode="mask", **settings)
     assert sparse.num_tokens < boxed.num_tokens
+
+
+def test_global_views_of_several_images_equal_one_at_a_time(tiny_model):
+    """One processor call for a batch's images (sizes mixed) gives each image's own view, value for value."""
+    rng = np.random.RandomState(3)
+    images = [Image.fromarray((rng.rand(h, w, 3) * 255).astype(np.uint8)) for h, w in
+              [(180, 240), (96, 300), (180, 240), (64, 64)]]
+    together = tiny_model.global_views(images)
+    for image, view in zip(images, together):
+        alone = tiny_model.global_view(image)
+        assert torch.equal(view.pixel_values, alone.pixel_values) and torch.equal(view.grid_thw, alone.grid_thw)
+        assert view.native_size == (image.height, image.width) and view.num_tokens == alone.num_tokens
+    assert tiny_model.global_views([]) == []

@@ -286,6 +286,47 @@ def test_seg_loss_trains_the_seg_state_towards_the_annotated_region(stage1_model
         Stage2Config(seg_loss=-1)
 
 
+def test_pass_two_reuses_pass_ones_sam_embeddings(noise_image, monkeypatch):
+    """With ``seg_loss``, pass 2 decodes the ``<|seg|>`` masks on SAM's embeddings from pass 1 instead of
+    running the frozen encoder again: the same loss and the same gradients as recomputing them."""
+    from seganswer_cli.data.samples import LazyMask
+    from seganswer_cli.masks import encode_rle
+    from seganswer_cli.model import SegAnswerModel
+    from seganswer_cli.train.stage2 import segmentation_weights
+
+    model = SegAnswerModel.from_preset("tiny")
+    model.projector.requires_grad_(False)  # Stage 2's frozen parts
+    model.mask_decoder.requires_grad_(False)
+    h, w = noise_image.height, noise_image.width
+    region = np.zeros((h, w), bool)
+    region[20:60, 30:90] = True
+    sample = VQASample("m", png_ref(noise_image), "What colour?", "red", "test",
+                       region_masks=[LazyMask(rle=encode_rle(region))])
+    drawn = [Drawn(0, sample, "What colour?", "red", direct=False), Drawn(1, sample, "What shape?", "disc", direct=False)]
+    examples = prepare_examples(model, drawn, Stage2Config(model="x", seg_loss=1.0), ProblemReport(Counter(), show=False))
+    assert all(e.sam is not None and e.target is not None for e in examples)
+
+    encoded = []
+    real_encode = model.encode_for_masks
+    monkeypatch.setattr(model, "encode_for_masks", lambda images: encoded.append(len(images)) or real_encode(images))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def loss_and_grads(reuse: bool):
+        model.zero_grad()
+        out = model([e.sequence for e in examples], [e.image for e in examples], [[e.target] for e in examples],
+                    weights=segmentation_weights(1.0), image_embeddings=[e.sam for e in examples] if reuse else None)
+        out.loss.backward()
+        return out.loss.detach(), [p.grad.clone() for p in params]
+
+    reused, reused_grads = loss_and_grads(True)
+    assert encoded == []  # the encoder did not run again
+    recomputed, recomputed_grads = loss_and_grads(False)
+    assert encoded == [2]
+    torch.testing.assert_close(reused, recomputed, atol=1e-6, rtol=1e-6)
+    for a, b in zip(reused_grads, recomputed_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("masks", ["online", "precomputed"])
 def test_resume_after_kill_equals_uninterrupted_run(stage1_model, vqa_split, tmp_path, masks):
     cfg = stage2_config(stage1_model, vqa_split[0], max_steps=6, save_every=2, masks=masks, direct_share=0.3)

@@ -324,7 +324,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(stage3_setup, tmp_pat
         return out
 
     monkeypatch.setattr(stage3, "dapo_policy_loss", nan_on_step_two)
-    config = tiny_config(model_dir, data_dir, max_steps=3, save_every=1, prompts_per_step=1, micro_batch_size=8)
+    # rewards that differ within every group, so no step hangs on what the rollouts happened to sample
+    monkeypatch.setitem(rewards.REWARDS, "alternating", lambda completions, **_: [i % 2 for i in range(len(completions))])
+    config = tiny_config(model_dir, data_dir, max_steps=3, save_every=1, prompts_per_step=1, micro_batch_size=8,
+                         reward_weights={"alternating": 1.0})
     with pytest.raises(runs.NonFiniteLossError, match="loss is nan at step 2; .*last good checkpoint kept: .*step-00000001"):
         train_stage3(config, tmp_path / "run", quiet=True)
     assert [p.name for p in runs.RunFolder(tmp_path / "run").checkpoints()] == ["step-00000001"]

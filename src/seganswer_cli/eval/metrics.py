@@ -82,7 +82,9 @@ def mask_counts(pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None 
     target = np.asarray(target, dtype=bool)
     if pred.shape != target.shape:
         raise ValueError(f"prediction mask {pred.shape} and target mask {target.shape} differ in shape")
-    keep = np.ones_like(target) if ignore is None else ~np.asarray(ignore, dtype=bool)
+    if ignore is None:
+        return int(np.count_nonzero(pred & target)), int(np.count_nonzero(pred | target))
+    keep = ~np.asarray(ignore, dtype=bool)
     if keep.shape != target.shape:
         raise ValueError(f"ignore mask {keep.shape} and target mask {target.shape} differ in shape")
     intersection = int(np.count_nonzero(pred & target & keep))

@@ -1,17 +1,19 @@
-"""Running a benchmark: items in batches through the model, one prediction line each, resumable.
+"""Running a benchmark: items through the model, one prediction line each, resumable.
 
-Question-answering benchmarks go through the reasoning loop (``reasoning.ReasoningLoop``, greedy, the
-item's ``prompt`` as the question); referring segmentation through ``SegAnswerModel.segment_batch``
-(the paper's Stage 1 prompt with the item's expression). Every scored sample is appended to
-``predictions.jsonl`` when its batch finishes, so a killed run loses at most one batch: the rerun
-skips the ids already there (a last line cut by the kill is dropped and redone) and the summary is
-rebuilt from the file, equal to that of an uninterrupted run.
+Question-answering benchmarks go through the reasoning loop (``reasoning.ReasoningLoop.stream``, greedy,
+the item's ``prompt`` as the question): ``--batch-size`` questions at a time, a finished question's
+slot taken at once by the next one (continuous batching), so a batch never waits for its slowest
+question. Referring segmentation goes through ``SegAnswerModel.segment_batch`` (the paper's Stage 1
+prompt with the item's expression, one teacher-forced forward per batch). Every scored sample is
+appended to ``predictions.jsonl`` as it finishes (in the order they finish), so a killed run loses at
+most the questions in flight: the rerun skips the ids already there (a last line cut by the kill is
+dropped and redone) and the summary is rebuilt from the file, equal to that of an uninterrupted run.
 
 A sample whose image does not decode (or whose ``--masks gt`` region does not load) does not stop the
 run (``on_error="skip"``, the default): it gets a ``failed`` record with the reason (``failed_record``),
 is left out of the metrics and counted in the summary, and the next invocation tries it again. With
-``on_error="stop"`` the run writes the good samples of that batch, then stops with one line naming the
-sample. ``run.json`` is written only once the model has loaded (``execute``), so an option that fails
+``on_error="stop"`` no question is asked after it; those already asked finish and are written, then the
+run stops with one line naming the sample. ``run.json`` is written only once the model has loaded (``execute``), so an option that fails
 (a mistyped ``--model``, ``--batch-size 0``) leaves nothing behind; a non-empty folder that holds no
 run is refused.
 
@@ -39,12 +41,15 @@ into the same folder. Typical use (what ``seganswer eval`` does)::
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
+import os
 import platform
 import re
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from importlib import metadata
 from pathlib import Path
@@ -251,7 +256,8 @@ class EvalRun:
         """Evaluate the items not done yet, appending predictions; write and return ``summary.json``.
 
         ``load_model()`` is called only when there is something to evaluate. ``on_batch(n, note)`` is
-        called after each batch with the number of samples it added and the running metric. With a
+        called after each ``batch_size`` samples finished (and after the last) with their number and the
+        running metric. With a
         judge in the settings, ``judge_client`` asks it (default: ``judge.client_for`` the settings'
         judge); samples whose judge call failed in an earlier invocation are judged again first, from
         their recorded output (the model is not run for them).
@@ -271,29 +277,28 @@ class EvalRun:
             self._judge_again()
         if todo:
             self._forget_failures(todo)
-            predict = self._qa_batches if self.spec.task == "qa" else self._mask_batches
+            predict = self._qa_predictions if self.spec.task == "qa" else self._mask_predictions
             order = {item.id: index for index, item in enumerate(self.items)}
-            vis_left = save_vis
+            vis_left, since = save_vis, 0
             with jsonl.JsonlAppender(self.folder / PREDICTIONS) as sink:
-                for start in range(0, len(todo), batch_size):
-                    batch = todo[start : start + batch_size]
-                    bad = []
-                    for item, record, figure in predict(model, batch, want_vis=vis_left > 0):
-                        if FAILED in record:
-                            bad.append((item, record))
-                            continue
-                        sink.write(_jsonable(record))
-                        self.done[item.id] = record
-                        if figure is not None and vis_left > 0:
-                            vis_left -= 1
-                            self._save_figure(figure(), order[item.id], item.id, record["correct"])
-                    for item, record in bad:  # after the batch's good samples are written
+                for item, record, figure in predict(model, todo, batch_size):
+                    if FAILED in record:  # stop: raises here, after the samples that finished before it
                         self.errors.fail(self.data.source or self.spec.name, item.id, record[FAILED] + (
                             " (--on-error skip records it as failed and goes on)" if self.errors.on_error == "stop" else ""))
                         sink.write(_jsonable(record))
                         self.failed[item.id] = record
-                    if on_batch is not None:
-                        on_batch(len(batch), running_note(self.spec, self.results()))
+                    else:
+                        sink.write(_jsonable(record))
+                        self.done[item.id] = record
+                        if vis_left > 0:
+                            vis_left -= 1
+                            self._save_figure(figure(), order[item.id], item.id, record["correct"])
+                    since += 1
+                    if on_batch is not None and since == batch_size:
+                        on_batch(since, running_note(self.spec, self.results()))
+                        since = 0
+            if on_batch is not None and since:
+                on_batch(since, running_note(self.spec, self.results()))
         summary = self.summary()
         _write_json(self.folder / SUMMARY, summary)
         return summary
@@ -308,31 +313,51 @@ class EvalRun:
 
     # -- predicting ------------------------------------------------------------------------------
 
-    def _qa_batches(self, model, batch: list[EvalItem], want_vis: bool):
+    def _qa_predictions(self, model, todo: list[EvalItem], batch_size: int):
+        """``(item, record, figure)`` of each question as the reasoning loop finishes it: one stream over
+        all of ``todo`` with ``batch_size`` rows at a time, refilled as rows finish
+        (``ReasoningLoop.stream``), so a batch never waits for its slowest question. An item whose inputs
+        cannot be read gets its failed record at once (``skip``), or ends the asking (``stop``): the
+        questions already asked finish first, then its record comes. ``figure()`` draws the overlay."""
         from seganswer_cli.eval.answers import choice_by_likelihood
-        from seganswer_cli.reasoning import ReasoningLoop, ReasoningSettings, answer_nll
+        from seganswer_cli.reasoning import Ask, ReasoningLoop, ReasoningSettings, answer_nll
 
         s = self.settings
         loop = ReasoningLoop(model, ReasoningSettings(roi=s.roi, max_seg_steps=s.max_seg_steps,
                                                       max_new_tokens=s.max_new_tokens,
                                                       opening=s.opening or "model"))  # cheap: no state
-        batch, images, regions = yield from self._readable(batch, regions=s.masks == "gt")
-        if not batch:
-            return
-        regions = regions if s.masks == "gt" else None
         likelihood = s.protocol == "likelihood"
-        # the likelihood protocol asks the question alone: the options are scored, not shown
-        questions = [item.question if likelihood else item.prompt for item in batch]
-        trajectories = loop.run(images, questions, regions)
-        for item, image, traj in zip(batch, images, trajectories, strict=True):
+        asked: list[EvalItem] = []  # stream index -> item
+        images: dict[int, Any] = {}  # stream index -> image, until its question finishes
+        failed: list[tuple[EvalItem, dict[str, Any]]] = []
+
+        def asks():
+            for item, inputs in self._read(todo, batch_size, regions=s.masks == "gt"):
+                if isinstance(inputs, str):
+                    failed.append((item, failed_record(item, inputs)))
+                    if self.errors.on_error == "stop":
+                        return
+                    continue
+                image, region = inputs
+                images[len(asked)] = image
+                asked.append(item)
+                # the likelihood protocol asks the question alone: the options are scored, not shown
+                yield Ask(image, item.question if likelihood else item.prompt, region)
+
+        for index, traj in loop.stream(asks(), batch_size):
+            if self.errors.on_error == "skip":
+                while failed:
+                    yield (*failed.pop(0), None)
+            item, image = asked[index], images.pop(index)
             if likelihood:
                 nll = dict(zip(item.options, answer_nll(model, image, traj, list(item.options.values())),
                                strict=True))
                 result, judged = choice_by_likelihood(nll, item), {"option_nll": nll}
             else:
                 result, judged = self._score_text(traj.text, item)
-            figure = functools.partial(_trajectory_figure, image, traj) if want_vis else None
-            yield item, {**qa_record(item, result, traj), **judged}, figure
+            yield item, {**qa_record(item, result, traj), **judged}, functools.partial(_trajectory_figure, image, traj)
+        for item, record in failed:
+            yield item, record, None
 
     def _score_text(self, output: str, item: EvalItem) -> tuple[SampleResult, dict[str, Any]]:
         """The rules' score, then the judge's where the protocol asks one (the record fields it adds)."""
@@ -355,34 +380,45 @@ class EvalRun:
             path = self.folder / PREDICTIONS
             jsonl.rewrite(path, [self.done.get(str(r["id"]), r) for r in jsonl.read_records(path)])
 
-    def _mask_batches(self, model, batch: list[EvalItem], want_vis: bool):
-        batch, images, _ = yield from self._readable(batch)
-        if not batch:
-            return
-        start = time.perf_counter()
-        predictions = model.segment_batch(images, [item.question for item in batch])
-        seconds = (time.perf_counter() - start) / len(batch)
-        for item, image, (mask, iou, score) in zip(batch, images, predictions, strict=True):
-            result = self.spec.score(mask, item)
-            figure = functools.partial(mask_figure, image, mask, item, result) if want_vis else None
-            yield item, mask_record(item, result, mask, iou, score, seconds), figure
+    def _mask_predictions(self, model, todo: list[EvalItem], batch_size: int):
+        """``(item, record, figure)`` of each referring expression: ``segment_batch`` (one teacher-forced
+        forward, SAM 2.1 stacked) per ``batch_size`` of them; an item whose image cannot be read gets its
+        failed record after the good samples of its batch."""
+        read = self._read(todo, batch_size)
+        for start in range(0, len(todo), batch_size):
+            batch, images, failed = [], [], []
+            for item, inputs in itertools.islice(read, min(batch_size, len(todo) - start)):
+                if isinstance(inputs, str):
+                    failed.append((item, failed_record(item, inputs), None))
+                else:
+                    batch.append(item)
+                    images.append(inputs[0])
+            if batch:
+                t0 = time.perf_counter()
+                predictions = model.segment_batch(images, [item.question for item in batch])
+                seconds = (time.perf_counter() - t0) / len(batch)
+                for item, image, (mask, iou, score) in zip(batch, images, predictions, strict=True):
+                    result = self.spec.score(mask, item)
+                    yield (item, mask_record(item, result, mask, iou, score, seconds),
+                           functools.partial(mask_figure, image, mask, item, result))
+            yield from failed
 
-    def _readable(self, batch: list[EvalItem], *, regions: bool = False):
-        """Decode the batch's images (and ``--masks gt`` regions); a sample whose inputs cannot be read is
-        yielded as ``(item, failed_record, None)`` here, the policy (stop or skip) applied by ``execute``.
-        Returns the other items with their images and regions (None without ``regions``)."""
-        found = RecordErrors("skip")  # collects this batch's bad samples, with the readers' error classes
-        readable, images, masks = [], [], []
-        for item in batch:
-            inputs = found.attempt(self.data.source or self.spec.name, item.id, lambda item=item: (
-                item.load_image(), item.load_gt_mask() if regions else None))
-            if inputs is None:
-                yield item, failed_record(item, found.skipped[-1].reason), None
-                continue
-            readable.append(item)
-            images.append(inputs[0])
-            masks.append(inputs[1])
-        return readable, images, masks
+    def _read(self, todo: list[EvalItem], batch_size: int, *, regions: bool = False):
+        """``(item, _inputs(item))`` of each of ``todo``, in order, read ``batch_size`` at a time by a few
+        threads (Pillow releases the GIL while it decodes): the images of a batch decode side by side."""
+        workers = max(1, min(batch_size, os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start : start + batch_size]
+                yield from zip(chunk, pool.map(functools.partial(self._inputs, regions=regions), chunk))
+
+    def _inputs(self, item: EvalItem, *, regions: bool = False):
+        """The item's decoded image and ``--masks gt`` region (None without ``regions``), or why they
+        cannot be read (one line, the readers' error classes: ``RecordErrors``)."""
+        found = RecordErrors("skip")
+        inputs = found.attempt(self.data.source or self.spec.name, item.id, lambda: (
+            item.load_image(), item.load_gt_mask() if regions else None))
+        return found.skipped[-1].reason if inputs is None else inputs
 
     def _forget_failures(self, todo: list[EvalItem]) -> None:
         """Take the failed records of samples about to be tried again out of ``predictions.jsonl``

@@ -23,7 +23,8 @@ The paper's turns (each function returns a ``Sequence`` or extends a ``SequenceB
                          "<answer> ... </answer>."; or Prompt 1 -> the answer at once
     second_look_turn     Prompt 2 after a reply: the segmented view(s) as a user turn without text
     open_direct_answer   the model's turn opened with ``<answer>`` (``--roi none``; ``opening="forced"``)
-    open_forced_look     Response 1 given whole (``opening="forced"`` for ``--roi mask|bbox``)
+    open_forced_look     Response 1 given up to its ``<|seg|>``, ``close_forced_look`` the rest
+                         (``opening="forced"`` for ``--roi mask|bbox``)
 
 The reasoning loop builds the same tokens incrementally: ``reasoning_start``, the generated reply
 (its ``<|im_end|>`` included), ``SequenceBuilder.after_reply`` and ``second_look_turn``, exactly the
@@ -200,9 +201,17 @@ def reasoning_sequence(model, image: DenseImage, question: str, answer: str,
 
 
 def open_forced_look(builder: SequenceBuilder) -> SequenceBuilder:
-    """The model's first turn given whole: Response 1 (``... observe <|seg|>.``) and its end, not
-    targets; the reasoning loop's ``opening="forced"`` for ``--roi mask|bbox``."""
-    return builder.text(tokens.SEG_RESPONSE + tokens.IM_END)
+    """The model's first turn given (not targets) up to and including its ``<|seg|>``: Response 1
+    (``... observe <|seg|>``), the reasoning loop's ``opening="forced"`` for ``--roi mask|bbox``;
+    ``close_forced_look`` gives the rest once that ``<|seg|>`` is fed. Special tokens split the
+    text, so the two parts are the ids of Response 1 tokenised whole."""
+    return builder.text(tokens.SEG_RESPONSE[: tokens.SEG_RESPONSE.index(tokens.SEG_TOKEN) + len(tokens.SEG_TOKEN)])
+
+
+def close_forced_look(builder: SequenceBuilder) -> SequenceBuilder:
+    """The rest of the given Response 1 after its ``<|seg|>`` (``.``) and the turn's ``<|im_end|>``."""
+    rest = tokens.SEG_RESPONSE[tokens.SEG_RESPONSE.index(tokens.SEG_TOKEN) + len(tokens.SEG_TOKEN):]
+    return builder.text(rest + tokens.IM_END)
 
 
 def open_direct_answer(builder: SequenceBuilder) -> SequenceBuilder:

@@ -9,6 +9,13 @@ sparse embedding, so this module calls its parts in the same order.
 One mask output per prompt (``multimask_output=False``), with SAM's "dynamic multimask via
 stability" switched off: that fallback picks among the three multimask tokens, which this model
 never trains, and it would make eval-mode masks differ from train-mode masks.
+
+Batches: ``encode`` embeds a stack of images in one call and ``decode_batch`` runs the decoder once
+for several images with the same number of prompts each (the reasoning loop and ``segment_batch``
+decode a whole batch's ``<|seg|>`` states at once). The FPN neck's sine positional encodings, which
+depend on nothing but the feature map's shape and which this model never reads (its decoder takes
+the image-wide encoding of the prompt encoder's basis), are computed once per shape and broadcast
+over the batch (``ShapeCachedPositions``) instead of once per image and call.
 """
 
 from __future__ import annotations
@@ -35,8 +42,26 @@ class ImageEmbeddings:
     high_res: list[torch.Tensor]
     """``[(B, C/8, 4h, 4w), (B, C/4, 2h, 2w)]`` after the decoder's ``conv_s0``/``conv_s1``."""
 
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
     def select(self, index: int) -> ImageEmbeddings:
         return ImageEmbeddings(self.embeddings[index : index + 1], [f[index : index + 1] for f in self.high_res])
+
+    def take(self, indices: list[int]) -> ImageEmbeddings:
+        """The embeddings of images ``indices``, in that order."""
+        if indices == list(range(len(self))):
+            return self
+        index = torch.tensor(indices, dtype=torch.long, device=self.embeddings.device)
+        return ImageEmbeddings(self.embeddings.index_select(0, index), [f.index_select(0, index) for f in self.high_res])
+
+    @staticmethod
+    def cat(parts: list[ImageEmbeddings]) -> ImageEmbeddings:
+        """The images of ``parts`` one after the other."""
+        if len(parts) == 1:
+            return parts[0]
+        return ImageEmbeddings(torch.cat([p.embeddings for p in parts]),
+                               [torch.cat(levels) for levels in zip(*(p.high_res for p in parts))])
 
 
 @dataclass
@@ -51,6 +76,26 @@ class MaskPrediction:
     """``(N,)`` object-score logits (> 0: an object is present)."""
 
 
+class ShapeCachedPositions(nn.Module):
+    """The FPN neck's sine positional encoding, computed once per ``(C, H, W)``, device and dtype and
+    expanded over the batch (a view): the values ``Sam2SinePositionEmbedding`` gives, without redoing
+    its per-image work at every call (its own cache holds one shape, and the neck asks for four).
+    Holds no parameters or buffers, so the state dict is unchanged."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+        self._cache: dict[tuple, torch.Tensor] = {}
+
+    def forward(self, shape: torch.Size, device, dtype, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:  # a padding mask makes the encoding depend on more than the shape
+            return self.inner(shape, device, dtype, mask)
+        key = (tuple(shape[1:]), torch.device(device), dtype)
+        if key not in self._cache:
+            self._cache[key] = self.inner(torch.Size((1, *shape[1:])), device, dtype)  # (1, C, H, W)
+        return self._cache[key].expand(shape[0], *shape[1:])
+
+
 class SamMaskDecoder(nn.Module):
     """Wraps ``Sam2Model``: ``encode`` (frozen encoder) and ``decode`` (sparse prompt -> mask)."""
 
@@ -59,6 +104,17 @@ class SamMaskDecoder(nn.Module):
         self.sam = sam
         self.sam.mask_decoder.dynamic_multimask_via_stability = False
         self.sam.vision_encoder.requires_grad_(False)
+        neck = self.sam.vision_encoder.neck
+        if not isinstance(neck.position_encoding, ShapeCachedPositions):
+            neck.position_encoding = ShapeCachedPositions(neck.position_encoding)
+
+    @property
+    def encoder_frozen(self) -> bool:
+        """No parameter on the way from pixels to ``ImageEmbeddings`` trains (the Hiera encoder, the
+        FPN and the decoder's ``conv_s0``/``conv_s1``): embeddings computed without gradient are then
+        exactly those a training forward would compute, and can be reused (Stage 2's pass 2)."""
+        encode_path = [self.sam.vision_encoder, self.sam.mask_decoder.conv_s0, self.sam.mask_decoder.conv_s1]
+        return not any(p.requires_grad for part in encode_path for p in part.parameters())
 
     @property
     def image_size(self) -> int:
@@ -89,6 +145,10 @@ class SamMaskDecoder(nn.Module):
         stage), the decoder's high-resolution projections (``conv_s0``, ``conv_s1``, trainable) with it."""
         sam = self.sam
         encoder_trains = torch.is_grad_enabled() and any(p.requires_grad for p in sam.vision_encoder.parameters())
+        # Hiera works on (B, H, W, C) maps; fed channels-last pixels, the FPN's and the decoder's 1x1 convs
+        # get channels-last maps too, which batches of images convolve several times faster on CPU (the
+        # same values: one summation per output either way)
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
         with torch.set_grad_enabled(encoder_trains):
             vision = sam.vision_encoder(pixel_values, return_dict=True)
         fpn = list(vision.fpn_hidden_states)  # [(B, C, 4h, 4w), (B, C, 2h, 2w), (B, C, h, w)]
@@ -109,27 +169,32 @@ class SamMaskDecoder(nn.Module):
     def decode(self, image: ImageEmbeddings, prompts: torch.Tensor) -> MaskPrediction:
         """Masks for N prompts on ONE image. ``prompts``: ``(N, prompt_dim)`` (one token per object,
         the projector's) or ``(N, T, prompt_dim)`` (``point_prompts``)."""
+        return self.decode_batch(image, prompts[None])[0]
+
+    def decode_batch(self, images: ImageEmbeddings, prompts: torch.Tensor) -> list[MaskPrediction]:
+        """Masks for N prompts on each of B images in one decoder call, one prediction per image.
+        ``prompts``: ``(B, N, prompt_dim)`` or ``(B, N, T, prompt_dim)``."""
         sam = self.sam
-        n = prompts.shape[0]
+        B, n = prompts.shape[:2]
+        if len(images) != B:
+            raise ValueError(f"{B} rows of prompts for {len(images)} images")
+        h, w = images.embeddings.shape[-2:]
         if n == 0:
-            h, w = image.embeddings.shape[-2:]
-            empty = image.embeddings.new_zeros(0)
-            return MaskPrediction(image.embeddings.new_zeros(0, 4 * h, 4 * w), empty, empty)
-        sparse = prompts.view(1, n, -1, prompts.shape[-1]).to(image.embeddings.dtype)  # (1, N objects, T tokens, 256)
-        dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-            1, -1, *image.embeddings.shape[-2:]
-        )  # (1, 256, h, w)
-        pos = sam.get_image_wide_positional_embeddings().to(image.embeddings.dtype)  # (1, 256, h, w)
+            empty = images.embeddings.new_zeros(0)
+            return [MaskPrediction(images.embeddings.new_zeros(0, 4 * h, 4 * w), empty, empty) for _ in range(B)]
+        sparse = prompts.reshape(B, n, -1, prompts.shape[-1]).to(images.embeddings.dtype)  # (B, N objects, T tokens, 256)
+        dense = sam.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(1, -1, h, w)  # (1, 256, h, w)
+        pos = sam.get_image_wide_positional_embeddings().to(images.embeddings.dtype)  # (1, 256, h, w)
         masks, iou, _, obj = sam.mask_decoder(
-            image_embeddings=image.embeddings,
-            image_positional_embeddings=pos,
+            image_embeddings=images.embeddings,
+            image_positional_embeddings=pos.expand(B, -1, -1, -1),  # the decoder repeats it per object
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=False,
-            high_resolution_features=image.high_res,
+            high_resolution_features=images.high_res,
         )
-        # masks (1, N, 1, 4h, 4w); iou (1, N, 1); obj (1, N, 1)
-        return MaskPrediction(masks[0, :, 0], iou[0, :, 0], obj[0, :, 0])
+        # masks (B, N, 1, 4h, 4w); iou (B, N, 1); obj (B, N, 1)
+        return [MaskPrediction(masks[b, :, 0], iou[b, :, 0], obj[b, :, 0]) for b in range(B)]
 
 
 def upsample_logits(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -137,6 +202,21 @@ def upsample_logits(low_res: torch.Tensor, size: tuple[int, int]) -> torch.Tenso
     if low_res.shape[0] == 0:
         return low_res.new_zeros(0, *size)
     return F.interpolate(low_res[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+
+
+def binary_masks(low_res: list[torch.Tensor], sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Bool ``(H, W)`` masks (logits > 0 after ``upsample_logits``) of ``(h, w)`` logits, one per
+    ``(H, W)`` in ``sizes``; the logits of one size are upsampled in one call (interpolation is per
+    pixel, so batching leaves every value as it is)."""
+    out: list[np.ndarray | None] = [None] * len(low_res)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for i, size in enumerate(sizes):
+        by_size.setdefault((int(size[0]), int(size[1])), []).append(i)
+    for size, rows in by_size.items():
+        masks = (upsample_logits(torch.stack([low_res[i] for i in rows]), size) > 0).cpu().numpy()  # (n, H, W)
+        for i, mask in zip(rows, masks):
+            out[i] = mask
+    return out
 
 
 def build_tiny_sam(image_size: int = 128, seed: int = 0, mlp_dim: int = 256):

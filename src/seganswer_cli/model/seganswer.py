@@ -38,6 +38,7 @@ from seganswer_cli.model.mask_decoder import (
     ImageEmbeddings,
     MaskPrediction,
     SamMaskDecoder,
+    binary_masks,
     image_model_config,
     upsample_logits,
 )
@@ -51,6 +52,7 @@ from seganswer_cli.model.sparse_patches import (
     SegmentedView,
     build_segmented_view,
     global_view,
+    global_views,
     second_look_view,
 )
 
@@ -273,6 +275,10 @@ class SegAnswerModel(nn.Module):
         """The image as the MLLM sees it in turn 1."""
         return global_view(image, self.image_processor)
 
+    def global_views(self, images: list[Image.Image]) -> list[DenseImage]:
+        """``global_view`` of several images, prepared together (``sparse_patches.global_views``)."""
+        return global_views(images, self.image_processor)
+
     def segmented_view(self, image: Image.Image, mask, *, mode: str = "mask", **overrides) -> SegmentedView | None:
         """The second look at ``image`` under ``mask`` with this model's view settings (``overrides`` win)."""
         cfg = asdict(self.view_config)
@@ -368,22 +374,50 @@ class SegAnswerModel(nn.Module):
         return self.mask_decoder.encode(self.mask_decoder.preprocess(images))
 
     def decode_masks(self, image_embeddings: ImageEmbeddings, seg_states: list[torch.Tensor]) -> list[MaskPrediction]:
-        """Per image, masks for its ``<|seg|>`` states: projector -> SAM mask decoder."""
-        out = []
+        """Per image, masks for its ``<|seg|>`` states ``(n_b, D)``: projector -> SAM mask decoder. The
+        images with the same number of states are decoded in one call (``decode_batch``)."""
+        groups: dict[int, list[int]] = {}
         for b, states in enumerate(seg_states):
-            prompts = self.projector(states.to(self.projector.fc1.weight.dtype))  # (n_b, 256)
-            out.append(self.mask_decoder.decode(image_embeddings.select(b), prompts))
+            groups.setdefault(int(states.shape[0]), []).append(b)
+        out: list[MaskPrediction | None] = [None] * len(seg_states)
+        dtype = self.projector.fc1.weight.dtype
+        for rows in groups.values():
+            prompts = self.projector(torch.stack([seg_states[b] for b in rows]).to(dtype))  # (G, n, 256)
+            for b, pred in zip(rows, self.mask_decoder.decode_batch(image_embeddings.take(rows), prompts)):
+                out[b] = pred
         return out
 
+    def embeddings_for_masks(self, images: list[Image.Image],
+                             reuse: list[ImageEmbeddings | None] | None = None) -> ImageEmbeddings:
+        """SAM's embeddings of ``images``, one stacked encoder call for those without an entry in
+        ``reuse`` (the single-image embeddings an earlier pass computed: Stage 2's pass 1). Reuse
+        needs a frozen encoder path (``SamMaskDecoder.encoder_frozen``) while gradients are on: an
+        embedding computed without gradient would otherwise cut them."""
+        reuse = reuse if reuse is not None else [None] * len(images)
+        if len(reuse) != len(images):
+            raise ValueError(f"{len(images)} images but {len(reuse)} embeddings to reuse")
+        need = [i for i, r in enumerate(reuse) if r is None]
+        if len(need) < len(images) and torch.is_grad_enabled() and not self.mask_decoder.encoder_frozen:
+            raise ValueError("SAM's encoder path trains: embeddings from an earlier pass cannot be reused")
+        encoded = self.encode_for_masks([images[i] for i in need]) if need else None
+        if len(need) == len(images):
+            return encoded
+        at = {i: k for k, i in enumerate(need)}
+        return ImageEmbeddings.cat([reuse[i] if reuse[i] is not None else encoded.select(at[i])
+                                    for i in range(len(images))])
+
     def forward(self, sequences: list[Sequence], images: list[Image.Image] | None = None,
-                gt_masks: list[list] | None = None, weights: LossWeights | None = None) -> SegAnswerOutput:
+                gt_masks: list[list] | None = None, weights: LossWeights | None = None,
+                image_embeddings: list[ImageEmbeddings | None] | None = None) -> SegAnswerOutput:
         """Training forward: LM loss on target tokens, SAM 2 losses on the ``<|seg|>`` masks.
 
         ``images[b]`` is the image the ``<|seg|>`` tokens of ``sequences[b]`` segment;
         ``gt_masks[b]`` holds one bool ``(H, W)`` mask per ``<|seg|>`` token of that sequence. A
         sequence without a ``<|seg|>`` target (a plain question and answer) trains the LM loss only;
         its entry of ``masks`` is None, as is that of a sequence whose image is None (its ``gt_masks``
-        entry is then ``[]``).
+        entry is then ``[]``). ``image_embeddings[b]``, when given, is SAM's embedding of ``images[b]``
+        from an earlier pass (one image, e.g. ``out.image_embeddings.select(i)``), used instead of
+        running the encoder again (``embeddings_for_masks``).
         """
         weights = weights or LossWeights()
         batch = self.collate(sequences)
@@ -396,7 +430,8 @@ class SegAnswerModel(nn.Module):
             seg_states = self.seg_hidden(hidden, batch.labels)
             # rows that ask for a mask (a row whose image is None is trained on its tokens only)
             rows = [b for b, states in enumerate(seg_states) if states.shape[0] and images[b] is not None]
-            embeddings = self.encode_for_masks([images[b] for b in rows]) if rows else None
+            reuse = None if image_embeddings is None else [image_embeddings[b] for b in rows]
+            embeddings = self.embeddings_for_masks([images[b] for b in rows], reuse) if rows else None
             decoded = self.decode_masks(embeddings, [seg_states[b] for b in rows]) if rows else []
             by_row = dict(zip(rows, decoded))
             masks = [by_row.get(b) for b in range(len(sequences))]
@@ -478,13 +513,11 @@ class SegAnswerModel(nn.Module):
 
         Returns per pair the bool ``(H, W)`` mask, the predicted IoU and the object score (probability).
         """
-        sequences = [stage1_sequence(self, self.global_view(img), expr) for img, expr in zip(images, expressions)]
+        sequences = [stage1_sequence(self, dense, expr) for dense, expr in zip(self.global_views(images), expressions)]
         out = self(sequences, images)  # through __call__: a sharded model's root gathers what SAM needs
-        results = []
-        for img, pred in zip(images, out.masks):
-            logits = upsample_logits(pred.low_res_logits[:1], (img.height, img.width))[0]
-            results.append(((logits > 0).cpu().numpy(), float(pred.iou[0]), float(torch.sigmoid(pred.object_logits[0]))))
-        return results
+        masks = binary_masks([pred.low_res_logits[0] for pred in out.masks], [(img.height, img.width) for img in images])
+        return [(mask, float(pred.iou[0]), float(torch.sigmoid(pred.object_logits[0])))
+                for mask, pred in zip(masks, out.masks)]
 
     def segment(self, image: Image.Image, expression: str) -> tuple[np.ndarray, float, float]:
         """One pair of ``segment_batch``."""

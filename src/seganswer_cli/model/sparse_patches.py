@@ -109,13 +109,19 @@ class SegmentedView:
 
 def global_view(image: Image.Image, image_processor) -> DenseImage:
     """Encode the whole image exactly as the processor does (its own resize and normalisation)."""
-    out = image_processor(images=[image], return_tensors="pt")
-    return DenseImage(
-        pixel_values=out["pixel_values"],
-        grid_thw=out["image_grid_thw"][0],
-        native_size=(image.height, image.width),
-        merge_size=image_processor.merge_size,
-    )
+    return global_views([image], image_processor)[0]
+
+
+def global_views(images: list[Image.Image], image_processor) -> list[DenseImage]:
+    """``global_view`` of each image from one processor call (it resizes and normalises images of one
+    size together: the same values as one call per image, in less time)."""
+    if not images:
+        return []
+    out = image_processor(images=list(images), return_tensors="pt")
+    grids = out["image_grid_thw"]  # (n, 3)
+    pixels = out["pixel_values"].split(grids.prod(-1).tolist())  # rows of each image, in order
+    return [DenseImage(pixel_values=p, grid_thw=g, native_size=(image.height, image.width),
+                       merge_size=image_processor.merge_size) for image, p, g in zip(images, pixels, grids)]
 
 
 def keep_cells(overlap: torch.Tensor, min_overlap: float = 0.0) -> torch.Tensor:

@@ -204,7 +204,8 @@ def train_stage2(config: Stage2Config, out: str | Path, *, resume: bool = False,
             with accelerator.accumulate(model):
                 if examples and config.seg_loss > 0:  # SAM runs on the rows with a region: their masks' losses
                     out = model([e.sequence for e in examples], [e.image for e in examples],  # None: no region
-                                [[e.target] if e.target is not None else [] for e in examples], weights=seg_weights)
+                                [[e.target] if e.target is not None else [] for e in examples], weights=seg_weights,
+                                image_embeddings=[e.sam for e in examples])  # pass 1's, where it ran
                     loss = out.loss
                     sums["seg"] += total_loss(None, out.mask_loss_parts, seg_weights).detach().item() / config.grad_accum
                 elif examples:
@@ -412,25 +413,27 @@ class Example:
     """``empty_mask`` when the mask was empty and the original image was shown again."""
     image: Any = None
     """The PIL image, set with ``target`` only (SAM 2.1 runs on it in pass 2 when ``seg_loss`` is on)."""
+    sam: Any = None
+    """SAM 2.1's embedding of ``image`` from pass 1 (``ImageEmbeddings``), reused by pass 2; None when
+    pass 1 did not run on it (an annotated region, precomputed masks)."""
     target: np.ndarray | None = None
     """The annotated region the ``<|seg|>`` mask is trained towards (``seg_loss``; None: no mask loss)."""
 
 
 @torch.no_grad()
-def own_masks(model, images: list, prefixes: list) -> list[np.ndarray]:
+def own_masks(model, images: list, prefixes: list) -> tuple[list[np.ndarray], list]:
     """Pass 1: the model's own masks, bool ``(H, W)`` per image, from its ``<|seg|>`` states through
-    the frozen projector and SAM 2.1 (eval mode: the inference path)."""
-    from seganswer_cli.model.mask_decoder import upsample_logits
+    the frozen projector and SAM 2.1 (eval mode: the inference path), and SAM's embedding of each image
+    (``ImageEmbeddings`` of one image), which pass 2 reuses instead of running the encoder again."""
+    from seganswer_cli.model.mask_decoder import binary_masks
 
     was_training = model.training
     model.eval()
     out = model(prefixes, images)
-    masks = []
-    for image, pred in zip(images, out.masks):
-        logits = upsample_logits(pred.low_res_logits[:1], (image.height, image.width))[0]  # (H, W)
-        masks.append((logits > 0).cpu().numpy())
+    masks = binary_masks([pred.low_res_logits[0] for pred in out.masks], [(im.height, im.width) for im in images])
+    embeddings = [out.image_embeddings.select(i) for i in range(len(out.mask_rows))]  # every row asks: rows in order
     model.train(was_training)
-    return masks
+    return masks, embeddings
 
 
 def prepare_examples(model, drawn: list[Drawn], config: Stage2Config, report: ProblemReport,
@@ -451,13 +454,17 @@ def prepare_examples(model, drawn: list[Drawn], config: Stage2Config, report: Pr
             continue
         loaded.append((d, image, dense))
     seg = [(d, image, dense) for d, image, dense in loaded if not d.direct and not d.region]
+    embeddings = []  # SAM's embeddings from pass 1, for pass 2's mask losses (seg_loss)
     if mask_cache is not None:
         masks = [mask_cache[sample_key(d.sample)] for d, _, _ in seg]
     elif seg:
-        masks = own_masks(model, [image for _, image, _ in seg], [seg_request(model, dense, d.prompt) for d, _, dense in seg])
+        masks, embeddings = own_masks(model, [image for _, image, _ in seg],
+                                      [seg_request(model, dense, d.prompt) for d, _, dense in seg])
     else:
         masks = []
     mask_of = {id(d): m for (d, _, _), m in zip(seg, masks)}
+    # reused only while SAM's encoder path is frozen (every paper stage): then they are what pass 2 computes
+    sam_of = {id(d): e for (d, _, _), e in zip(seg, embeddings)} if model.mask_decoder.encoder_frozen else {}
     mask_of.update({id(d): annotated_region(d.sample, image.height, image.width) for d, image, _ in loaded if d.region})
 
     examples = []
@@ -465,6 +472,7 @@ def prepare_examples(model, drawn: list[Drawn], config: Stage2Config, report: Pr
         example = build_example(model, d, image, dense, mask_of.get(id(d)))
         if config.seg_loss > 0 and not d.direct and has_region(d.sample):
             example.image = image
+            example.sam = sam_of.get(id(d))
             example.target = mask_of[id(d)] if d.region else annotated_region(d.sample, image.height, image.width)
         if example.fallback is not None:
             report.add("empty_mask", d.sample, "empty mask: the original image is shown again", quiet=True)
@@ -562,7 +570,7 @@ def precompute_masks(model, planned: list[Drawn], folder: Path, accelerator, con
                 prefixes.append(prefix)
                 kept.append(d)
             with accelerator.autocast():
-                masks = own_masks(model, images, prefixes) if images else []
+                masks = own_masks(model, images, prefixes)[0] if images else []
             for d, mask in zip(kept, masks):
                 sink.write({"key": sample_key(d.sample), "mask": encode_rle(mask)})
             progress.update(min(i + config.batch_size, len(todo)), float("nan"), 0.0)

@@ -71,20 +71,12 @@ Run it::
     bash configs/launch/torchrun-1x8.sh train-stage3 -c stage3-7b --model ... --data virl39k=...  # FSDP2
 
 Design note: scaling rollouts further. Rollouts here run in the training processes with the
-training weights, one batched loop per process; on 7B they dominate the step. The usual next step
-is a separate inference engine (vLLM/SGLang-style servers with paged KV caches and continuous
-batching) fed the new weights after each update. Ours cannot be dropped in as is, because a
-rollout is not plain text generation: (a) the engine must accept a prompt as embeddings plus
-explicit 3-D M-RoPE positions, and take as a *new turn* a list of visual tokens with chosen
-(fractional, sparse) positions while keeping its KV cache; (b) it must return the last-layer
-hidden state at each generated ``<|seg|>`` so the projector and SAM 2.1 (which could stay in the
-trainer, or run beside the engine) make the mask; (c) it must return per-token log-probs under the
-sampling temperature and the exact token/position sequence, i.e. our ``Trajectory.sequence``, so
-the trainer's forward sees what the sampler saw; (d) weight sync of the MLLM after each update
-(or a bounded staleness, which the clipped ratio tolerates). ``ReasoningLoop`` is written against
-three model calls (``embed``, ``language_model`` with a cache, ``logits``) plus ``decode_masks``;
-an engine backend would implement those for a batch of conversations, and everything after the
-rollout (rewards, dynamic sampling, the loss) stays as it is.
+training weights: one stream per process through ``ReasoningLoop`` (``rollout_batch_size`` rows,
+refilled as rollouts finish); on 7B they dominate the step. A serving engine (vLLM) fed the new
+weights after each update is the next step; it cannot be dropped in as is, because a rollout is
+not plain text generation (a segmented turn at original M-RoPE positions, the ``<|seg|>`` hidden
+state, exact log-probs and sequence, weight sync). docs/serving.md holds the design; everything
+after the rollout (rewards, dynamic sampling, the loss) stays as it is.
 
 The run folder layout, checkpoints and resume are ``train/runs.py``'s (docs/training.md).
 """
@@ -311,8 +303,9 @@ def reward_columns(samples: list[VQASample]) -> dict[str, list]:
 
 
 def rollout_seed(*parts: int) -> int:
-    """A sampling seed from (run seed, step, round, process, chunk): rollouts do not depend on any
-    global RNG, so a resumed run samples what the uninterrupted one sampled."""
+    """A sampling seed from (run seed, step, round, process): rollouts do not depend on any global RNG,
+    so a resumed run samples what the uninterrupted one sampled (each rollout then draws from its own
+    generator, ``reasoning.row_seed``, so neither do they depend on ``rollout_batch_size``)."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
 
@@ -325,14 +318,13 @@ def roll_out(model, prompts: list[VQASample], config: Stage3Config, *,
     G = config.rollouts_per_prompt
     images = [p.image.load() for p in prompts]
     flat = [(i, images[i], prompt_and_answer(p)[0]) for i, p in enumerate(prompts) for _ in range(G)]
-    trajectories = []
-    for chunk_index, start in enumerate(range(0, len(flat), config.rollout_batch_size)):
-        chunk = flat[start : start + config.rollout_batch_size]
-        settings = ReasoningSettings(
-            sample=True, temperature=config.temperature, top_p=config.top_p,
-            seed=rollout_seed(*seed_parts, chunk_index), max_new_tokens=config.max_new_tokens,
-            max_seg_steps=config.max_seg_steps, roi=config.roi)
-        trajectories += ReasoningLoop(model, settings).run([c[1] for c in chunk], [c[2] for c in chunk])
+    # one stream, rollout_batch_size rows at a time, a finished rollout's slot taken by the next; each
+    # rollout samples from its own generator (reasoning.row_seed), whatever batch it ran in
+    settings = ReasoningSettings(
+        sample=True, temperature=config.temperature, top_p=config.top_p, seed=rollout_seed(*seed_parts),
+        max_new_tokens=config.max_new_tokens, max_seg_steps=config.max_seg_steps, roi=config.roi)
+    trajectories = ReasoningLoop(model, settings).run([c[1] for c in flat], [c[2] for c in flat],
+                                                      batch_size=config.rollout_batch_size)
     samples = [prompts[i] for i, _, _ in flat]
     scores = rewards.score_completions([t.text for t in trajectories], config.reward_weights,
                                        **reward_columns(samples))
