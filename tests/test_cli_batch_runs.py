@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from cli_helpers import run_cli
 from seganswer_cli.errors import SegAnswerError
 
 pytestmark = pytest.mark.slow  # the patterned model's training (session fixture): seconds alone, minutes on a shared CPU
@@ -30,7 +31,6 @@ def without_timings(record: dict) -> dict:
 def batch_cli(monkeypatch, patterned_model, tmp_path):
     """``seganswer ...`` in this process (the real entry point: one line on stderr, exit codes), its
     model loader serving the session's patterned model; ``asked`` lists the questions the loop got."""
-    from seganswer_cli.cli import main
     from seganswer_cli.reasoning import ReasoningLoop
 
     model, cases = patterned_model
@@ -45,14 +45,7 @@ def batch_cli(monkeypatch, patterned_model, tmp_path):
     monkeypatch.setattr(ReasoningLoop, "stream", counting_stream)
 
     def invoke(capsys, *args):
-        monkeypatch.setattr(sys, "argv", ["seganswer", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out = capsys.readouterr()
-        return code, out.out, out.err
+        return run_cli(monkeypatch, capsys, *args)
 
     invoke.loads, invoke.asked = loads, asked
     for i, (image, *_) in enumerate(cases):
@@ -112,7 +105,7 @@ def test_every_line_gets_a_record_in_input_order(batch_cli, capsys, tmp_path):
     assert {r["id"] for r in out_records if "answer" in r} == {"q0", "q1", "7"}
     assert out_records[0]["settings"] == {"model": "tiny", "dtype": "auto", "roi": "mask", "max_seg_steps": 1,
                                           "max_new_tokens": 256, "sample": False, "temperature": 1.0,
-                                          "top_p": 1.0, "seed": 0}
+                                          "top_p": 1.0, "seed": 0, "opening": "model"}
     assert "word" not in "".join(invoke.asked)  # the long question never reached the loop
 
 

@@ -10,7 +10,8 @@ from typing import get_args
 import pytest
 import typer.main
 
-from seganswer_cli.cli import app, main
+from cli_helpers import run_cli
+from seganswer_cli.cli import app
 
 
 def _paths():
@@ -23,15 +24,6 @@ def _paths():
 
 
 PATHS = _paths()
-
-
-def run_cli(monkeypatch, capsys, *args):
-    """``seganswer ARGS`` in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["seganswer", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def test_the_walk_finds_every_command():

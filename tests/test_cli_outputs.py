@@ -9,16 +9,8 @@ import sys
 import pytest
 from PIL import Image
 
+from cli_helpers import run_cli
 from seganswer_cli.cli import main
-
-
-def run_cli(monkeypatch, capsys, *args):
-    """``seganswer ARGS`` in this process: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["seganswer", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
 
 
 def sha(path) -> str:

@@ -3,20 +3,9 @@ written over. Run in-process through ``cli.main`` (the console entry point) to k
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from seganswer_cli.cli import main
-
-
-def run_cli(monkeypatch, capsys, *args):
-    """``seganswer ARGS`` in this process: returns (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["seganswer", *map(str, args)])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    out = capsys.readouterr()
-    return exit_info.value.code, out.out, out.err
+from cli_helpers import run_cli
 
 
 def assert_one_line_error(code, err, expected):

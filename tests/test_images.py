@@ -5,13 +5,13 @@ import hashlib
 import io
 import json
 import struct
-import sys
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cli_helpers import run_cli
 from seganswer_cli.errors import ImageReadError
 from seganswer_cli.images import MAX_IMAGE_PIXELS, load_image
 
@@ -113,20 +113,12 @@ def test_broken_images_are_one_line(tmp_path):
 @pytest.fixture
 def patterned_cli(monkeypatch, patterned_model):
     """``seganswer infer`` in this process, its model loader serving the session's patterned model."""
-    from seganswer_cli.cli import main
 
     model, cases = patterned_model
     monkeypatch.setattr("seganswer_cli.cli.infer.load_model", lambda spec, device="auto", dtype="auto": model)
 
     def invoke(capsys, *args):
-        monkeypatch.setattr(sys, "argv", ["seganswer", *map(str, args)])
-        try:
-            main()
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        out = capsys.readouterr()
-        return code, out.out, out.err
+        return run_cli(monkeypatch, capsys, *args)
 
     return invoke, cases
 
