@@ -281,7 +281,7 @@ class ReasoningLoop:
     def stream(self, asks: Iterable[Ask], batch_size: int = 8) -> Iterator[tuple[int, Trajectory]]:
         """``(i, trajectory of asks[i])`` as each question finishes, with at most ``batch_size`` in the
         batch: a row that finishes (answer, end of turn, token limit) leaves at once and the next question
-        of ``asks`` (read lazily, one at a time) takes its place, its prompt prefilled beside the others'
+        of ``asks`` (read lazily, as slots free) takes its place, its prompt prefilled beside the others'
         decoding (continuous batching; ``row_cache.RowCache`` keeps the KV cache dense). ``UsageError`` or
         ``ValueError`` for a question that cannot be asked (empty, a region of the wrong shape), when its
         turn comes."""

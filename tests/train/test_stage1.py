@@ -180,8 +180,12 @@ def test_two_process_data_parallel_equals_one_process(shapes_split, tmp_path):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
     one_state, two_state = final_trainable(tmp_path / "one"), final_trainable(tmp_path / "two")
     assert one_state.keys() == two_state.keys()
+    # atol 5e-5: SAM 2.1's mask decoder runs a batch's images in one call (here both images in one
+    # process, one image in each of two), so its matrix products sum in another order; three AdamW
+    # steps, which divide by the root of tiny second moments, turn that into up to 2e-5 on a weight
+    # whose gradient is near zero (measured: one element of conv_s1's 8192)
     for name in one_state:
-        torch.testing.assert_close(one_state[name], two_state[name], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(one_state[name], two_state[name], atol=5e-5, rtol=1e-4)
 
 
 def test_activation_checkpointing_recomputes_layers_and_keeps_gradients():
