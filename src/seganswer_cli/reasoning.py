@@ -60,7 +60,6 @@ from PIL import Image
 
 from seganswer_cli.errors import UsageError
 from seganswer_cli.model import conversation, tokens
-from seganswer_cli.model.backbones import DecoderInputs
 from seganswer_cli.model.mask_decoder import ImageEmbeddings, binary_masks
 from seganswer_cli.model.row_cache import RowCache
 from seganswer_cli.model.sequence import Sequence, SequenceBuilder
@@ -390,7 +389,7 @@ class ReasoningLoop:
             for row, token in zip(rows, ids):
                 row.fed += 1
                 row.fed_seg = token == model.token_ids.seg
-            embeds = DecoderInputs(model.mllm.get_input_embeddings()(torch.tensor(ids, device=model.device)[:, None]))  # (B, 1, D)
+            embeds = model.mllm.get_input_embeddings()(torch.tensor(ids, device=model.device)[:, None])  # (B, 1, D)
             hidden, cache, attention = self._forward(embeds, positions, torch.ones(len(rows), 1, dtype=torch.long), *state)
             _share(rows, "decode", time.perf_counter() - t0)
             return hidden, (cache, attention), rows
@@ -430,7 +429,7 @@ class ReasoningLoop:
             return parts[0], (cache, attention), [rows[b] for b in order]
         return torch.cat(parts), (joined.to_cache(), joined.attention), [rows[b] for b in order]
 
-    def _forward(self, embeds: DecoderInputs, positions: torch.Tensor, new: torch.Tensor, cache,
+    def _forward(self, embeds, positions: torch.Tensor, new: torch.Tensor, cache,
                  attention: torch.Tensor | None):
         """The decoder on ``embeds`` (``(B, S, D)`` and any DeepStack features) at ``positions`` ``(3, B, S)`` (``new`` ``(B, S)``: 1
         for real tokens, 0 for left padding) after ``cache`` (None: nothing cached) whose columns

@@ -319,10 +319,13 @@ class SegAnswerModel(nn.Module):
         embeds = embeds.masked_scatter(pad_mask[..., None].expand_as(embeds), feats)
         return DecoderInputs(embeds, pad_mask if deepstack is not None else None, deepstack)
 
-    def language_model(self, inputs: DecoderInputs, position_ids: torch.Tensor,
+    def language_model(self, inputs: DecoderInputs | torch.Tensor, position_ids: torch.Tensor,
                        attention_mask: torch.Tensor | None = None, cache=None, use_cache: bool = False):
-        """The decoder stack on prepared inputs (``embed``) and 3-D positions; returns transformers'
-        output (``last_hidden_state``, and ``cache`` when ``use_cache``)."""
+        """The decoder stack on prepared inputs (``embed``; or plain ``(B, S, D)`` embeddings, tokens
+        with no visual features) and 3-D positions; returns transformers' output (``last_hidden_state``,
+        and ``cache`` when ``use_cache``)."""
+        if isinstance(inputs, torch.Tensor):
+            inputs = DecoderInputs(inputs)
         device = inputs.embeds.device
         return self.mllm.model.language_model(
             inputs_embeds=inputs.embeds,
