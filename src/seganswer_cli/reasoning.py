@@ -431,8 +431,8 @@ class ReasoningLoop:
 
     def _forward(self, embeds, positions: torch.Tensor, new: torch.Tensor, cache,
                  attention: torch.Tensor | None):
-        """The decoder on ``embeds`` (``(B, S, D)`` and any DeepStack features) at ``positions`` ``(3, B, S)`` (``new`` ``(B, S)``: 1
-        for real tokens, 0 for left padding) after ``cache`` (None: nothing cached) whose columns
+        """The decoder on ``embeds`` (``(B, S, D)``, or ``DecoderInputs`` with DeepStack features) at
+        ``positions`` ``(3, B, S)`` (``new`` ``(B, S)``: 1 for real tokens, 0 for left padding) after ``cache`` (None: nothing cached) whose columns
         ``attention`` marks. Returns the last position's state ``(B, D)``, the cache and the attention
         mask over all its columns."""
         mask = new if attention is None else torch.cat([attention, new], dim=1)
