@@ -74,10 +74,15 @@ def report(title: str, columns: dict, rows: list[dict], ratios: dict, notes: lis
     console.print(f"wrote {results}")
 
 
-def stand_in_stage2_model(folder: Path) -> Path:
+#: The answer ``stand_in_stage2_model(long_answer=True)`` teaches on noise image 2: ~100 tokens.
+LONG_ANSWER = " ".join(["a red disc left of a blue square and a green star"] * 5)
+
+
+def stand_in_stage2_model(folder: Path, *, long_answer: bool = False) -> Path:
     """A tiny stand-in Stage 2 model saved in ``folder``: two conversations overfitted until it emits
     ``observe <|seg|>.`` -> segmented view -> ``<answer>`` on noise images (the recipe of the tests'
-    ``patterned_model``, ~2 s). On a plain image it answers at once, in a few tokens."""
+    ``patterned_model``, ~2 s). On a plain image it answers at once, in a few tokens. With
+    ``long_answer``, a third conversation (noise image 2) teaches ``LONG_ANSWER``."""
     import numpy as np
     import torch
     from PIL import Image
@@ -88,15 +93,18 @@ def stand_in_stage2_model(folder: Path) -> Path:
     torch.manual_seed(0)
     model = SegAnswerModel.from_preset("tiny").train()
     sequences = []
-    for seed, question, box, answer in [(0, "What colour is the disc?", (40, 100, 60, 150), "red"),
-                                         (1, "Which shape is on the left?", (90, 160, 20, 80), "square")]:
+    cases = [(0, "What colour is the disc?", (40, 100, 60, 150), "red"),
+             (1, "Which shape is on the left?", (90, 160, 20, 80), "square")]
+    if long_answer:
+        cases.append((2, "Describe the scene.", (20, 120, 40, 200), LONG_ANSWER))
+    for seed, question, box, answer in cases:
         image = Image.fromarray((np.random.RandomState(seed).rand(180, 240, 3) * 255).astype(np.uint8))
         mask = np.zeros((180, 240), bool)
         mask[box[0] : box[1], box[2] : box[3]] = True
         sequences.append(reasoning_sequence(model, model.global_view(image), question, answer,
                                                view=model.segmented_view(image, mask)))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
-    for _ in range(120):
+    for _ in range(200 if long_answer else 120):
         loss = model(sequences).loss
         optimizer.zero_grad()
         loss.backward()

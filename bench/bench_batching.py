@@ -3,10 +3,11 @@
 Run: ``.venv/bin/python bench/bench_batching.py [--n 32] [--long-share 0.25] [--batch-size 8]``. Prints
 a table and writes ``bench/results/batching.json``.
 
-The model is the tiny stand-in Stage 2 model (``_training.stand_in_stage2_model``): on a plain image it
-answers at once (a few tokens); on a noise image it asks to segment, gets the segmented view and then
-answers (about 30 tokens over two turns). ``--n`` questions, ``--long-share`` of them on noise images,
-in a seeded random order, are answered greedily, ``--batch-size`` at a time:
+The model is the tiny stand-in Stage 2 model (``_training.stand_in_stage2_model(long_answer=True)``):
+on a plain image it answers at once (a few tokens); asked to describe its third noise image it asks
+to segment, gets the segmented view and answers at length (~100 tokens over two turns). ``--n``
+questions, ``--long-share`` of them long, in a seeded random order, are answered greedily,
+``--batch-size`` at a time:
 
 * static: ``ReasoningLoop.run`` on each consecutive group of ``--batch-size`` questions, the next group
   starting when the whole group is done (each group waits for its longest answer: what the loop did
@@ -41,20 +42,19 @@ from seganswer_cli.model import SegAnswerModel
 from seganswer_cli.reasoning import Ask, ReasoningLoop, ReasoningSettings
 
 RESULTS = Path(__file__).parent / "results" / "batching.json"
-QUESTIONS = ("What colour is the disc?", "Which shape is on the left?", "Is there anything?", "Count.")
+SHORT_QUESTIONS = ("Count.", "Describe the scene.", "Is there anything?")
 
 
 def questions(n: int, long_share: float, seed: int) -> list[Ask]:
-    """``n`` questions, ``long_share`` of them on noise images (long answers), the rest on plain ones."""
+    """``n`` questions in a seeded random order: ``long_share`` of them the one the model answers at
+    length (noise image 2, ~100 tokens after a segmented turn), the others on a plain image, which it
+    answers at once (a few tokens)."""
     rng = random.Random(seed)
     n_long = round(n * long_share)
-    asks = []
-    for i in range(n):
-        if i < n_long:
-            image = Image.fromarray((np.random.RandomState(i % 2).rand(180, 240, 3) * 255).astype(np.uint8))
-        else:
-            image = Image.new("RGB", (240, 180), tuple(rng.randrange(256) for _ in range(3)))
-        asks.append(Ask(image, QUESTIONS[i % len(QUESTIONS)]))
+    noise = Image.fromarray((np.random.RandomState(2).rand(180, 240, 3) * 255).astype(np.uint8))
+    plain = Image.new("RGB", (240, 180), (200, 30, 30))
+    asks = [Ask(noise, "Describe the scene.") if i < n_long else Ask(plain, SHORT_QUESTIONS[i % len(SHORT_QUESTIONS)])
+            for i in range(n)]
     rng.shuffle(asks)
     return asks
 
@@ -77,14 +77,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--long-share", type=float, default=0.25)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        model = SegAnswerModel.from_pretrained(stand_in_stage2_model(Path(tmp) / "model")).eval()
+        model = SegAnswerModel.from_pretrained(stand_in_stage2_model(Path(tmp) / "model", long_answer=True)).eval()
     loop = ReasoningLoop(model, ReasoningSettings(max_new_tokens=args.max_new_tokens))
     asks = questions(args.n, args.long_share, args.seed)
     continuous(loop, asks[: args.batch_size], args.batch_size)  # warm-up: lazy imports, allocator growth

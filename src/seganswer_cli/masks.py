@@ -29,7 +29,7 @@ def encode_rle(mask: np.ndarray) -> RLE:
     if mask.ndim != 2:
         raise ValueError(f"expected a 2-D (H, W) mask, got shape {mask.shape}")
     # pycocotools wants column-major uint8 (H, W)
-    rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8, copy=False)))
+    rle = coco_mask.encode(np.asfortranarray(mask, dtype=np.uint8))
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
