@@ -44,9 +44,9 @@ s=$((SEED * 100))
 say "data"
 { data standin-ref 12000 --world "$WORLD" --kind refseg --seed $((s + 1))
   data standin-qa  12000 --world "$WORLD" --kind vqa    --seed $((s + 3))
-  data qseg        8000  --world "$WORLD" --kind qseg   --seed $((s + 6))
   data rl          2000  --world "$WORLD" --kind "$RL_KIND" --seed $((s + 8)); } & first=$!
-{ data closeup-ref 3000  --world closeup --kind refseg --seed $((s + 2))
+{ data qseg        8000  --world "$WORLD" --kind qseg   --seed $((s + 6))
+  data closeup-ref 3000  --world closeup --kind refseg --seed $((s + 2))
   data closeup-qa  6000  --world closeup --kind vqa    --seed $((s + 4))
   data ref         8000  --world "$WORLD" --kind refseg --seed $((s + 5))
   data vqa         8000  --world "$WORLD" --kind vqa    --seed $((s + 7))

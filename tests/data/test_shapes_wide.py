@@ -56,6 +56,8 @@ def test_canvases_and_backgrounds_vary_within_their_bounds(wide_samples):
             window = image[shape.y:shape.y + shape.size, shape.x:shape.x + shape.size]
             assert (window[local] == COLOURS[shape.colour]).all()
     assert len(sizes) > 60 and len(backgrounds) > 60
+    noises = [Scene.from_dict(x.extra["scene"]).noise for x in wide_samples]
+    assert 0.6 < np.mean([n == 0 for n in noises]) < 0.9 and max(noises) > 6  # plain in ~3 of 4, else noisy
     assert any(s.width > s.height for s in map(Scene.from_dict, (x.extra["scene"] for x in wide_samples[:80])))
     assert any(s.width < s.height for s in map(Scene.from_dict, (x.extra["scene"] for x in wide_samples[:80])))
 

@@ -231,7 +231,7 @@ def _one_sample(kind: str, index: int, config: ShapesConfig, seed: int) -> SegSa
             text, ids = found
             image = render(scene, config, rng)
             return SegSample(
-                id=f"shapes:refseg:{seed}:{index}", image=_image_ref(image, index), expression=text,
+                id=f"shapes:refseg:{seed}:{index}", image=_image_ref(image, index, scene), expression=text,
                 mask=_mask_of(scene, ids), source="shapes",
                 extra={"scene": scene.to_dict(), "target_ids": ids},
             )
@@ -247,18 +247,18 @@ def _one_sample(kind: str, index: int, config: ShapesConfig, seed: int) -> SegSa
         extra = {"scene": scene.to_dict(), "target_ids": question["ids"], "question_type": question["type"]}
         if kind == "qseg":  # ReasonSeg-style: the query is a question, the mask is the region answering it
             return SegSample(
-                id=f"shapes:qseg:{seed}:{index}", image=_image_ref(image, index), expression=question["question"],
+                id=f"shapes:qseg:{seed}:{index}", image=_image_ref(image, index, scene), expression=question["question"],
                 mask=_mask_of(scene, question["ids"]), source="shapes-qseg", extra=extra)
         masks = [_mask_of(scene, [i]) for i in question["ids"]]
         if kind == "rl":
             return VQASample(
-                id=f"shapes:rl:{seed}:{index}", image=_image_ref(image, index), question=question["question"],
+                id=f"shapes:rl:{seed}:{index}", image=_image_ref(image, index, scene), question=question["question"],
                 answer=question["answer"], source="shapes-rl",
                 answer_type="number" if question["type"] == "count" else "text", region_masks=masks, extra=extra)
         sample_id = f"shapes:vqa:{seed}:{index}"
         if asked_yes_no:
             return VQASample(
-                id=sample_id, image=_image_ref(image, index), question=question["question"], answer=question["answer"],
+                id=sample_id, image=_image_ref(image, index, scene), question=question["question"], answer=question["answer"],
                 source="shapes-vqa", answer_type="text", region_masks=masks,
                 extra={**extra, "prompt_format": "yesno"})
         # the chance of multiple choice among the questions not asked as yes/no
@@ -267,17 +267,17 @@ def _one_sample(kind: str, index: int, config: ShapesConfig, seed: int) -> SegSa
                 else config.mc_layouts[0]
             options, letter = _options(rng, question["answer"], tuple(question["pool"]))
             return VQASample(
-                id=sample_id, image=_image_ref(image, index), question=question["question"],
+                id=sample_id, image=_image_ref(image, index, scene), question=question["question"],
                 answer=question["answer"], source="shapes-vqa", options=options, answer_letter=letter,
                 answer_type="choice", region_masks=masks, extra={**extra, "prompt_format": layout})
         return VQASample(
-            id=sample_id, image=_image_ref(image, index), question=question["question"],
+            id=sample_id, image=_image_ref(image, index, scene), question=question["question"],
             answer=question["answer"], source="shapes-vqa", answer_type="text", region_masks=masks, extra=extra)
     raise UsageError(f"could not make a {kind} sample from 100 scenes; loosen the shapes-world settings")
 
 
-def _image_ref(image: np.ndarray, index: int) -> ImageRef:
-    return ImageRef(data=encode_png(image), name=f"{index:06d}.png")
+def _image_ref(image: np.ndarray, index: int, scene: Scene) -> ImageRef:
+    return ImageRef(data=encode_png(image, noisy=scene.noise > 0), name=f"{index:06d}.png")
 
 
 def write_synthetic(out: Path, kind: str, n: int, config: ShapesConfig | None = None, *, seed: int = 0) -> Path:
@@ -393,7 +393,7 @@ def write_pope_layout(out: Path, n: int, config: ShapesConfig | None = None, *, 
         rng = _sample_rng(seed, "pope", index)
         scene = generate_scene(config, rng, small_target=True)
         name = f"shapes_pope_{index:06d}.png"
-        (out / "images" / name).write_bytes(encode_png(render(scene, config, rng)))
+        (out / "images" / name).write_bytes(encode_png(render(scene, config, rng), noisy=scene.noise > 0))
         target = scene.shapes[-1]
         for setting, records in files.items():
             colour, kind = _absent(scene, config, setting, rng)
