@@ -216,7 +216,7 @@ class BatchRun:
         ``load_model()`` is called once, when the first readable image is to be asked (never when every
         row left has an unreadable image); ``on_record(record)`` after each record is written (the error
         records of bad lines first)."""
-        from seganswer_cli.reasoning import Ask, ReasoningLoop, trajectory_record
+        from seganswer_cli.reasoning import Ask, ReasoningLoop, trajectory_record, world_warning
 
         counts = BatchCounts()
         todo = self.todo
@@ -251,13 +251,20 @@ class BatchRun:
                     if isinstance(image, str):
                         write(_error_record(q, image))
                     else:
+                        warnings[q.line] = world_warning(loop.model, image)
                         yield q, image
+
+            warnings: dict[int, str | None] = {}  # line -> the toy-world warning of its picture
 
             def answered(q: Question, outcome) -> None:
                 if isinstance(outcome, str):
                     write(_error_record(q, outcome))
-                else:
-                    write(trajectory_record(outcome, line=q.line, id=q.id, image=str(q.image)))
+                    return
+                record = trajectory_record(outcome, line=q.line, id=q.id, image=str(q.image))
+                warning = warnings.pop(q.line, None)
+                if warning:
+                    record["warning"] = warning
+                write(record)
 
             def asks(rows, flying: dict[int, tuple[Question, Any]]):
                 """One stream's questions, each in ``flying`` under its stream index until it finishes."""

@@ -618,6 +618,28 @@ def answer_nll(model, image: Image.Image, trajectory: Trajectory, answers: list[
     return [-float(logprobs.mean()) for logprobs in model.token_logprobs(sequences)]
 
 
+#: A toy-world model (``Preset.world``) shown a picture with less than this share of its pixels in a
+#: few flat colours (``images.flat_colour_share``) says so beside its answer.
+TOY_WORLD_SHARE = 0.9
+
+
+def world_warning(model, image: Image.Image) -> str | None:
+    """The warning ``infer`` gives beside the answer when ``model`` knows only a toy world and
+    ``image`` does not look like it (None otherwise)."""
+    from seganswer_cli.model.presets import model_world
+
+    if model_world(model.info) != "shapes":
+        return None
+    from seganswer_cli.images import flat_colour_share
+
+    share = flat_colour_share(image)
+    if share >= TOY_WORLD_SHARE:
+        return None
+    return (f"this is a toy-world model, trained only on flat-coloured circles, squares, triangles and stars "
+            f"(red, green, blue, yellow) on plain or noisy backgrounds; {1 - share:.0%} of this picture's pixels "
+            f"are not in a few flat colours as such a scene's are, so the answer means little")
+
+
 def trajectory_record(traj: Trajectory, **extra) -> dict:
     """A JSON-able summary of a trajectory (``infer --json``, batch output, eval predictions):
     answer, turns, each step's mask as COCO RLE with its box and kept tokens, token counts, timings."""

@@ -93,7 +93,7 @@ def infer(
     if not question.strip():
         raise UsageError("the question is empty")
     from seganswer_cli.images import load_image
-    from seganswer_cli.reasoning import run, trajectory_record
+    from seganswer_cli.reasoning import run, trajectory_record, world_warning
 
     pil = load_image(image)  # bad images fail before the model loads
     if not as_json and not quiet:
@@ -102,15 +102,20 @@ def infer(
     if not as_json and not quiet:
         note_generation_config(loaded, err_console)
     traj = run(loaded, pil, question, settings)
+    warning = world_warning(loaded, pil)
     cut_off = traj.stop_reason == "length"  # a cut-off answer is no answer: shown as partial, exit 3
     # The result first, then the figure: a figure that cannot be written never loses the answer.
     if as_json:
         record = trajectory_record(traj, image=str(image), model=model, roi=roi)
         if cut_off:
             record.update(answer=None, partial_answer=traj.answer, answer_reason="token_limit")
+        if warning:
+            record["warning"] = warning
         print(json.dumps(record))
     else:
         _print_trajectory(traj, save_vis, cut_off=cut_off)
+        if warning and not quiet:
+            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     sys.stdout.flush()
     if save_vis is not None:
         from seganswer_cli.viz import save_image, trajectory_figure

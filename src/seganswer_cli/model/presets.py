@@ -83,6 +83,9 @@ class Preset:
     backbone: str = "qwen2.5-vl"
     """The MLLM's architecture (``backbones.BACKBONES``): what a tiny preset builds, what the MLLM
     of a hub preset (or the local copy given for it) must be."""
+    world: str | None = None
+    """The toy world a model of this preset was trained on (``shapes``: flat-coloured shapes on
+    plain or noisy backgrounds), whose answers about other pictures mean little; None: any picture."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,6 +106,7 @@ SHAPES_BASE = Preset(
     tiny_mllm=SHAPES_MLLM,
     tiny_sam=dict(image_size=256),
     view=SHAPES_VIEW,
+    world="shapes",
 )
 
 #: The global view's pixel budget ``(min_pixels, max_pixels)`` of the 7B presets and of every 7B
@@ -185,6 +189,12 @@ PRESETS: dict[str, Preset] = {
         backbone="qwen3-vl",
     ),
 }
+
+
+def model_world(info: dict) -> str | None:
+    """The toy world (``Preset.world``) of a model whose ``seganswer.json`` names ``info["preset"]``."""
+    preset = PRESETS.get(str(info.get("preset")))
+    return preset.world if preset is not None else None
 
 
 def get_preset(name: str) -> Preset:
