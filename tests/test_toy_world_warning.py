@@ -104,3 +104,32 @@ def test_infer_with_the_shipped_model_warns_on_a_photo_and_not_on_a_scene(monkey
     assert code == 0, err
     answers = {r["id"]: r for r in map(json.loads, (tmp_path / "answers.jsonl").read_text().splitlines())}
     assert "toy-world model" in answers["photo"]["warning"] and "warning" not in answers["scene"]
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_a_question_outside_the_shipped_models_vocabulary_is_a_result(monkeypatch, capsys, tmp_path, as_json):
+    scene = tmp_path / "scene.png"
+    _drawn_shapes().save(scene)
+    code, out, err = run_cli(monkeypatch, capsys, "infer", scene, "What is the capital of France?",
+                             *(["--json"] if as_json else []))
+    assert code in (0, 3) and "Traceback" not in err, err  # an answer, or "no answer" (exit 3)
+    if as_json:
+        record = json.loads(out)
+        assert (record["answer"] is None) == (code == 3)
+        assert record["answer"] is not None or record["answer_reason"]
+        assert "the question names no colour, shape or count" in record["warning"]
+        assert "pixels" not in record["warning"]  # the picture itself is of its world
+    else:
+        assert "warning: this is a toy-world model" in " ".join(err.split())
+        if code == 3:
+            assert "no answer: " in err
+
+
+def test_questions_of_the_world_are_recognised_in_their_phrasings():
+    from seganswer_cli.data.shapes_language import about_the_world
+
+    for question in ["What colour is the small square?", "What color is the star?", "How many circles are there?",
+                     "Is there a blue triangle in the image?", "Which object is biggest?", "what's the tiny thing's colour"]:
+        assert about_the_world(question), question
+    for question in ["What is the capital of France?", "Describe this picture.", "Who painted it?"]:
+        assert not about_the_world(question), question

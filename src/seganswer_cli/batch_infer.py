@@ -251,7 +251,7 @@ class BatchRun:
                     if isinstance(image, str):
                         write(_error_record(q, image))
                     else:
-                        warnings[q.line] = world_warning(loop.model, image)
+                        warnings[q.line] = world_warning(loop.model, image, q.question)
                         yield q, image
 
             warnings: dict[int, str | None] = {}  # line -> the toy-world warning of its picture

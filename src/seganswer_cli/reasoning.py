@@ -623,21 +623,27 @@ def answer_nll(model, image: Image.Image, trajectory: Trajectory, answers: list[
 TOY_WORLD_SHARE = 0.9
 
 
-def world_warning(model, image: Image.Image) -> str | None:
+def world_warning(model, image: Image.Image, question: str | None = None) -> str | None:
     """The warning ``infer`` gives beside the answer when ``model`` knows only a toy world and
-    ``image`` does not look like it (None otherwise)."""
+    ``image`` does not look like it, or ``question`` names nothing of it (None otherwise)."""
     from seganswer_cli.model.presets import model_world
 
     if model_world(model.info) != "shapes":
         return None
+    from seganswer_cli.data.shapes_language import about_the_world
     from seganswer_cli.images import flat_colour_share
 
     share = flat_colour_share(image)
-    if share >= TOY_WORLD_SHARE:
+    outside = []
+    if share < TOY_WORLD_SHARE:
+        outside.append(f"{1 - share:.0%} of this picture's pixels are not in a few flat colours as such a scene's are")
+    if question is not None and not about_the_world(question):
+        outside.append("the question names no colour, shape or count of that world")
+    if not outside:
         return None
-    return (f"this is a toy-world model, trained only on flat-coloured circles, squares, triangles and stars "
-            f"(red, green, blue, yellow) on plain or noisy backgrounds; {1 - share:.0%} of this picture's pixels "
-            f"are not in a few flat colours as such a scene's are, so the answer means little")
+    return ("this is a toy-world model, trained only on flat-coloured circles, squares, triangles and stars "
+            f"(red, green, blue, yellow) on plain or noisy backgrounds; {' and '.join(outside)}, "
+            "so the answer means little")
 
 
 def trajectory_record(traj: Trajectory, **extra) -> dict:

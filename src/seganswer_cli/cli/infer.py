@@ -102,7 +102,7 @@ def infer(
     if not as_json and not quiet:
         note_generation_config(loaded, err_console)
     traj = run(loaded, pil, question, settings)
-    warning = world_warning(loaded, pil)
+    warning = world_warning(loaded, pil, question)
     cut_off = traj.stop_reason == "length"  # a cut-off answer is no answer: shown as partial, exit 3
     # The result first, then the figure: a figure that cannot be written never loses the answer.
     if as_json:

@@ -57,6 +57,16 @@ def _words(text: str) -> list[str]:
     return [SYNONYMS.get(w, w) for w in _WORD.findall(text.lower())]
 
 
+#: Words that make a question about the shapes world: a colour, a kind (or its plural), or what is asked.
+WORLD_WORDS = frozenset([*COLOURS, "color", "colour", "colors", "colours", *KINDS, *(k + "s" for k in KINDS), "shape", "shapes",
+                         "many", "count", "number", "there", "largest", "smallest"])
+
+
+def about_the_world(question: str) -> bool:
+    """Whether ``question`` names anything of the shapes world (``WORLD_WORDS``, synonyms read)."""
+    return any(w in WORLD_WORDS for w in _words(question))
+
+
 def vary_description(rng: np.random.Generator, text: str) -> str:
     """``text`` with its superlative and its ``shape`` said another way at random (same meaning:
     ``resolve`` reads every variant as the original).
